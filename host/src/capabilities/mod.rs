@@ -1,0 +1,181 @@
+//! The host capabilities a plugin may import, and the per-instance store data that carries
+//! its grants. Every call re-checks the grant: a plugin holds no authority of its own.
+
+pub mod log;
+pub mod process;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::manifest::{Access, Manifest};
+
+/// What one plugin may do, resolved from its manifest once at load time.
+#[derive(Debug)]
+pub struct Grants {
+    /// The plugin's name, for logs and errors.
+    pub plugin: String,
+    /// Program allowlist.
+    pub programs: process::ProgramAllowlist,
+    /// Socket path prefixes (lexically normalised).
+    pub socket_prefixes: Vec<PathBuf>,
+    /// Preopened directories: host path, guest path, access.
+    pub files: Vec<(PathBuf, String, Access)>,
+    /// Linear-memory cap per instance, bytes.
+    pub memory_bytes: usize,
+    /// Whether `process` is linked.
+    pub process: bool,
+    /// Whether `unix-socket` is linked.
+    pub sockets: bool,
+}
+
+impl Grants {
+    /// Resolves a manifest's grants.
+    pub fn from_manifest(m: &Manifest) -> Grants {
+        let programs = m
+            .capabilities
+            .process
+            .as_ref()
+            .map(|p| p.programs.clone())
+            .unwrap_or_default();
+        Grants {
+            plugin: m.plugin.name.clone(),
+            programs: process::ProgramAllowlist::new(programs),
+            socket_prefixes: m
+                .capabilities
+                .sockets
+                .iter()
+                .map(|p| socket::normalize(p))
+                .collect(),
+            files: m
+                .capabilities
+                .files
+                .iter()
+                .map(|f| {
+                    let guest = f
+                        .guest
+                        .clone()
+                        .unwrap_or_else(|| f.host.to_string_lossy().into_owned());
+                    (f.host.clone(), guest, f.access)
+                })
+                .collect(),
+            memory_bytes: m.limits.memory_mib as usize * 1024 * 1024,
+            process: m.capabilities.process.is_some(),
+            sockets: !m.capabilities.sockets.is_empty(),
+        }
+    }
+}
+
+/// Caps one instance's linear memory and tables, and remembers a refused growth so a guest's
+/// out-of-memory abort is reported as what it is rather than as a bare trap.
+#[derive(Debug)]
+pub struct Limiter {
+    /// Maximum linear memory in bytes.
+    pub memory_bytes: usize,
+    /// The size a refused `memory.grow` asked for.
+    pub refused_growth: Option<usize>,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.refused_growth = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+    fn instances(&self) -> usize {
+        32
+    }
+    fn tables(&self) -> usize {
+        32
+    }
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// The data of one plugin instance's store.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) children: Arc<process::ChildRegistry>,
+    pub(crate) stderr: MemoryOutputPipe,
+    /// Wall time this call spent blocked in host capabilities; the guest's CPU budget
+    /// excludes it, so a plugin waiting for `qemu-img` is not killed as a runaway loop.
+    pub(crate) host_time: std::time::Duration,
+}
+
+/// How much of a plugin's stdout/stderr one call keeps (for panic messages).
+const STDIO_CAPTURE: usize = 64 * 1024;
+
+impl HostState {
+    /// Fresh store data for one instance: WASI with no environment, arguments, stdin or
+    /// sockets, stdout and stderr captured, and only the granted directories preopened.
+    pub(crate) fn new(
+        grants: Arc<Grants>,
+        children: Arc<process::ChildRegistry>,
+    ) -> wasmtime::Result<HostState> {
+        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE);
+        let mut b = WasiCtx::builder();
+        b.stdout(stderr.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for (host, guest, access) in &grants.files {
+            let perms = match access {
+                Access::ReadOnly => wasmtime_wasi::FsPerms::ReadOnly,
+                Access::ReadWrite => wasmtime_wasi::FsPerms::ReadWrite,
+            };
+            b.preopened_dir(host, guest, perms)?;
+        }
+        Ok(HostState {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: grants.memory_bytes,
+                refused_growth: None,
+            },
+            grants,
+            children,
+            stderr,
+            host_time: std::time::Duration::ZERO,
+        })
+    }
+
+    /// What the plugin wrote to stdout/stderr during this instance's life.
+    pub(crate) fn captured_output(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::virtwasm::plugin::types::Host for HostState {}

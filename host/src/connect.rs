@@ -1,0 +1,251 @@
+//! The host's front door: [`Host`] opens a [`Connection`] to a URI, finding the plugin that
+//! serves its scheme and the driver state behind it. The CLI calls it in-process; the daemon
+//! will call the same API behind its sockets.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::engine::Runtime;
+use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::PathVars;
+use crate::plugin::Plugin;
+use crate::registry::{BundledPlugin, Registry};
+use crate::state::{DomainRecord, DriverState, NetworkRecord, PoolRecord};
+use crate::uri::ConnectUri;
+
+/// How a host is set up.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where precompiled plugins are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Directories holding third-party plugins (`DIR/NAME/plugin.toml`).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// First-party plugins compiled into the binary.
+    pub bundled: Vec<BundledPlugin>,
+    /// Substitutions for manifest paths.
+    pub path_vars: PathVars,
+    /// How long a verb waits for another job on the same object.
+    pub job_timeout: Duration,
+}
+
+impl HostConfig {
+    /// Defaults for a user: the cache under `$XDG_CACHE_HOME/virtwasm` (or `~/.cache`), the
+    /// plugin directory under `$XDG_DATA_HOME/virtwasm/plugins` for a user and
+    /// `/usr/lib/virtwasm/plugins` for root, and a 30 s job wait as libvirt's.
+    pub fn for_current_user(bundled: Vec<BundledPlugin>) -> HostConfig {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let xdg = |var: &str, fallback: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join(fallback))
+        };
+        let cache_dir = std::env::var_os("VIRTWASM_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("virtwasm/plugins"));
+        let mut plugin_dirs = vec![xdg("XDG_DATA_HOME", ".local/share").join("virtwasm/plugins")];
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            plugin_dirs.insert(0, PathBuf::from("/usr/lib/virtwasm/plugins"));
+        }
+        if let Some(extra) = std::env::var_os("VIRTWASM_PLUGIN_DIR") {
+            plugin_dirs.push(PathBuf::from(extra));
+        }
+        HostConfig {
+            cache_dir: Some(cache_dir),
+            plugin_dirs,
+            bundled,
+            path_vars: PathVars::default(),
+            job_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One host: a wasm runtime, the plugins, and the state of every driver connection opened.
+pub struct Host {
+    registry: Registry,
+    states: Mutex<HashMap<String, Arc<DriverState>>>,
+    job_timeout: Duration,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("registry", &self.registry)
+            .finish()
+    }
+}
+
+impl Host {
+    /// Builds the runtime and reads the plugin manifests (no plugin is compiled yet).
+    pub fn new(config: HostConfig) -> Result<Host> {
+        let runtime = Arc::new(Runtime::new(config.cache_dir.clone())?);
+        let registry = Registry::new(
+            runtime,
+            &config.bundled,
+            &config.plugin_dirs,
+            &config.path_vars,
+        );
+        for problem in registry.problems() {
+            tracing::warn!("{problem}");
+        }
+        Ok(Host {
+            registry,
+            states: Mutex::new(HashMap::new()),
+            job_timeout: config.job_timeout,
+        })
+    }
+
+    /// The plugins.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Opens `uri`; `readonly` refuses every change through this connection.
+    pub fn open(&self, uri: &str, readonly: bool) -> Result<Connection> {
+        let parsed = ConnectUri::parse(uri)?;
+        if !parsed.is_local() {
+            let how = parsed.transport.as_deref().unwrap_or("unix");
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "'{uri}' reaches a virtwasmd daemon over the '{how}' transport; this build runs drivers in-process only, so use a local URI such as {}:///{}",
+                    parsed.driver,
+                    parsed.path.trim_start_matches('/')
+                ),
+            ));
+        }
+        let plugin = self.registry.for_scheme(&parsed.driver)?;
+        let key = format!("{}://{}", parsed.driver, parsed.path);
+        let existing = self.states.lock().unwrap().get(&key).cloned();
+        let state = match existing {
+            Some(s) => s,
+            None => {
+                let state = Arc::new(DriverState::default());
+                let initial = plugin
+                    .hypervisor("open", |g, s| g.call_open(s, &parsed.path, &parsed.params))?;
+                populate(&state, initial);
+                self.states
+                    .lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_insert(state)
+                    .clone()
+            }
+        };
+        Ok(Connection {
+            uri: parsed,
+            plugin,
+            state,
+            readonly,
+            job_timeout: self.job_timeout,
+        })
+    }
+}
+
+fn populate(state: &DriverState, initial: crate::bindings::types::InitialObjects) {
+    let mut o = state.objects();
+    for (def, runtime) in initial.domains {
+        let id = runtime.as_ref().map(|_| o.take_id());
+        let record = DomainRecord {
+            live: runtime.as_ref().map(|_| def.clone()),
+            def,
+            id,
+            runtime,
+            persistent: true,
+            autostart: false,
+            managed_save: false,
+        };
+        o.domains.insert(record.def.uuid.clone(), record);
+    }
+    for (def, volumes) in initial.pools {
+        o.pools.insert(
+            def.uuid.clone(),
+            PoolRecord {
+                def,
+                info: None,
+                volumes,
+                persistent: true,
+                autostart: false,
+            },
+        );
+    }
+    for def in initial.networks {
+        o.networks.insert(
+            def.uuid.clone(),
+            NetworkRecord {
+                def,
+                active: true,
+                persistent: true,
+                autostart: false,
+            },
+        );
+    }
+}
+
+/// An open connection to one driver.
+pub struct Connection {
+    pub(crate) uri: ConnectUri,
+    pub(crate) plugin: Arc<Plugin>,
+    pub(crate) state: Arc<DriverState>,
+    pub(crate) readonly: bool,
+    pub(crate) job_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("uri", &self.uri.raw)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The URI this connection was opened with.
+    pub fn uri(&self) -> &str {
+        &self.uri.raw
+    }
+
+    /// The plugin behind it.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Its driver state (events, locks, objects).
+    pub fn state(&self) -> &Arc<DriverState> {
+        &self.state
+    }
+
+    /// Refuses a change on a read-only connection.
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.readonly {
+            return Err(Error::denied(
+                "operation forbidden: read only access prevents this operation",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Host numbers (`nodeinfo`).
+    pub fn node_info(&self) -> Result<crate::bindings::types::NodeInfo> {
+        self.plugin
+            .hypervisor("get-node-info", |g, s| g.call_get_node_info(s))
+    }
+
+    /// What guests the driver runs.
+    pub fn capabilities(&self) -> Result<crate::bindings::hypervisor::DriverCapabilities> {
+        self.plugin
+            .hypervisor("capabilities", |g, s| g.call_capabilities(s))
+    }
+
+    /// The driver name and version for `virsh version`.
+    pub fn driver_version(&self) -> (String, String) {
+        (
+            self.plugin.manifest.plugin.name.to_uppercase(),
+            self.plugin.manifest.plugin.version.clone(),
+        )
+    }
+}

@@ -1,0 +1,648 @@
+//! Domain operations on a [`Connection`]: lookup, listing, definition, and the lifecycle
+//! verbs. The host checks libvirt's state machine before calling the plugin and applies the
+//! runtime record the plugin returns, emitting libvirt's lifecycle events.
+
+use crate::bindings::types::{
+    DomainDef, DomainInfo, DomainRef, DomainRuntime, DomainState, PausedReason, RunningReason,
+    ShutdownModes, ShutoffReason,
+};
+use crate::connect::Connection;
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{DomainEvent, Event};
+use crate::state::{DomainRecord, Objects};
+
+/// One row of `list`, with what scripts usually loop for (memory, vCPUs) in the same answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DomainSummary {
+    /// Id while running.
+    pub id: Option<i32>,
+    /// Name.
+    pub name: String,
+    /// Uuid.
+    pub uuid: String,
+    /// State and reason.
+    pub state: DomainState,
+    /// Defined (survives stopping).
+    pub persistent: bool,
+    /// Started with the host.
+    pub autostart: bool,
+    /// Has a managed-save image.
+    pub managed_save: bool,
+    /// `<title>`.
+    pub title: Option<String>,
+    /// Maximum memory, KiB.
+    pub memory_kib: u64,
+    /// Current memory, KiB.
+    pub current_memory_kib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+}
+
+/// libvirt's word for a state (`virsh domstate`).
+pub fn state_name(s: &DomainState) -> &'static str {
+    match s {
+        DomainState::Nostate(_) => "no state",
+        DomainState::Running(_) => "running",
+        DomainState::Blocked(_) => "idle",
+        DomainState::Paused(_) => "paused",
+        DomainState::Shutdown(_) => "in shutdown",
+        DomainState::Shutoff(_) => "shut off",
+        DomainState::Crashed(_) => "crashed",
+        DomainState::Pmsuspended(_) => "pmsuspended",
+    }
+}
+
+/// libvirt's word for a state's reason (`virsh domstate --reason`).
+pub fn reason_name(s: &DomainState) -> &'static str {
+    use crate::bindings::types::*;
+    match s {
+        DomainState::Nostate(_) | DomainState::Blocked(_) | DomainState::Pmsuspended(_) => {
+            "unknown"
+        }
+        DomainState::Running(r) => match r {
+            RunningReason::Unknown => "unknown",
+            RunningReason::Booted => "booted",
+            RunningReason::Migrated => "migrated",
+            RunningReason::Restored => "restored",
+            RunningReason::FromSnapshot => "from snapshot",
+            RunningReason::Unpaused => "unpaused",
+            RunningReason::MigrationCanceled => "migration canceled",
+            RunningReason::SaveCanceled => "save canceled",
+            RunningReason::Wakeup => "event wakeup",
+            RunningReason::Crashed => "crashed",
+            RunningReason::Postcopy => "post-copy",
+            RunningReason::PostcopyFailed => "post-copy failed",
+        },
+        DomainState::Paused(r) => match r {
+            PausedReason::Unknown => "unknown",
+            PausedReason::User => "user",
+            PausedReason::Migration => "migrating",
+            PausedReason::Save => "saving",
+            PausedReason::Dump => "dumping",
+            PausedReason::Ioerror => "I/O error",
+            PausedReason::Watchdog => "watchdog",
+            PausedReason::FromSnapshot => "from snapshot",
+            PausedReason::ShuttingDown => "shutting down",
+            PausedReason::Snapshot => "creating snapshot",
+            PausedReason::Crashed => "crashed",
+            PausedReason::StartingUp => "starting up",
+            PausedReason::Postcopy => "post-copy",
+            PausedReason::PostcopyFailed => "post-copy failed",
+            PausedReason::ApiError => "api error",
+        },
+        DomainState::Shutdown(r) => match r {
+            ShutdownReason::Unknown => "unknown",
+            ShutdownReason::User => "user",
+        },
+        DomainState::Shutoff(r) => match r {
+            ShutoffReason::Unknown => "unknown",
+            ShutoffReason::Shutdown => "shutdown",
+            ShutoffReason::Destroyed => "destroyed",
+            ShutoffReason::Crashed => "crashed",
+            ShutoffReason::Migrated => "migrated",
+            ShutoffReason::Saved => "saved",
+            ShutoffReason::Failed => "failed",
+            ShutoffReason::FromSnapshot => "from snapshot",
+            ShutoffReason::Daemon => "daemon",
+        },
+        DomainState::Crashed(r) => match r {
+            CrashedReason::Unknown => "unknown",
+            CrashedReason::Panicked => "panicked",
+        },
+    }
+}
+
+fn summary(r: &DomainRecord) -> DomainSummary {
+    let def = r.live.as_ref().unwrap_or(&r.def);
+    DomainSummary {
+        id: r.id,
+        name: def.name.clone(),
+        uuid: def.uuid.clone(),
+        state: r.state(),
+        persistent: r.persistent,
+        autostart: r.autostart,
+        managed_save: r.managed_save,
+        title: def.title.clone(),
+        memory_kib: def.memory_kib,
+        current_memory_kib: def.current_memory_kib,
+        vcpus: def.current_vcpus.unwrap_or(def.vcpus),
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Canonical lowercase 8-4-4-4-12 form of a uuid given with or without dashes.
+pub fn canonical_uuid(s: &str) -> Option<String> {
+    if !is_uuid(s) {
+        return None;
+    }
+    let h: String = s
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// Finds a domain by id, uuid or name, as virsh resolves its `<domain>` argument.
+fn find<'a>(o: &'a Objects, key: &str) -> Option<&'a DomainRecord> {
+    if let Ok(id) = key.parse::<i32>() {
+        if let Some(d) = o.domains.values().find(|d| d.id == Some(id)) {
+            return Some(d);
+        }
+    }
+    if let Some(uuid) = canonical_uuid(key) {
+        if let Some(d) = o.domains.get(&uuid) {
+            return Some(d);
+        }
+    }
+    o.domain_by_name(key)
+}
+
+fn not_found(key: &str) -> Error {
+    Error::not_found(format!(
+        "Domain not found: no domain with matching name '{key}'"
+    ))
+}
+
+fn not_running() -> Error {
+    Error::invalid_state("Requested operation is not valid: domain is not running")
+}
+
+/// The lifecycle events between two states, with libvirt's details.
+fn transition_events(before: &DomainState, after: &DomainState) -> Vec<DomainEvent> {
+    use DomainState as S;
+    let was_active = !matches!(before, S::Shutoff(_));
+    match (before, after) {
+        (_, S::Running(r)) if !was_active => vec![DomainEvent::Started(match r {
+            RunningReason::Restored => "Restored",
+            RunningReason::Migrated => "Migrated",
+            RunningReason::FromSnapshot => "Snapshot",
+            RunningReason::Wakeup => "Wakeup",
+            _ => "Booted",
+        })],
+        (_, S::Paused(_)) if !was_active => vec![
+            DomainEvent::Started("Booted"),
+            DomainEvent::Suspended("Paused"),
+        ],
+        (S::Running(_), S::Paused(r)) => vec![DomainEvent::Suspended(match r {
+            PausedReason::Migration => "Migrated",
+            PausedReason::Ioerror => "I/O Error",
+            PausedReason::Watchdog => "Watchdog",
+            PausedReason::FromSnapshot => "Snapshot",
+            PausedReason::ApiError => "API error",
+            _ => "Paused",
+        })],
+        (S::Paused(_), S::Running(r)) => vec![DomainEvent::Resumed(match r {
+            RunningReason::Migrated => "Migrated",
+            RunningReason::FromSnapshot => "Snapshot",
+            _ => "Unpaused",
+        })],
+        (_, S::Shutoff(r)) if was_active => {
+            let detail = match r {
+                ShutoffReason::Shutdown => "Shutdown",
+                ShutoffReason::Destroyed => "Destroyed",
+                ShutoffReason::Crashed => "Crashed",
+                ShutoffReason::Migrated => "Migrated",
+                ShutoffReason::Saved => "Saved",
+                ShutoffReason::FromSnapshot => "Snapshot",
+                _ => "Failed",
+            };
+            let mut v = Vec::new();
+            if matches!(r, ShutoffReason::Shutdown) {
+                v.push(DomainEvent::Shutdown("Finished"));
+            }
+            v.push(DomainEvent::Stopped(detail));
+            v
+        }
+        (S::Crashed(_), S::Crashed(_)) => vec![],
+        (_, S::Crashed(_)) => vec![DomainEvent::Crashed("Panicked")],
+        (_, S::Pmsuspended(_)) if !matches!(before, S::Pmsuspended(_)) => {
+            vec![DomainEvent::PmSuspended("Memory")]
+        }
+        _ => vec![],
+    }
+}
+
+impl Connection {
+    /// Every domain, sorted as virsh lists them: running ones by id, then the others by name.
+    pub fn list_domains(&self) -> Vec<DomainSummary> {
+        let o = self.state.objects();
+        let mut v: Vec<DomainSummary> = o.domains.values().map(summary).collect();
+        v.sort_by(|a, b| match (a.id, b.id) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.name.cmp(&b.name),
+        });
+        v
+    }
+
+    /// A snapshot of the domain named by `key` (id, uuid or name).
+    pub fn domain(&self, key: &str) -> Result<DomainRecord> {
+        find(&self.state.objects(), key)
+            .cloned()
+            .ok_or_else(|| not_found(key))
+    }
+
+    /// The summary of one domain.
+    pub fn domain_summary(&self, key: &str) -> Result<DomainSummary> {
+        self.domain(key).map(|r| summary(&r))
+    }
+
+    /// Numbers behind `dominfo`, from the driver.
+    pub fn domain_info(&self, key: &str) -> Result<DomainInfo> {
+        let dom = self.domain(key)?.as_ref();
+        self.plugin.hypervisor("info", |g, s| g.call_info(s, &dom))
+    }
+
+    /// Defines (or redefines) a persistent domain from `def`. Returns the stored definition
+    /// and whether it replaced an existing one.
+    pub fn define(&self, def: DomainDef) -> Result<(DomainDef, bool)> {
+        self.writable()?;
+        let def = self
+            .plugin
+            .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
+        let mut o = self.state.objects();
+        let updated = check_collisions(&o, &def)?;
+        let event = if updated { "Updated" } else { "Added" };
+        match o.domains.get_mut(&def.uuid) {
+            Some(rec) => {
+                rec.def = def.clone();
+                rec.persistent = true;
+            }
+            None => {
+                o.domains.insert(
+                    def.uuid.clone(),
+                    DomainRecord {
+                        def: def.clone(),
+                        live: None,
+                        id: None,
+                        runtime: None,
+                        persistent: true,
+                        autostart: false,
+                        managed_save: false,
+                    },
+                );
+            }
+        }
+        drop(o);
+        self.emit(&def, DomainEvent::Defined(event));
+        Ok((def, updated))
+    }
+
+    /// Creates and starts a transient domain: it vanishes when it stops.
+    pub fn create(&self, def: DomainDef, paused: bool) -> Result<DomainDef> {
+        self.writable()?;
+        let def = self
+            .plugin
+            .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
+        {
+            let mut o = self.state.objects();
+            if check_collisions(&o, &def)? {
+                let existing = &o.domains[&def.uuid];
+                if existing.is_active() {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("operation failed: domain '{}' is already active", def.name),
+                    ));
+                }
+            } else {
+                o.domains.insert(
+                    def.uuid.clone(),
+                    DomainRecord {
+                        def: def.clone(),
+                        live: None,
+                        id: None,
+                        runtime: None,
+                        persistent: false,
+                        autostart: false,
+                        managed_save: false,
+                    },
+                );
+            }
+        }
+        match self.start(&def.uuid, paused) {
+            Ok(()) => Ok(def),
+            Err(e) => {
+                let mut o = self.state.objects();
+                if o.domains
+                    .get(&def.uuid)
+                    .map(|d| !d.persistent && !d.is_active())
+                    .unwrap_or(false)
+                {
+                    o.domains.remove(&def.uuid);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a domain's persistent definition. A running domain keeps running, transient.
+    pub fn undefine(&self, key: &str) -> Result<String> {
+        self.writable()?;
+        let rec = self.domain(key)?;
+        let _job = self.lock(&rec, "undefine")?;
+        let mut o = self.state.objects();
+        let Some(cur) = o.domains.get_mut(&rec.def.uuid) else {
+            return Err(not_found(key));
+        };
+        if !cur.persistent {
+            return Err(Error::invalid_state(
+                "Requested operation is not valid: cannot undefine transient domain",
+            ));
+        }
+        if cur.is_active() {
+            cur.persistent = false;
+            cur.autostart = false;
+        } else {
+            o.domains.remove(&rec.def.uuid);
+        }
+        drop(o);
+        self.emit(&rec.def, DomainEvent::Undefined("Removed"));
+        Ok(rec.def.name)
+    }
+
+    /// Starts an inactive domain.
+    pub fn start(&self, key: &str, paused: bool) -> Result<()> {
+        self.writable()?;
+        self.verb(
+            key,
+            "start",
+            |r| {
+                if r.is_active() {
+                    return Err(Error::invalid_state(
+                        "Requested operation is not valid: domain is already running",
+                    ));
+                }
+                Ok(())
+            },
+            |c, dom| {
+                c.plugin
+                    .hypervisor("start", |g, s| g.call_start(s, &dom, paused))
+            },
+        )
+    }
+
+    /// Asks the guest to shut down.
+    pub fn shutdown(&self, key: &str, modes: ShutdownModes) -> Result<()> {
+        self.writable()?;
+        self.verb(key, "shutdown", require_active, |c, dom| {
+            c.plugin
+                .hypervisor("shutdown", |g, s| g.call_shutdown(s, &dom, modes))
+        })
+    }
+
+    /// Asks the guest to reboot.
+    pub fn reboot(&self, key: &str, modes: ShutdownModes) -> Result<()> {
+        self.writable()?;
+        self.verb(key, "reboot", require_active, |c, dom| {
+            c.plugin
+                .hypervisor("reboot", |g, s| g.call_reboot(s, &dom, modes))
+        })
+    }
+
+    /// Resets the virtual hardware.
+    pub fn reset(&self, key: &str) -> Result<()> {
+        self.writable()?;
+        self.verb(key, "reset", require_active, |c, dom| {
+            c.plugin.hypervisor("reset", |g, s| g.call_reset(s, &dom))
+        })
+    }
+
+    /// Stops the domain at once.
+    pub fn destroy(&self, key: &str, graceful: bool) -> Result<()> {
+        self.writable()?;
+        self.verb(key, "destroy", require_active, |c, dom| {
+            c.plugin
+                .hypervisor("destroy", |g, s| g.call_destroy(s, &dom, graceful))
+        })
+    }
+
+    /// Pauses the domain.
+    pub fn suspend(&self, key: &str) -> Result<()> {
+        self.writable()?;
+        self.verb(
+            key,
+            "suspend",
+            |r| match r.state() {
+                DomainState::Running(_) | DomainState::Blocked(_) => Ok(()),
+                DomainState::Paused(_) => Err(Error::invalid_state(
+                    "Requested operation is not valid: domain is already paused",
+                )),
+                _ => Err(not_running()),
+            },
+            |c, dom| {
+                c.plugin
+                    .hypervisor("suspend", |g, s| g.call_suspend(s, &dom))
+            },
+        )
+    }
+
+    /// Resumes a paused domain.
+    pub fn resume(&self, key: &str) -> Result<()> {
+        self.writable()?;
+        self.verb(
+            key,
+            "resume",
+            |r| match r.state() {
+                DomainState::Paused(_) => Ok(()),
+                DomainState::Shutoff(_) => Err(not_running()),
+                _ => Err(Error::invalid_state(
+                    "Requested operation is not valid: domain is not paused",
+                )),
+            },
+            |c, dom| c.plugin.hypervisor("resume", |g, s| g.call_resume(s, &dom)),
+        )
+    }
+
+    /// Sets whether a persistent domain starts with the host.
+    pub fn set_autostart(&self, key: &str, on: bool) -> Result<String> {
+        self.writable()?;
+        let mut o = self.state.objects();
+        let uuid = find(&o, key)
+            .map(|d| d.def.uuid.clone())
+            .ok_or_else(|| not_found(key))?;
+        let rec = o.domains.get_mut(&uuid).ok_or_else(|| not_found(key))?;
+        if !rec.persistent {
+            return Err(Error::invalid_state(
+                "Requested operation is not valid: cannot set autostart for transient domain",
+            ));
+        }
+        rec.autostart = on;
+        Ok(rec.def.name.clone())
+    }
+
+    fn lock(&self, rec: &DomainRecord, job: &str) -> Result<crate::state::JobGuard<'_>> {
+        self.state
+            .jobs
+            .acquire(&rec.def.uuid, &rec.def.name, job, self.job_timeout)
+    }
+
+    fn emit(&self, def: &DomainDef, event: DomainEvent) {
+        self.state.events.emit(Event::Domain {
+            name: def.name.clone(),
+            uuid: def.uuid.clone(),
+            event,
+        });
+    }
+
+    /// The common shape of a lifecycle verb: lock the domain, check the state machine, call
+    /// the plugin with no table lock held, then apply the runtime record it returns.
+    fn verb(
+        &self,
+        key: &str,
+        job: &str,
+        check: impl FnOnce(&DomainRecord) -> Result<()>,
+        call: impl FnOnce(&Connection, DomainRef) -> Result<DomainRuntime>,
+    ) -> Result<()> {
+        let rec = self.domain(key)?;
+        let _job = self.lock(&rec, job)?;
+        // Re-read under the job lock: another job may have changed it while we waited.
+        let rec = self.domain(&rec.def.uuid)?;
+        check(&rec)?;
+        let runtime = call(self, rec.as_ref())?;
+        self.apply(&rec.def.uuid, runtime);
+        Ok(())
+    }
+
+    /// Stores a runtime record the plugin returned, and emits the events of the change.
+    pub(crate) fn apply(&self, uuid: &str, runtime: DomainRuntime) {
+        let mut o = self.state.objects();
+        let Some(rec) = o.domains.get(uuid) else {
+            return;
+        };
+        let before = rec.state();
+        let after = runtime.state;
+        let def = rec.live.clone().unwrap_or_else(|| rec.def.clone());
+        let events = transition_events(&before, &after);
+        if matches!(after, DomainState::Shutoff(_)) {
+            if rec.persistent {
+                let id = o.domains.get_mut(uuid).map(|r| {
+                    r.runtime = None;
+                    r.live = None;
+                    r.id.take()
+                });
+                let _ = id;
+            } else {
+                o.domains.remove(uuid);
+            }
+        } else {
+            let needs_id = rec.id.is_none();
+            let id = if needs_id { Some(o.take_id()) } else { None };
+            if let Some(r) = o.domains.get_mut(uuid) {
+                if r.live.is_none() {
+                    r.live = Some(r.def.clone());
+                }
+                if let Some(id) = id {
+                    r.id = Some(id);
+                }
+                r.runtime = Some(runtime);
+            }
+        }
+        drop(o);
+        for e in events {
+            self.emit(&def, e);
+        }
+    }
+}
+
+fn require_active(r: &DomainRecord) -> Result<()> {
+    if r.is_active() {
+        Ok(())
+    } else {
+        Err(not_running())
+    }
+}
+
+/// Checks a new definition against existing names and uuids. Returns whether it replaces
+/// the domain with the same name and uuid.
+fn check_collisions(o: &Objects, def: &DomainDef) -> Result<bool> {
+    if let Some(same_uuid) = o.domains.get(&def.uuid) {
+        if same_uuid.def.name != def.name {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "operation failed: domain '{}' is already defined with uuid {}",
+                    same_uuid.def.name, def.uuid
+                ),
+            ));
+        }
+        return Ok(true);
+    }
+    if let Some(same_name) = o.domain_by_name(&def.name) {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "operation failed: domain '{}' already exists with uuid {}",
+                def.name, same_name.def.uuid
+            ),
+        ));
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_canonicalised() {
+        assert_eq!(
+            canonical_uuid("6695EB01F6A4830479AA97F2502E193F").unwrap(),
+            "6695eb01-f6a4-8304-79aa-97f2502e193f"
+        );
+        assert!(canonical_uuid("test").is_none());
+    }
+
+    #[test]
+    fn transitions_give_libvirts_events() {
+        use DomainState as S;
+        let off = S::Shutoff(ShutoffReason::Unknown);
+        assert_eq!(
+            transition_events(&off, &S::Running(RunningReason::Booted)),
+            vec![DomainEvent::Started("Booted")]
+        );
+        assert_eq!(
+            transition_events(&off, &S::Paused(PausedReason::User)),
+            vec![
+                DomainEvent::Started("Booted"),
+                DomainEvent::Suspended("Paused")
+            ]
+        );
+        assert_eq!(
+            transition_events(
+                &S::Running(RunningReason::Booted),
+                &S::Shutoff(ShutoffReason::Shutdown)
+            ),
+            vec![
+                DomainEvent::Shutdown("Finished"),
+                DomainEvent::Stopped("Shutdown")
+            ]
+        );
+        assert_eq!(
+            transition_events(
+                &S::Paused(PausedReason::User),
+                &S::Running(RunningReason::Unpaused)
+            ),
+            vec![DomainEvent::Resumed("Unpaused")]
+        );
+        assert!(
+            transition_events(
+                &S::Running(RunningReason::Booted),
+                &S::Running(RunningReason::Booted)
+            )
+            .is_empty()
+        );
+    }
+}

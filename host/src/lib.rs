@@ -1,0 +1,24 @@
+//! # virtwasm-host: the minimal host
+//!
+//! Loads driver plugins (WebAssembly components) under their manifests' grants, owns every
+//! definition and runtime record, and serves the management API that the CLI (in-process)
+//! and the daemon call. See `ARCHITECTURE.md` at the repository root for the layers.
+
+pub mod bindings;
+pub mod capabilities;
+pub mod connect;
+pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod manifest;
+pub mod objects;
+pub mod plugin;
+pub mod registry;
+pub mod state;
+pub mod uri;
+pub mod xml;
+
+pub use connect::{Connection, Host, HostConfig};
+pub use error::{Error, ErrorKind, Result};
+pub use registry::BundledPlugin;

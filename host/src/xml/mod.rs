@@ -1,0 +1,1 @@
+//! libvirt's XML formats to and from the typed model (placeholder; being written).

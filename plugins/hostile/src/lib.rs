@@ -1,0 +1,121 @@
+//! A deliberately hostile driver, for the host's sandbox tests only (never bundled).
+//!
+//! Each verb attacks the sandbox in one way; the domain's `<description>` carries the target
+//! (a path, a program) so the tests choose it:
+//!
+//! | verb       | attack                                                        |
+//! |------------|---------------------------------------------------------------|
+//! | `start`    | reads the file named in the description (outside its preopen) |
+//! | `shutdown` | runs the program named in the description (outside its allowlist) |
+//! | `suspend`  | loops forever                                                 |
+//! | `resume`   | allocates and touches 512 MiB (past its memory cap)           |
+//! | `reboot`   | panics in the middle of the verb                              |
+//!
+//! Every other verb behaves, so a test can show that the host still answers afterwards.
+
+use virtwasm_sdk::host::process;
+use virtwasm_sdk::types::*;
+use virtwasm_sdk::{Hypervisor, Network, Storage, VerbResult, error, export_driver, log};
+
+struct Hostile;
+
+fn running() -> DomainRuntime {
+    DomainRuntime {
+        state: DomainState::Running(RunningReason::Booted),
+        driver_data: String::new(),
+    }
+}
+
+fn target(dom: &DomainRef) -> String {
+    dom.def.description.clone().unwrap_or_default()
+}
+
+impl Hypervisor for Hostile {
+    fn open(_path: String, _params: Vec<(String, String)>) -> VerbResult<InitialObjects> {
+        Ok(InitialObjects {
+            domains: vec![],
+            pools: vec![],
+            networks: vec![],
+        })
+    }
+
+    fn get_node_info() -> VerbResult<NodeInfo> {
+        Ok(NodeInfo {
+            cpu_model: "hostile".into(),
+            memory_kib: 1024,
+            cpus: 1,
+            mhz: 1,
+            nodes: 1,
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+        })
+    }
+
+    fn fill_defaults(def: DomainDef) -> VerbResult<DomainDef> {
+        Ok(def)
+    }
+
+    fn start(dom: DomainRef, _paused: bool) -> VerbResult<DomainRuntime> {
+        let path = target(&dom);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Err(error(
+                ErrorKind::Internal,
+                format!("SANDBOX ESCAPE: read {} bytes from {path}", text.len()),
+            )),
+            Err(e) => Err(error(
+                ErrorKind::PermissionDenied,
+                format!("reading {path}: {e}"),
+            )),
+        }
+    }
+
+    fn shutdown(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+        let program = target(&dom);
+        let out = process::run(&program, &[], &[], 1000)?;
+        Err(error(
+            ErrorKind::Internal,
+            format!("SANDBOX ESCAPE: ran {program}, exit {:?}", out.status.code),
+        ))
+    }
+
+    fn suspend(_dom: DomainRef) -> VerbResult<DomainRuntime> {
+        log::info("about to spin forever");
+        let mut n: u64 = 0;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+    }
+
+    fn resume(_dom: DomainRef) -> VerbResult<DomainRuntime> {
+        let mut hog = vec![0u8; 512 << 20];
+        for i in (0..hog.len()).step_by(4096) {
+            hog[i] = 1;
+        }
+        Err(error(
+            ErrorKind::Internal,
+            format!("SANDBOX ESCAPE: allocated {} bytes", hog.len()),
+        ))
+    }
+
+    fn reboot(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+        log::warn("rebooting, or rather not");
+        panic!("hostile plugin panicked while rebooting '{}'", dom.def.name);
+    }
+
+    fn destroy(_dom: DomainRef, _graceful: bool) -> VerbResult<DomainRuntime> {
+        Ok(DomainRuntime {
+            state: DomainState::Shutoff(ShutoffReason::Destroyed),
+            driver_data: String::new(),
+        })
+    }
+
+    fn reset(_dom: DomainRef) -> VerbResult<DomainRuntime> {
+        Ok(running())
+    }
+}
+
+impl Storage for Hostile {}
+impl Network for Hostile {}
+
+export_driver!(Hostile);

@@ -1,0 +1,323 @@
+//! # virtwasm-sdk: write virtwasm driver plugins
+//!
+//! A virtwasm driver is a WebAssembly component built for `wasm32-wasip2`. It is pure logic:
+//! the host owns every definition and runtime record and hands a verb what it needs, and the
+//! driver reaches the system only through the host capabilities its manifest grants
+//! ([`host::process`], [`host::unix_socket`], files through WASI preopens).
+//!
+//! Implement [`Hypervisor`], [`Storage`] and [`Network`] for one type (every verb has a
+//! default that answers `unsupported`, so implement only what your backend does), then call
+//! [`export_driver!`]. The first-party test driver (`plugins/test`) is a complete example;
+//! the smallest useful driver looks like this:
+//!
+//! ```ignore
+//! use virtwasm_sdk::{export_driver, types::*, Hypervisor, Network, Storage};
+//!
+//! struct Echo;
+//!
+//! impl Hypervisor for Echo {
+//!     fn open(_path: String, _params: Vec<(String, String)>) -> Result<InitialObjects, Error> {
+//!         Ok(InitialObjects { domains: vec![], pools: vec![], networks: vec![] })
+//!     }
+//!     fn start(_dom: DomainRef, paused: bool) -> Result<DomainRuntime, Error> {
+//!         virtwasm_sdk::log::info("starting");
+//!         Ok(DomainRuntime {
+//!             state: if paused { DomainState::Paused(PausedReason::User) }
+//!                    else { DomainState::Running(RunningReason::Booted) },
+//!             driver_data: String::new(),
+//!         })
+//!     }
+//! }
+//! impl Storage for Echo {}
+//! impl Network for Echo {}
+//!
+//! export_driver!(Echo);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` and put the `.wasm` next to a
+//! `plugin.toml` manifest in the host's plugin directory (see the repository's
+//! `docs/plugins.md`).
+
+#![allow(clippy::too_many_arguments)]
+
+/// The bindings wit-bindgen generates from `wit/` (world `full-driver`).
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "full-driver",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "virtwasm_sdk::bindings",
+    });
+}
+
+/// The shared model: definitions, states, errors (WIT interface `virtwasm:plugin/types`).
+pub mod types {
+    pub use crate::bindings::exports::virtwasm::plugin::hypervisor::{
+        ConsoleEndpoint, DriverCapabilities, GuestCapability, MigrationProgress, MigrationTarget,
+        StatValue,
+    };
+    pub use crate::bindings::virtwasm::plugin::types::*;
+}
+
+/// The host capabilities a plugin may import, each checked against its manifest.
+pub mod host {
+    pub use crate::bindings::virtwasm::plugin::log;
+    pub use crate::bindings::virtwasm::plugin::process;
+    pub use crate::bindings::virtwasm::plugin::unix_socket;
+}
+
+use types::*;
+
+/// Builds an [`Error`] of `kind` with `message`.
+pub fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
+    Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// The error a verb returns when this driver does not implement it.
+pub fn unsupported(verb: &str) -> Error {
+    error(
+        ErrorKind::Unsupported,
+        format!("this driver does not support '{verb}'"),
+    )
+}
+
+/// Logging through the host's `log` capability, tagged by the host with the plugin's name.
+pub mod log {
+    use crate::bindings::virtwasm::plugin::log::{Level, log};
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    /// Logs at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// Shorthand for a verb's result.
+pub type VerbResult<T> = Result<T, Error>;
+
+/// The hypervisor verbs (WIT interface `virtwasm:plugin/hypervisor`). Every method defaults to
+/// `unsupported`; see the WIT file for what each one must do.
+#[allow(unused_variables)]
+pub trait Hypervisor {
+    /// Connects to the backend; returns the objects the connection starts with.
+    fn open(path: String, params: Vec<(String, String)>) -> VerbResult<InitialObjects> {
+        Err(unsupported("open"))
+    }
+    /// Host numbers behind `nodeinfo`.
+    fn get_node_info() -> VerbResult<NodeInfo> {
+        Err(unsupported("node-info"))
+    }
+    /// What guests this driver runs.
+    fn capabilities() -> VerbResult<DriverCapabilities> {
+        Err(unsupported("capabilities"))
+    }
+    /// Checks a definition and fills the driver's defaults. The default accepts it unchanged.
+    fn fill_defaults(def: DomainDef) -> VerbResult<DomainDef> {
+        Ok(def)
+    }
+    /// Starts an inactive domain.
+    fn start(dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
+        Err(unsupported("start"))
+    }
+    /// Asks the guest to shut down.
+    fn shutdown(dom: DomainRef, modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+        Err(unsupported("shutdown"))
+    }
+    /// Asks the guest to reboot.
+    fn reboot(dom: DomainRef, modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+        Err(unsupported("reboot"))
+    }
+    /// Resets the virtual hardware.
+    fn reset(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        Err(unsupported("reset"))
+    }
+    /// Stops the domain at once.
+    fn destroy(dom: DomainRef, graceful: bool) -> VerbResult<DomainRuntime> {
+        Err(unsupported("destroy"))
+    }
+    /// Pauses the virtual CPUs.
+    fn suspend(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        Err(unsupported("suspend"))
+    }
+    /// Resumes the virtual CPUs.
+    fn resume(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        Err(unsupported("resume"))
+    }
+    /// Refreshes the runtime record from the backend. The default trusts the host's record.
+    fn poll(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        dom.runtime
+            .ok_or_else(|| error(ErrorKind::InvalidState, "domain is not running"))
+    }
+    /// Numbers behind `dominfo`.
+    fn info(dom: DomainRef) -> VerbResult<DomainInfo> {
+        Err(unsupported("info"))
+    }
+    /// Statistics behind `domstats`.
+    fn stats(dom: DomainRef) -> VerbResult<Vec<(String, StatValue)>> {
+        Err(unsupported("stats"))
+    }
+    /// Saves memory to `path` and stops.
+    fn save(dom: DomainRef, path: String) -> VerbResult<DomainRuntime> {
+        Err(unsupported("save"))
+    }
+    /// Starts from memory saved at `path`.
+    fn restore(dom: DomainRef, path: String, paused: bool) -> VerbResult<DomainRuntime> {
+        Err(unsupported("restore"))
+    }
+    /// Takes a snapshot.
+    fn snapshot_create(dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<SnapshotDef> {
+        Err(unsupported("snapshot-create"))
+    }
+    /// Reverts to a snapshot.
+    fn snapshot_revert(dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<DomainRuntime> {
+        Err(unsupported("snapshot-revert"))
+    }
+    /// Deletes a snapshot's data.
+    fn snapshot_delete(dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<()> {
+        Err(unsupported("snapshot-delete"))
+    }
+    /// Hot-plugs a device.
+    fn attach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
+        Err(unsupported("attach-device"))
+    }
+    /// Hot-unplugs a device.
+    fn detach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
+        Err(unsupported("detach-device"))
+    }
+    /// Changes live vCPUs.
+    fn set_vcpus(dom: DomainRef, count: u32) -> VerbResult<DomainRuntime> {
+        Err(unsupported("set-vcpus"))
+    }
+    /// Changes live memory.
+    fn set_memory(dom: DomainRef, kib: u64) -> VerbResult<DomainRuntime> {
+        Err(unsupported("set-memory"))
+    }
+    /// Where the console is.
+    fn open_console(dom: DomainRef, device: Option<String>) -> VerbResult<ConsoleEndpoint> {
+        Err(unsupported("open-console"))
+    }
+    /// Destination: prepares an incoming guest.
+    fn migrate_prepare(dom: DomainRef, listen_address: String) -> VerbResult<MigrationTarget> {
+        Err(unsupported("migrate-prepare"))
+    }
+    /// Source: starts sending.
+    fn migrate_perform(dom: DomainRef, target_uri: String) -> VerbResult<()> {
+        Err(unsupported("migrate-perform"))
+    }
+    /// Source: progress.
+    fn migrate_progress(dom: DomainRef) -> VerbResult<MigrationProgress> {
+        Err(unsupported("migrate-progress"))
+    }
+    /// Source: cancels.
+    fn migrate_cancel(dom: DomainRef) -> VerbResult<()> {
+        Err(unsupported("migrate-cancel"))
+    }
+    /// Destination: resumes or tears down.
+    fn migrate_finish(dom: DomainRef, success: bool) -> VerbResult<DomainRuntime> {
+        Err(unsupported("migrate-finish"))
+    }
+    /// Source: stops or resumes.
+    fn migrate_confirm(dom: DomainRef, success: bool) -> VerbResult<DomainRuntime> {
+        Err(unsupported("migrate-confirm"))
+    }
+}
+
+/// The storage verbs (WIT interface `virtwasm:plugin/storage`), all `unsupported` by default.
+#[allow(unused_variables)]
+pub trait Storage {
+    /// Creates the pool's underlying storage.
+    fn pool_build(pool: PoolDef, overwrite: bool) -> VerbResult<()> {
+        Err(unsupported("pool-build"))
+    }
+    /// Activates a pool.
+    fn pool_start(pool: PoolDef) -> VerbResult<PoolInfo> {
+        Err(unsupported("pool-start"))
+    }
+    /// Deactivates a pool.
+    fn pool_stop(pool: PoolDef) -> VerbResult<()> {
+        Err(unsupported("pool-stop"))
+    }
+    /// Destroys the pool's storage.
+    fn pool_delete(pool: PoolDef) -> VerbResult<()> {
+        Err(unsupported("pool-delete"))
+    }
+    /// Lists the backend's volumes.
+    fn pool_refresh(pool: PoolDef) -> VerbResult<Vec<VolumeDef>> {
+        Err(unsupported("pool-refresh"))
+    }
+    /// Numbers behind `pool-info`.
+    fn get_pool_info(pool: PoolDef) -> VerbResult<PoolInfo> {
+        Err(unsupported("pool-info"))
+    }
+    /// Creates a volume.
+    fn vol_create(pool: PoolDef, vol: VolumeDef) -> VerbResult<VolumeDef> {
+        Err(unsupported("vol-create"))
+    }
+    /// Copies a volume.
+    fn vol_clone(pool: PoolDef, source: VolumeDef, vol: VolumeDef) -> VerbResult<VolumeDef> {
+        Err(unsupported("vol-clone"))
+    }
+    /// Deletes a volume.
+    fn vol_delete(pool: PoolDef, vol: VolumeDef) -> VerbResult<()> {
+        Err(unsupported("vol-delete"))
+    }
+    /// Resizes a volume.
+    fn vol_resize(pool: PoolDef, vol: VolumeDef, capacity: u64) -> VerbResult<VolumeDef> {
+        Err(unsupported("vol-resize"))
+    }
+    /// Zeroes a volume.
+    fn vol_wipe(pool: PoolDef, vol: VolumeDef) -> VerbResult<()> {
+        Err(unsupported("vol-wipe"))
+    }
+    /// Numbers behind `vol-info`.
+    fn vol_info(pool: PoolDef, vol: VolumeDef) -> VerbResult<VolumeInfo> {
+        Err(unsupported("vol-info"))
+    }
+}
+
+/// The network verbs (WIT interface `virtwasm:plugin/network`), all `unsupported` by default.
+#[allow(unused_variables)]
+pub trait Network {
+    /// Brings a network up.
+    fn net_start(net: NetworkDef) -> VerbResult<()> {
+        Err(unsupported("net-start"))
+    }
+    /// Takes a network down.
+    fn net_stop(net: NetworkDef) -> VerbResult<()> {
+        Err(unsupported("net-stop"))
+    }
+    /// Current DHCP leases.
+    fn net_dhcp_leases(net: NetworkDef) -> VerbResult<Vec<DhcpLease>> {
+        Err(unsupported("net-dhcp-leases"))
+    }
+}
+
+/// Connects a driver type to the component's exports. Use [`export_driver!`] instead.
+#[doc(hidden)]
+pub struct Adapter<T>(core::marker::PhantomData<T>);
+
+mod adapter;
+
+/// Exports `$driver` (which implements [`Hypervisor`], [`Storage`] and [`Network`]) as the
+/// plugin's component exports.
+#[macro_export]
+macro_rules! export_driver {
+    ($driver:ty) => {
+        type __VirtwasmExportedDriver = $crate::Adapter<$driver>;
+        $crate::bindings::export!(__VirtwasmExportedDriver with_types_in $crate::bindings);
+    };
+}
