@@ -150,15 +150,10 @@ fn populate(state: &DriverState, initial: crate::bindings::types::InitialObjects
     let mut o = state.objects();
     for (def, runtime) in initial.domains {
         let id = runtime.as_ref().map(|_| o.take_id());
-        let record = DomainRecord {
-            live: runtime.as_ref().map(|_| def.clone()),
-            def,
-            id,
-            runtime,
-            persistent: true,
-            autostart: false,
-            managed_save: false,
-        };
+        let mut record = DomainRecord::inactive(def, true);
+        record.live = runtime.as_ref().map(|_| record.def.clone());
+        record.id = id;
+        record.runtime = runtime;
         o.domains.insert(record.def.uuid.clone(), record);
     }
     for (def, volumes) in initial.pools {

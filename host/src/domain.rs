@@ -282,18 +282,8 @@ impl Connection {
                 rec.persistent = true;
             }
             None => {
-                o.domains.insert(
-                    def.uuid.clone(),
-                    DomainRecord {
-                        def: def.clone(),
-                        live: None,
-                        id: None,
-                        runtime: None,
-                        persistent: true,
-                        autostart: false,
-                        managed_save: false,
-                    },
-                );
+                o.domains
+                    .insert(def.uuid.clone(), DomainRecord::inactive(def.clone(), true));
             }
         }
         drop(o);
@@ -318,18 +308,8 @@ impl Connection {
                     ));
                 }
             } else {
-                o.domains.insert(
-                    def.uuid.clone(),
-                    DomainRecord {
-                        def: def.clone(),
-                        live: None,
-                        id: None,
-                        runtime: None,
-                        persistent: false,
-                        autostart: false,
-                        managed_save: false,
-                    },
-                );
+                o.domains
+                    .insert(def.uuid.clone(), DomainRecord::inactive(def.clone(), false));
             }
         }
         match self.start(&def.uuid, paused) {
@@ -526,14 +506,14 @@ impl Connection {
         let after = runtime.state;
         let def = rec.live.clone().unwrap_or_else(|| rec.def.clone());
         let events = transition_events(&before, &after);
-        if matches!(after, DomainState::Shutoff(_)) {
+        if let DomainState::Shutoff(reason) = after {
             if rec.persistent {
-                let id = o.domains.get_mut(uuid).map(|r| {
+                if let Some(r) = o.domains.get_mut(uuid) {
                     r.runtime = None;
                     r.live = None;
-                    r.id.take()
-                });
-                let _ = id;
+                    r.id = None;
+                    r.shutoff_reason = reason;
+                }
             } else {
                 o.domains.remove(uuid);
             }

@@ -194,6 +194,12 @@ impl PathVars {
         for (name, dir) in &self.vars {
             text = text.replace(&format!("{{{name}}}"), &dir.to_string_lossy());
         }
+        if !text.starts_with('/') && !text.contains('{') {
+            return Err(Error::new(
+                ErrorKind::PluginLoad,
+                format!("{origin}: path '{text}' is not absolute after expanding variables"),
+            ));
+        }
         if text.contains('{') {
             return Err(Error::new(
                 ErrorKind::PluginLoad,
@@ -266,8 +272,10 @@ impl Manifest {
                 return bad(format!("sha256 '{sha}' must be 64 hexadecimal digits"));
             }
         }
+        // A path may start with a `{variable}` that expands to an absolute directory.
+        let absolute = |p: &Path| p.is_absolute() || p.to_string_lossy().starts_with('{');
         for grant in &self.capabilities.files {
-            if !grant.host.is_absolute() {
+            if !absolute(&grant.host) {
                 return bad(format!(
                     "granted directory '{}' must be an absolute path",
                     grant.host.display()
@@ -275,7 +283,7 @@ impl Manifest {
             }
         }
         for prefix in &self.capabilities.sockets {
-            if !prefix.is_absolute() {
+            if !absolute(prefix) {
                 return bad(format!(
                     "socket prefix '{}' must be an absolute path",
                     prefix.display()

@@ -6,7 +6,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::bindings::types::{
-    DomainDef, DomainRef, DomainRuntime, DomainState, NetworkDef, PoolDef, PoolInfo, VolumeDef,
+    DomainDef, DomainRef, DomainRuntime, DomainState, NetworkDef, PoolDef, PoolInfo, ShutoffReason,
+    VolumeDef,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::EventBus;
@@ -28,17 +29,31 @@ pub struct DomainRecord {
     pub autostart: bool,
     /// Has a managed-save image.
     pub managed_save: bool,
+    /// Why it last stopped (`domstate --reason` of an inactive domain).
+    pub shutoff_reason: ShutoffReason,
 }
 
 impl DomainRecord {
-    /// The current state; shut off when it has no runtime record.
+    /// A new inactive record for `def`.
+    pub fn inactive(def: DomainDef, persistent: bool) -> DomainRecord {
+        DomainRecord {
+            def,
+            live: None,
+            id: None,
+            runtime: None,
+            persistent,
+            autostart: false,
+            managed_save: false,
+            shutoff_reason: ShutoffReason::Unknown,
+        }
+    }
+
+    /// The current state; shut off (with the last reason) when it has no runtime record.
     pub fn state(&self) -> DomainState {
         self.runtime
             .as_ref()
             .map(|r| r.state)
-            .unwrap_or(DomainState::Shutoff(
-                crate::bindings::types::ShutoffReason::Unknown,
-            ))
+            .unwrap_or(DomainState::Shutoff(self.shutoff_reason))
     }
 
     /// Whether it runs (in any state but shut off).

@@ -1,14 +1,14 @@
 //! A deliberately hostile driver, for the host's sandbox tests only (never bundled).
 //!
 //! Each verb attacks the sandbox in one way; the domain's `<description>` carries the target
-//! (a path, a program) so the tests choose it:
+//! (`read:PATH`, `run:PROGRAM`) so the tests choose it:
 //!
 //! | verb       | attack                                                        |
 //! |------------|---------------------------------------------------------------|
-//! | `start`    | reads the file named in the description (outside its preopen) |
-//! | `shutdown` | runs the program named in the description (outside its allowlist) |
+//! | `start`    | with `read:PATH`, reads PATH (outside its preopen); else starts |
+//! | `shutdown` | with `run:PROGRAM`, runs PROGRAM (outside its allowlist); else stops |
 //! | `suspend`  | loops forever                                                 |
-//! | `resume`   | allocates and touches 512 MiB (past its memory cap)           |
+//! | `reset`    | allocates and touches 512 MiB (past its memory cap)           |
 //! | `reboot`   | panics in the middle of the verb                              |
 //!
 //! Every other verb behaves, so a test can show that the host still answers afterwards.
@@ -26,8 +26,12 @@ fn running() -> DomainRuntime {
     }
 }
 
-fn target(dom: &DomainRef) -> String {
-    dom.def.description.clone().unwrap_or_default()
+fn target(dom: &DomainRef, prefix: &str) -> Option<String> {
+    dom.def
+        .description
+        .as_deref()
+        .and_then(|d| d.strip_prefix(prefix))
+        .map(str::to_string)
 }
 
 impl Hypervisor for Hostile {
@@ -57,7 +61,9 @@ impl Hypervisor for Hostile {
     }
 
     fn start(dom: DomainRef, _paused: bool) -> VerbResult<DomainRuntime> {
-        let path = target(&dom);
+        let Some(path) = target(&dom, "read:") else {
+            return Ok(running());
+        };
         match std::fs::read_to_string(&path) {
             Ok(text) => Err(error(
                 ErrorKind::Internal,
@@ -71,7 +77,12 @@ impl Hypervisor for Hostile {
     }
 
     fn shutdown(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
-        let program = target(&dom);
+        let Some(program) = target(&dom, "run:") else {
+            return Ok(DomainRuntime {
+                state: DomainState::Shutoff(ShutoffReason::Shutdown),
+                driver_data: String::new(),
+            });
+        };
         let out = process::run(&program, &[], &[], 1000)?;
         Err(error(
             ErrorKind::Internal,
@@ -87,7 +98,7 @@ impl Hypervisor for Hostile {
         }
     }
 
-    fn resume(_dom: DomainRef) -> VerbResult<DomainRuntime> {
+    fn reset(_dom: DomainRef) -> VerbResult<DomainRuntime> {
         let mut hog = vec![0u8; 512 << 20];
         for i in (0..hog.len()).step_by(4096) {
             hog[i] = 1;
@@ -110,7 +121,7 @@ impl Hypervisor for Hostile {
         })
     }
 
-    fn reset(_dom: DomainRef) -> VerbResult<DomainRuntime> {
+    fn resume(_dom: DomainRef) -> VerbResult<DomainRuntime> {
         Ok(running())
     }
 }

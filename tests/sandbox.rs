@@ -1,0 +1,335 @@
+//! The sandbox against a deliberately hostile plugin (`plugins/hostile`, built by the test
+//! build and never bundled). Each attack is refused or stopped with a clear error naming the
+//! plugin, the verb and the cause, and the same host answers the next call.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtwasm_host::bindings::types::{DomainDef, Os};
+use virtwasm_host::{Connection, ErrorKind, Host, HostConfig};
+
+/// Installs the hostile plugin into `dir` under `manifest` (its text), returning the dir.
+fn install(dir: &Path, name: &str, manifest: &str) -> PathBuf {
+    let plugin_dir = dir.join(name);
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::fs::copy(
+        virtwasm_bundle::HOSTILE_WASM,
+        plugin_dir.join(format!("{name}.wasm")),
+    )
+    .unwrap();
+    std::fs::write(plugin_dir.join("plugin.toml"), manifest).unwrap();
+    dir.to_path_buf()
+}
+
+fn hostile_manifest() -> String {
+    std::fs::read_to_string(virtwasm_bundle::HOSTILE_MANIFEST).unwrap()
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    host: Arc<Host>,
+    preopen: PathBuf,
+    outside: PathBuf,
+}
+
+/// A host with the hostile plugin granted `/bin/true` and one read-only directory.
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let preopen = tmp.path().join("granted");
+    std::fs::create_dir(&preopen).unwrap();
+    std::fs::write(preopen.join("inside.txt"), "fine").unwrap();
+    let outside = tmp.path().join("secret.txt");
+    std::fs::write(&outside, "top secret").unwrap();
+    let manifest = hostile_manifest().replace(
+        "[limits]",
+        &format!(
+            "files = [{{ host = \"{}\", access = \"read-only\" }}]\n\n[limits]",
+            preopen.display()
+        ),
+    );
+    let plugins = install(&tmp.path().join("plugins"), "hostile", &manifest);
+    let mut config = HostConfig::for_current_user(vec![]);
+    config.plugin_dirs = vec![plugins];
+    config.cache_dir = Some(common::cache_dir());
+    let host = Arc::new(Host::new(config).unwrap());
+    Fixture {
+        _tmp: tmp,
+        host,
+        preopen,
+        outside,
+    }
+}
+
+fn domain(name: &str, target: &str) -> DomainDef {
+    DomainDef {
+        domain_type: "hostile".into(),
+        name: name.into(),
+        uuid: format!(
+            "00000000-0000-4000-8000-{:012x}",
+            name.len() as u64 * 7919 + name.bytes().map(u64::from).sum::<u64>()
+        ),
+        title: None,
+        description: Some(target.into()),
+        memory_kib: 1024,
+        current_memory_kib: 1024,
+        vcpus: 1,
+        current_vcpus: None,
+        vcpu_placement: None,
+        cpuset: None,
+        os: Os {
+            os_type: "hvm".into(),
+            arch: None,
+            machine: None,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            boot: vec![],
+            init: None,
+            init_args: vec![],
+        },
+        features: vec![],
+        clock: None,
+        cpu: None,
+        on_poweroff: None,
+        on_reboot: None,
+        on_crash: None,
+        emulator: None,
+        disks: vec![],
+        controllers: vec![],
+        interfaces: vec![],
+        chardevs: vec![],
+        inputs: vec![],
+        graphics: vec![],
+        videos: vec![],
+        memballoon: None,
+        rngs: vec![],
+    }
+}
+
+/// The host still answers: a harmless call on the same connection works.
+#[track_caller]
+fn still_serving(conn: &Connection) {
+    let info = conn.node_info().expect("the host answers the next call");
+    assert_eq!(info.cpu_model, "hostile");
+}
+
+/// Defines and starts `name` (the hostile plugin starts normally without `read:`).
+fn running(conn: &Connection, name: &str, target: &str) -> String {
+    let (def, _) = conn.define(domain(name, target)).unwrap();
+    conn.start(&def.uuid, false).unwrap();
+    def.uuid
+}
+
+#[test]
+fn reading_outside_the_preopen_is_refused() {
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    let (def, _) = conn
+        .define(domain("reader", &format!("read:{}", f.outside.display())))
+        .unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.message
+            .starts_with(&format!("reading {}:", f.outside.display())),
+        "{e}"
+    );
+    assert!(!e.message.contains("SANDBOX ESCAPE"), "{e}");
+    // A relative escape from inside the preopen fails the same way.
+    let sneaky = format!("read:{}/../secret.txt", f.preopen.display());
+    let (def, _) = conn.define(domain("sneaky", &sneaky)).unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert!(!e.message.contains("SANDBOX ESCAPE"), "{e}");
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+    // Inside the preopen, reading works: the refusal above is the sandbox, not a broken plugin.
+    let inside = f.preopen.join("inside.txt");
+    let (def, _) = conn
+        .define(domain("inside", &format!("read:{}", inside.display())))
+        .unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert!(
+        e.message.contains("SANDBOX ESCAPE: read 4 bytes"),
+        "the granted file is readable: {e}"
+    );
+    still_serving(&conn);
+}
+
+#[test]
+fn running_a_program_outside_the_allowlist_is_refused() {
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    let uuid = running(&conn, "runner", "run:/bin/sh");
+    let e = conn.shutdown(&uuid, Default::default()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(
+        e.message,
+        "plugin 'hostile': program '/bin/sh' is not in the plugin's allowlist (allowed: /bin/true)"
+    );
+    let uuid2 = running(&conn, "runner2", "run:cat");
+    let e = conn.shutdown(&uuid2, Default::default()).unwrap_err();
+    assert_eq!(
+        e.message,
+        "plugin 'hostile': program 'cat' is not in the plugin's allowlist (allowed: /bin/true)"
+    );
+    // The granted program does run (the plugin then reports it, proving the path works).
+    let uuid3 = running(&conn, "runner3", "run:/bin/true");
+    let e = conn.shutdown(&uuid3, Default::default()).unwrap_err();
+    assert!(e.message.contains("ran /bin/true, exit Some(0)"), "{e}");
+    still_serving(&conn);
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_its_time_limit() {
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    let uuid = running(&conn, "looper", "");
+    let t = Instant::now();
+    let e = conn.suspend(&uuid).unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert_eq!(
+        e.message,
+        "plugin 'hostile' exceeded its time limit of 300 ms in 'suspend' and was stopped"
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "stopped only after its budget: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped, not left spinning: {took:?}"
+    );
+    still_serving(&conn);
+    assert_eq!(
+        conn.domain(&uuid).unwrap().state(),
+        virtwasm_host::bindings::types::DomainState::Running(
+            virtwasm_host::bindings::types::RunningReason::Booted
+        ),
+        "a failed verb changes nothing"
+    );
+}
+
+#[test]
+fn allocating_past_the_memory_cap_is_stopped() {
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    let uuid = running(&conn, "hog", "");
+    let e = conn.reset(&uuid).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PluginCrashed, "{e}");
+    assert!(
+        e.message
+            .starts_with("plugin 'hostile' ran out of memory in 'reset': it asked for "),
+        "{e}"
+    );
+    assert!(e.message.ends_with("MiB, its limit is 64 MiB"), "{e}");
+    still_serving(&conn);
+}
+
+#[test]
+fn a_panic_in_a_verb_is_reported_with_its_message() {
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    let uuid = running(&conn, "panicker", "");
+    let e = conn.reboot(&uuid, Default::default()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PluginCrashed, "{e}");
+    assert!(
+        e.message
+            .starts_with("plugin 'hostile' crashed in 'reboot': panicked at "),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("hostile plugin panicked while rebooting 'panicker'"),
+        "{e}"
+    );
+    // The trapped instance is gone; the next verb on the same domain gets a fresh one.
+    conn.destroy(&uuid, false)
+        .expect("next call on a fresh instance");
+    still_serving(&conn);
+}
+
+#[test]
+fn an_ungranted_import_is_refused_at_load_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest()
+        .replace("name = \"hostile\"", "name = \"ungranted\"")
+        .replace("schemes = [\"hostile\"]", "schemes = [\"ungranted\"]")
+        .replace("process = { programs = [\"/bin/true\"] }\n", "");
+    let plugins = install(&tmp.path().join("plugins"), "ungranted", &manifest);
+    let mut config = HostConfig::for_current_user(vec![]);
+    config.plugin_dirs = vec![plugins];
+    config.cache_dir = Some(common::cache_dir());
+    let host = Host::new(config).unwrap();
+    let e = host.open("ungranted:///session", false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PluginLoad, "{e}");
+    assert_eq!(
+        e.message,
+        "plugin 'ungranted': imports virtwasm:plugin/process@0.1.0, which its manifest does not grant (grant it with [capabilities] process = { programs = [...] })"
+    );
+}
+
+#[test]
+fn a_plugin_for_another_wit_version_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest().replace("@0.1.0", "@0.2.0");
+    let plugins = install(&tmp.path().join("plugins"), "hostile", &manifest);
+    let mut config = HostConfig::for_current_user(vec![]);
+    config.plugin_dirs = vec![plugins];
+    config.cache_dir = Some(common::cache_dir());
+    let host = Host::new(config).unwrap();
+    assert!(
+        host.registry()
+            .problems()
+            .iter()
+            .any(|p| p.message.contains(
+                "built for virtwasm:plugin@0.2.0, but this host implements virtwasm:plugin@0.1.0"
+            )),
+        "{:?}",
+        host.registry().problems()
+    );
+    let e = host.open("hostile:///session", false).unwrap_err();
+    assert!(
+        e.message
+            .contains("no connection driver available for 'hostile'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_tampered_component_fails_its_sha256_pin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = hostile_manifest().replace("schemes = [\"hostile\"]", "schemes = [\"hostile\"]\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"");
+    let plugins = install(&tmp.path().join("plugins"), "hostile", &manifest);
+    let mut config = HostConfig::for_current_user(vec![]);
+    config.plugin_dirs = vec![plugins];
+    config.cache_dir = None;
+    let host = Host::new(config).unwrap();
+    let e = host.open("hostile:///session", false).unwrap_err();
+    assert!(
+        e.message.contains("but the manifest pins 0000000000000000"),
+        "{e}"
+    );
+}
+
+#[test]
+fn concurrent_calls_on_different_domains_run_in_parallel() {
+    let f = fixture();
+    let conn = Arc::new(f.host.open("hostile:///session", false).unwrap());
+    let looper = running(&conn, "par-loop", "");
+    let other = running(&conn, "par-other", "");
+    let c2 = conn.clone();
+    let spinning = std::thread::spawn(move || c2.suspend(&looper).unwrap_err());
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    conn.destroy(&other, false)
+        .expect("another domain's verb is not blocked by the spinning one");
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "destroy waited for the loop: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(spinning.join().unwrap().kind, ErrorKind::Timeout);
+}
