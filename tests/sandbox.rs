@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtwasm_host::bindings::types::{DomainDef, Os};
+use virtwasm_host::connect::Dirs;
 use virtwasm_host::{Connection, ErrorKind, Host, HostConfig};
 
 /// Installs the hostile plugin into `dir` under `manifest` (its text), returning the dir.
@@ -26,6 +27,16 @@ fn install(dir: &Path, name: &str, manifest: &str) -> PathBuf {
 
 fn hostile_manifest() -> String {
     std::fs::read_to_string(virtwasm_bundle::HOSTILE_MANIFEST).unwrap()
+}
+
+/// A host whose every directory is under `root`: nothing touches the user's own.
+fn config_in(root: &Path, plugins: PathBuf, cache: Option<PathBuf>) -> HostConfig {
+    let mut config = HostConfig::for_current_user(vec![]);
+    config.plugin_dirs = vec![plugins];
+    config.cache_dir = cache;
+    config.session_dirs = Dirs::under(&root.join("session"));
+    config.system_dirs = Dirs::under(&root.join("system"));
+    config
 }
 
 struct Fixture {
@@ -51,10 +62,8 @@ fn fixture() -> Fixture {
         ),
     );
     let plugins = install(&tmp.path().join("plugins"), "hostile", &manifest);
-    let mut config = HostConfig::for_current_user(vec![]);
-    config.plugin_dirs = vec![plugins];
-    config.cache_dir = Some(common::cache_dir());
-    let host = Arc::new(Host::new(config).unwrap());
+    let host =
+        Arc::new(Host::new(config_in(tmp.path(), plugins, Some(common::cache_dir()))).unwrap());
     Fixture {
         _tmp: tmp,
         host,
@@ -65,7 +74,7 @@ fn fixture() -> Fixture {
 
 fn domain(name: &str, target: &str) -> DomainDef {
     DomainDef {
-        domain_type: "hostile".into(),
+        domain_type: "qemu".into(),
         name: name.into(),
         uuid: format!(
             "00000000-0000-4000-8000-{:012x}",
@@ -259,10 +268,7 @@ fn an_ungranted_import_is_refused_at_load_naming_it() {
         .replace("schemes = [\"hostile\"]", "schemes = [\"ungranted\"]")
         .replace("process = { programs = [\"/bin/true\"] }\n", "");
     let plugins = install(&tmp.path().join("plugins"), "ungranted", &manifest);
-    let mut config = HostConfig::for_current_user(vec![]);
-    config.plugin_dirs = vec![plugins];
-    config.cache_dir = Some(common::cache_dir());
-    let host = Host::new(config).unwrap();
+    let host = Host::new(config_in(tmp.path(), plugins, Some(common::cache_dir()))).unwrap();
     let e = host.open("ungranted:///session", false).unwrap_err();
     assert_eq!(e.kind, ErrorKind::PluginLoad, "{e}");
     assert_eq!(
@@ -276,10 +282,7 @@ fn a_plugin_for_another_wit_version_is_refused_naming_both() {
     let tmp = tempfile::tempdir().unwrap();
     let manifest = hostile_manifest().replace("@0.1.0", "@0.2.0");
     let plugins = install(&tmp.path().join("plugins"), "hostile", &manifest);
-    let mut config = HostConfig::for_current_user(vec![]);
-    config.plugin_dirs = vec![plugins];
-    config.cache_dir = Some(common::cache_dir());
-    let host = Host::new(config).unwrap();
+    let host = Host::new(config_in(tmp.path(), plugins, Some(common::cache_dir()))).unwrap();
     assert!(
         host.registry()
             .problems()
@@ -303,10 +306,7 @@ fn a_tampered_component_fails_its_sha256_pin() {
     let tmp = tempfile::tempdir().unwrap();
     let manifest = hostile_manifest().replace("schemes = [\"hostile\"]", "schemes = [\"hostile\"]\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"");
     let plugins = install(&tmp.path().join("plugins"), "hostile", &manifest);
-    let mut config = HostConfig::for_current_user(vec![]);
-    config.plugin_dirs = vec![plugins];
-    config.cache_dir = None;
-    let host = Host::new(config).unwrap();
+    let host = Host::new(config_in(tmp.path(), plugins, None)).unwrap();
     let e = host.open("hostile:///session", false).unwrap_err();
     assert!(
         e.message.contains("but the manifest pins 0000000000000000"),

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use crate::engine::Runtime;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::PathVars;
+use crate::manifest::{PathVars, StateKind};
 use crate::plugin::Plugin;
 use crate::registry::{BundledPlugin, Registry};
 use crate::state::{DomainRecord, DriverState, NetworkRecord, PoolRecord};
+use crate::store::DiskStore;
 use crate::uri::ConnectUri;
 
 /// How a host is set up.
@@ -28,6 +29,30 @@ pub struct HostConfig {
     pub path_vars: PathVars,
     /// How long a verb waits for another job on the same object.
     pub job_timeout: Duration,
+    /// Config and status roots for `DRIVER:///system` (root only).
+    pub system_dirs: Dirs,
+    /// Config and status roots for `DRIVER:///session` (this user's).
+    pub session_dirs: Dirs,
+}
+
+/// Where persistent drivers keep their files: each driver gets `config/DRIVER/` and
+/// `status/DRIVER/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    /// Definitions (`/etc/virtwasm`, `~/.config/virtwasm`).
+    pub config: PathBuf,
+    /// Runtime records (`/run/virtwasm`, `$XDG_RUNTIME_DIR/virtwasm`).
+    pub status: PathBuf,
+}
+
+impl Dirs {
+    /// The layout under one root, for `DRIVER:///embed?root=DIR`.
+    pub fn under(root: &std::path::Path) -> Dirs {
+        Dirs {
+            config: root.join("etc/virtwasm"),
+            status: root.join("run/virtwasm"),
+        }
+    }
 }
 
 impl HostConfig {
@@ -54,12 +79,24 @@ impl HostConfig {
         if let Some(extra) = std::env::var_os("VIRTWASM_PLUGIN_DIR") {
             plugin_dirs.push(PathBuf::from(extra));
         }
+        // Without XDG_RUNTIME_DIR, stay in the user's own cache rather than a guessable /tmp path.
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("virtwasm-run"));
         HostConfig {
             cache_dir: Some(cache_dir),
             plugin_dirs,
             bundled,
             path_vars: PathVars::default(),
             job_timeout: Duration::from_secs(30),
+            system_dirs: Dirs {
+                config: PathBuf::from("/etc/virtwasm"),
+                status: PathBuf::from("/run/virtwasm"),
+            },
+            session_dirs: Dirs {
+                config: xdg("XDG_CONFIG_HOME", ".config").join("virtwasm"),
+                status: runtime.join("virtwasm"),
+            },
         }
     }
 }
@@ -67,8 +104,10 @@ impl HostConfig {
 /// One host: a wasm runtime, the plugins, and the state of every driver connection opened.
 pub struct Host {
     registry: Registry,
-    states: Mutex<HashMap<String, Arc<DriverState>>>,
+    states: Mutex<HashMap<String, (Arc<DriverState>, Option<DiskStore>)>>,
     job_timeout: Duration,
+    system_dirs: Dirs,
+    session_dirs: Dirs,
 }
 
 impl std::fmt::Debug for Host {
@@ -96,6 +135,8 @@ impl Host {
             registry,
             states: Mutex::new(HashMap::new()),
             job_timeout: config.job_timeout,
+            system_dirs: config.system_dirs,
+            session_dirs: config.session_dirs,
         })
     }
 
@@ -119,20 +160,59 @@ impl Host {
             ));
         }
         let plugin = self.registry.for_scheme(&parsed.driver)?;
-        let key = format!("{}://{}", parsed.driver, parsed.path);
+        let (key, dirs) = match plugin.manifest.plugin.state {
+            StateKind::PerProcess => (format!("{}://{}", parsed.driver, parsed.path), None),
+            StateKind::Persistent => {
+                let dirs = self.dirs_for(&parsed)?;
+                (
+                    format!(
+                        "{}://{}#{}",
+                        parsed.driver,
+                        parsed.path,
+                        dirs.config.display()
+                    ),
+                    Some(dirs),
+                )
+            }
+        };
         let existing = self.states.lock().unwrap().get(&key).cloned();
-        let state = match existing {
+        let (state, store) = match existing {
             Some(s) => s,
             None => {
                 let state = Arc::new(DriverState::default());
-                let initial = plugin
-                    .hypervisor("open", |g, s| g.call_open(s, &parsed.path, &parsed.params))?;
-                populate(&state, initial);
+                let store = match &dirs {
+                    Some(d) => Some(DiskStore::open(
+                        d.config.join(&parsed.driver),
+                        d.status.join(&parsed.driver),
+                    )?),
+                    None => None,
+                };
+                let node_file = plugin.manifest.plugin.node_files
+                    && parsed.path != "/default"
+                    && parsed.path.ends_with(".xml");
+                if node_file {
+                    let (initial, extras) =
+                        crate::nodefile::load(std::path::Path::new(&parsed.path))?;
+                    populate_from_node_file(&plugin, &state, initial, extras)?;
+                } else {
+                    let initial = plugin
+                        .hypervisor("open", |g, s| g.call_open(s, &parsed.path, &parsed.params))?;
+                    populate(&state, initial);
+                }
+                if let Some(store) = &store {
+                    let mut o = state.objects();
+                    for rec in store.load_domains()? {
+                        if let Some(id) = rec.id {
+                            o.next_id = o.next_id.max(id + 1);
+                        }
+                        o.domains.insert(rec.def.uuid.clone(), rec);
+                    }
+                }
                 self.states
                     .lock()
                     .unwrap()
                     .entry(key)
-                    .or_insert(state)
+                    .or_insert((state, store))
                     .clone()
             }
         };
@@ -140,10 +220,106 @@ impl Host {
             uri: parsed,
             plugin,
             state,
+            store,
             readonly,
             job_timeout: self.job_timeout,
         })
     }
+
+    /// The directories behind a persistent driver's URI path.
+    fn dirs_for(&self, uri: &ConnectUri) -> Result<Dirs> {
+        match uri.path.as_str() {
+            "/system" => {
+                // SAFETY: geteuid has no preconditions.
+                let uid = unsafe { libc::geteuid() };
+                if uid != 0 {
+                    return Err(Error::denied(format!(
+                        "{}:///system manages the host's domains and needs root (running as uid {uid}); use {}:///session for your own",
+                        uri.driver, uri.driver
+                    )));
+                }
+                Ok(self.system_dirs.clone())
+            }
+            "/session" => Ok(self.session_dirs.clone()),
+            "/embed" => {
+                let root = uri.param("root").ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{} needs a root directory: {}:///embed?root=/path/to/dir",
+                        uri.raw, uri.driver
+                    ))
+                })?;
+                let root = std::path::Path::new(root);
+                if !root.is_absolute() {
+                    return Err(Error::invalid(format!(
+                        "embed root '{}' must be an absolute path",
+                        root.display()
+                    )));
+                }
+                Ok(Dirs::under(root))
+            }
+            other => Err(Error::invalid(format!(
+                "unexpected {} URI path '{other}', try {}:///system, {}:///session or {}:///embed?root=DIR",
+                uri.driver, uri.driver, uri.driver, uri.driver
+            ))),
+        }
+    }
+}
+
+/// A node file's domains start running, as in libvirt's test driver.
+fn populate_from_node_file(
+    plugin: &Plugin,
+    state: &DriverState,
+    initial: crate::bindings::types::InitialObjects,
+    extras: Vec<crate::xml::Extras>,
+) -> Result<()> {
+    use crate::bindings::types::{DomainRuntime, DomainState, RunningReason};
+    let mut filled = Vec::with_capacity(initial.domains.len());
+    for ((def, _), extras) in initial.domains.into_iter().zip(extras) {
+        let def = plugin.hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
+        filled.push((def, extras));
+    }
+    let mut o = state.objects();
+    for (def, extras) in filled {
+        if o.domains.contains_key(&def.uuid) || o.domain_by_name(&def.name).is_some() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("node file defines domain '{}' twice", def.name),
+            ));
+        }
+        let mut record = DomainRecord::inactive(def, true);
+        record.extras = extras;
+        record.live = Some(record.def.clone());
+        record.id = Some(o.take_id());
+        record.runtime = Some(DomainRuntime {
+            state: DomainState::Running(RunningReason::Booted),
+            driver_data: String::new(),
+        });
+        o.domains.insert(record.def.uuid.clone(), record);
+    }
+    for (def, volumes) in initial.pools {
+        o.pools.insert(
+            def.uuid.clone(),
+            PoolRecord {
+                def,
+                info: None,
+                volumes,
+                persistent: true,
+                autostart: false,
+            },
+        );
+    }
+    for def in initial.networks {
+        o.networks.insert(
+            def.uuid.clone(),
+            NetworkRecord {
+                def,
+                active: true,
+                persistent: true,
+                autostart: false,
+            },
+        );
+    }
+    Ok(())
 }
 
 fn populate(state: &DriverState, initial: crate::bindings::types::InitialObjects) {
@@ -186,6 +362,7 @@ pub struct Connection {
     pub(crate) uri: ConnectUri,
     pub(crate) plugin: Arc<Plugin>,
     pub(crate) state: Arc<DriverState>,
+    pub(crate) store: Option<DiskStore>,
     pub(crate) readonly: bool,
     pub(crate) job_timeout: Duration,
 }

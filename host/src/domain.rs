@@ -10,6 +10,7 @@ use crate::connect::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{DomainEvent, Event};
 use crate::state::{DomainRecord, Objects};
+use crate::xml::{Extras, FormatOptions, ParseOptions, ParsedDomain};
 
 /// One row of `list`, with what scripts usually loop for (memory, vCPUs) in the same answer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -269,34 +270,68 @@ impl Connection {
     /// Defines (or redefines) a persistent domain from `def`. Returns the stored definition
     /// and whether it replaced an existing one.
     pub fn define(&self, def: DomainDef) -> Result<(DomainDef, bool)> {
+        self.define_with_extras(def, Extras::default())
+    }
+
+    /// Defines a domain from libvirt XML. With `validate`, anything virtwasm would not
+    /// interpret is refused, naming the element, instead of being carried along.
+    pub fn define_xml(&self, text: &str, validate: bool) -> Result<(DomainDef, bool)> {
+        let parsed = parse(text, validate)?;
+        self.define_with_extras(parsed.def, parsed.extras)
+    }
+
+    /// Defines `def`, keeping `extras` (what its XML held beyond the model) for `dumpxml`.
+    /// Nothing changes unless the definition is valid and written to disk.
+    pub fn define_with_extras(&self, def: DomainDef, extras: Extras) -> Result<(DomainDef, bool)> {
         self.writable()?;
+        validate_name(&def.name)?;
         let def = self
             .plugin
             .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
+        validate_name(&def.name)?;
         let mut o = self.state.objects();
         let updated = check_collisions(&o, &def)?;
-        let event = if updated { "Updated" } else { "Added" };
-        match o.domains.get_mut(&def.uuid) {
-            Some(rec) => {
-                rec.def = def.clone();
-                rec.persistent = true;
-            }
-            None => {
-                o.domains
-                    .insert(def.uuid.clone(), DomainRecord::inactive(def.clone(), true));
-            }
-        }
+        let mut rec = o
+            .domains
+            .get(&def.uuid)
+            .cloned()
+            .unwrap_or_else(|| DomainRecord::inactive(def.clone(), true));
+        rec.def = def.clone();
+        rec.extras = extras;
+        rec.persistent = true;
+        self.save(&rec)?;
+        o.domains.insert(def.uuid.clone(), rec);
         drop(o);
-        self.emit(&def, DomainEvent::Defined(event));
+        self.emit(
+            &def,
+            DomainEvent::Defined(if updated { "Updated" } else { "Added" }),
+        );
         Ok((def, updated))
+    }
+
+    /// Creates and starts a transient domain from libvirt XML.
+    pub fn create_xml(&self, text: &str, validate: bool, paused: bool) -> Result<DomainDef> {
+        let parsed = parse(text, validate)?;
+        self.create_with_extras(parsed.def, parsed.extras, paused)
     }
 
     /// Creates and starts a transient domain: it vanishes when it stops.
     pub fn create(&self, def: DomainDef, paused: bool) -> Result<DomainDef> {
+        self.create_with_extras(def, Extras::default(), paused)
+    }
+
+    fn create_with_extras(
+        &self,
+        def: DomainDef,
+        extras: Extras,
+        paused: bool,
+    ) -> Result<DomainDef> {
         self.writable()?;
+        validate_name(&def.name)?;
         let def = self
             .plugin
             .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
+        validate_name(&def.name)?;
         {
             let mut o = self.state.objects();
             if check_collisions(&o, &def)? {
@@ -308,8 +343,9 @@ impl Connection {
                     ));
                 }
             } else {
-                o.domains
-                    .insert(def.uuid.clone(), DomainRecord::inactive(def.clone(), false));
+                let mut rec = DomainRecord::inactive(def.clone(), false);
+                rec.extras = extras;
+                o.domains.insert(def.uuid.clone(), rec);
             }
         }
         match self.start(&def.uuid, paused) {
@@ -328,13 +364,35 @@ impl Connection {
         }
     }
 
+    /// The domain's libvirt XML: the running definition with its id, or with `inactive` the
+    /// persistent one.
+    pub fn domain_xml(&self, key: &str, inactive: bool) -> Result<String> {
+        let rec = self.domain(key)?;
+        let def = if inactive {
+            rec.def.clone()
+        } else {
+            rec.live.clone().unwrap_or_else(|| rec.def.clone())
+        };
+        let options = FormatOptions {
+            id: rec.id,
+            inactive: inactive || rec.id.is_none(),
+        };
+        Ok(crate::xml::format_domain(
+            &ParsedDomain {
+                def,
+                extras: rec.extras.clone(),
+            },
+            &options,
+        ))
+    }
+
     /// Removes a domain's persistent definition. A running domain keeps running, transient.
     pub fn undefine(&self, key: &str) -> Result<String> {
         self.writable()?;
         let rec = self.domain(key)?;
         let _job = self.lock(&rec, "undefine")?;
         let mut o = self.state.objects();
-        let Some(cur) = o.domains.get_mut(&rec.def.uuid) else {
+        let Some(cur) = o.domains.get(&rec.def.uuid).cloned() else {
             return Err(not_found(key));
         };
         if !cur.persistent {
@@ -342,9 +400,15 @@ impl Connection {
                 "Requested operation is not valid: cannot undefine transient domain",
             ));
         }
+        if let Some(store) = &self.store {
+            store.remove_definition(&cur.def.name)?;
+        }
         if cur.is_active() {
-            cur.persistent = false;
-            cur.autostart = false;
+            let mut now = cur;
+            now.persistent = false;
+            now.autostart = false;
+            self.save(&now)?;
+            o.domains.insert(rec.def.uuid.clone(), now);
         } else {
             o.domains.remove(&rec.def.uuid);
         }
@@ -453,14 +517,29 @@ impl Connection {
         let uuid = find(&o, key)
             .map(|d| d.def.uuid.clone())
             .ok_or_else(|| not_found(key))?;
-        let rec = o.domains.get_mut(&uuid).ok_or_else(|| not_found(key))?;
+        let mut rec = o
+            .domains
+            .get(&uuid)
+            .cloned()
+            .ok_or_else(|| not_found(key))?;
         if !rec.persistent {
             return Err(Error::invalid_state(
                 "Requested operation is not valid: cannot set autostart for transient domain",
             ));
         }
         rec.autostart = on;
-        Ok(rec.def.name.clone())
+        self.save(&rec)?;
+        let name = rec.def.name.clone();
+        o.domains.insert(uuid, rec);
+        Ok(name)
+    }
+
+    /// Writes a record's files when this driver keeps state on disk.
+    fn save(&self, rec: &DomainRecord) -> Result<()> {
+        match &self.store {
+            Some(store) => store.save_domain(rec),
+            None => Ok(()),
+        }
     }
 
     fn lock(&self, rec: &DomainRecord, job: &str) -> Result<crate::state::JobGuard<'_>> {
@@ -492,49 +571,103 @@ impl Connection {
         let rec = self.domain(&rec.def.uuid)?;
         check(&rec)?;
         let runtime = call(self, rec.as_ref())?;
-        self.apply(&rec.def.uuid, runtime);
-        Ok(())
+        self.apply(&rec.def.uuid, runtime)
     }
 
-    /// Stores a runtime record the plugin returned, and emits the events of the change.
-    pub(crate) fn apply(&self, uuid: &str, runtime: DomainRuntime) {
+    /// Stores a runtime record the plugin returned, on disk first for a persistent driver,
+    /// and emits the events of the change.
+    pub(crate) fn apply(&self, uuid: &str, runtime: DomainRuntime) -> Result<()> {
         let mut o = self.state.objects();
-        let Some(rec) = o.domains.get(uuid) else {
-            return;
+        let Some(rec) = o.domains.get(uuid).cloned() else {
+            return Ok(());
         };
         let before = rec.state();
         let after = runtime.state;
-        let def = rec.live.clone().unwrap_or_else(|| rec.def.clone());
         let events = transition_events(&before, &after);
+        let def = rec.live.clone().unwrap_or_else(|| rec.def.clone());
+        let mut saved = Ok(());
         if let DomainState::Shutoff(reason) = after {
             if rec.persistent {
-                if let Some(r) = o.domains.get_mut(uuid) {
-                    r.runtime = None;
-                    r.live = None;
-                    r.id = None;
-                    r.shutoff_reason = reason;
-                }
+                let mut now = rec;
+                now.runtime = None;
+                now.live = None;
+                now.id = None;
+                now.shutoff_reason = reason;
+                saved = self.save(&now);
+                o.domains.insert(uuid.to_string(), now);
             } else {
+                if let Some(store) = &self.store {
+                    saved = store.forget(&rec.def.name);
+                }
                 o.domains.remove(uuid);
             }
         } else {
-            let needs_id = rec.id.is_none();
-            let id = if needs_id { Some(o.take_id()) } else { None };
-            if let Some(r) = o.domains.get_mut(uuid) {
-                if r.live.is_none() {
-                    r.live = Some(r.def.clone());
-                }
-                if let Some(id) = id {
-                    r.id = Some(id);
-                }
-                r.runtime = Some(runtime);
+            let mut now = rec;
+            if now.id.is_none() {
+                now.id = Some(o.take_id());
             }
+            if now.live.is_none() {
+                now.live = Some(now.def.clone());
+            }
+            now.runtime = Some(runtime);
+            saved = self.save(&now);
+            o.domains.insert(uuid.to_string(), now);
         }
         drop(o);
         for e in events {
             self.emit(&def, e);
         }
+        // The backend has changed already; a record that could not be written is reported,
+        // since a daemon restart would not find the guest.
+        saved.map_err(|e| {
+            Error::failed(format!(
+                "domain '{}' changed state but its status could not be saved: {}",
+                def.name, e.message
+            ))
+        })
     }
+}
+
+/// Parses domain XML, strictly when validating.
+fn parse(text: &str, validate: bool) -> Result<ParsedDomain> {
+    let options = ParseOptions {
+        strict: validate,
+        fill_defaults: true,
+    };
+    crate::xml::parse_domain_with(text, &options)
+}
+
+/// Longest domain name accepted: names become file names.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Refuses names that cannot be file names or would be misread: no path separators, no
+/// control characters, not `.`/`..` or hidden, at most [`MAX_NAME_LEN`] bytes.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::invalid(format!(
+            "invalid domain name '{}': {why}",
+            name.escape_default()
+        )))
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad(&format!(
+            "it is {} bytes long, the limit is {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if name.contains('/') {
+        return bad("it cannot contain '/'");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("it cannot contain control characters");
+    }
+    if name.starts_with('.') {
+        return bad("it cannot start with '.'");
+    }
+    Ok(())
 }
 
 fn require_active(r: &DomainRecord) -> Result<()> {

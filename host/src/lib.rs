@@ -12,10 +12,12 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod manifest;
+pub mod nodefile;
 pub mod objects;
 pub mod plugin;
 pub mod registry;
 pub mod state;
+pub mod store;
 pub mod uri;
 pub mod xml;
 

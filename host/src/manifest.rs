@@ -164,6 +164,24 @@ pub struct PluginSection {
     /// Expected sha256 of the component; a mismatch refuses the load.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// Where the driver's objects live: `persistent` (on disk, surviving the process: every
+    /// real driver) or `per-process` (in memory, as libvirt's test driver).
+    #[serde(default)]
+    pub state: StateKind,
+    /// Whether `scheme:///path/to/node.xml` opens a libvirt test-node file.
+    #[serde(default, rename = "node-files")]
+    pub node_files: bool,
+}
+
+/// Where a driver's objects live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateKind {
+    /// On disk, in the host's config and runtime directories.
+    #[default]
+    Persistent,
+    /// In memory, for the life of the process.
+    PerProcess,
 }
 
 /// A parsed and validated manifest.

@@ -31,6 +31,9 @@ pub struct DomainRecord {
     pub managed_save: bool,
     /// Why it last stopped (`domstate --reason` of an inactive domain).
     pub shutoff_reason: ShutoffReason,
+    /// What its XML held beyond the model, written back by `dumpxml`.
+    #[serde(default)]
+    pub extras: crate::xml::Extras,
 }
 
 impl DomainRecord {
@@ -45,6 +48,7 @@ impl DomainRecord {
             autostart: false,
             managed_save: false,
             shutoff_reason: ShutoffReason::Unknown,
+            extras: crate::xml::Extras::default(),
         }
     }
 

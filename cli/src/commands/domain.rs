@@ -82,6 +82,43 @@ pub static COMMANDS: &[Command] = &[
         run: domuuid,
     },
     Command {
+        name: "define",
+        group: "Domain Management",
+        help: "define (but don't start) a domain from an XML file",
+        opts: &[
+            arg("file", "file containing an XML domain description"),
+            flag("validate", "validate the XML against the schema"),
+        ],
+        run: define,
+    },
+    Command {
+        name: "create",
+        group: "Domain Management",
+        help: "create a domain from an XML file",
+        opts: &[
+            arg("file", "file containing an XML domain description"),
+            flag("paused", "leave the guest paused after creation"),
+            flag("validate", "validate the XML against the schema"),
+        ],
+        run: create,
+    },
+    Command {
+        name: "dumpxml",
+        group: "Domain Management",
+        help: "domain information in XML",
+        opts: &[
+            DOMAIN,
+            flag("inactive", "show inactive defined XML"),
+            flag(
+                "security-info",
+                "include security sensitive information in XML dump",
+            ),
+            flag("update-cpu", "update guest CPU according to host CPU"),
+            flag("migratable", "provide XML suitable for migrations"),
+        ],
+        run: dumpxml,
+    },
+    Command {
         name: "undefine",
         group: "Domain Management",
         help: "undefine a domain",
@@ -553,4 +590,55 @@ fn autostart(sess: &mut Session, a: &Args) -> Outcome {
     verb(sess, a, failed, ok, |c, d| {
         c.set_autostart(d, on).map(|_| ())
     })
+}
+
+/// Reads an XML file argument with virsh's error.
+pub(crate) fn read_file(path: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "No such file or directory".to_string(),
+            std::io::ErrorKind::PermissionDenied => "Permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        Failure::msg(format!("Failed to open file '{path}': {reason}"))
+    })
+}
+
+fn define(sess: &mut Session, a: &Args) -> Outcome {
+    let file = a.req("file");
+    let text = read_file(file)?;
+    let validate = a.flag("validate");
+    match sess.conn()?.define_xml(&text, validate) {
+        Ok((def, _)) => {
+            sess.print(&format!("Domain '{}' defined from {file}\n", def.name));
+            Ok(())
+        }
+        Err(e) => Err(Failure(vec![
+            format!("Failed to define domain from {file}"),
+            e.message,
+        ])),
+    }
+}
+
+fn create(sess: &mut Session, a: &Args) -> Outcome {
+    let file = a.req("file");
+    let text = read_file(file)?;
+    let (validate, paused) = (a.flag("validate"), a.flag("paused"));
+    match sess.conn()?.create_xml(&text, validate, paused) {
+        Ok(def) => {
+            sess.print(&format!("Domain '{}' created from {file}\n", def.name));
+            Ok(())
+        }
+        Err(e) => Err(Failure(vec![
+            format!("Failed to create domain from {file}"),
+            e.message,
+        ])),
+    }
+}
+
+fn dumpxml(sess: &mut Session, a: &Args) -> Outcome {
+    let rec = lookup(sess, a.req("domain"))?;
+    let xml = sess.conn()?.domain_xml(&rec.def.uuid, a.flag("inactive"))?;
+    sess.print(&xml);
+    Ok(())
 }

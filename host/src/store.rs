@@ -1,0 +1,192 @@
+//! Durable state on disk, for drivers whose objects outlive the process (everything but the
+//! per-process test driver).
+//!
+//! Layout, as libvirt's (`/etc/libvirt/qemu/NAME.xml`, `/run/libvirt/qemu/NAME.xml`):
+//! - `CONFIG/domains/NAME.xml`: a persistent definition, libvirt XML an operator can read;
+//! - `CONFIG/domains/autostart/NAME`: present when the domain starts with the host;
+//! - `STATUS/domains/NAME.json`: the runtime record of a running domain (its id, the
+//!   definition it runs with, the driver's record such as a pid and a monitor path), kept in
+//!   the runtime directory so a reboot of the host forgets it, as it forgets the guests.
+//!
+//! Every file is written atomically (temporary file, fsync, rename, fsync of the directory),
+//! so a crash leaves the old version or the new one, never a torn file.
+
+use std::path::{Path, PathBuf};
+
+use crate::bindings::types::{DomainDef, DomainRuntime};
+use crate::engine::write_atomically;
+use crate::error::{Error, Result};
+use crate::state::DomainRecord;
+use crate::xml::{self, FormatOptions, ParsedDomain};
+
+/// Where one driver connection keeps its files.
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    config: PathBuf,
+    status: PathBuf,
+}
+
+/// What the status file of a running domain holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Status {
+    id: Option<i32>,
+    persistent: bool,
+    live: DomainDef,
+    runtime: DomainRuntime,
+    extras: xml::Extras,
+}
+
+fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |e| Error::io(what, path, e)
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io("cannot create directory", path))
+}
+
+impl DiskStore {
+    /// A store under `config` (definitions) and `status` (runtime records).
+    pub fn open(config: PathBuf, status: PathBuf) -> Result<DiskStore> {
+        for dir in [config.join("domains/autostart"), status.join("domains")] {
+            create_private_dir(&dir)?;
+        }
+        Ok(DiskStore { config, status })
+    }
+
+    fn def_path(&self, name: &str) -> PathBuf {
+        self.config.join("domains").join(format!("{name}.xml"))
+    }
+
+    fn autostart_path(&self, name: &str) -> PathBuf {
+        self.config.join("domains/autostart").join(name)
+    }
+
+    fn status_path(&self, name: &str) -> PathBuf {
+        self.status.join("domains").join(format!("{name}.json"))
+    }
+
+    /// Writes what `rec` needs on disk: its definition when persistent, its autostart mark,
+    /// and its status file while it runs (removed when it stops).
+    pub fn save_domain(&self, rec: &DomainRecord) -> Result<()> {
+        let name = &rec.def.name;
+        if rec.persistent {
+            let xml = xml::format_domain(
+                &ParsedDomain {
+                    def: rec.def.clone(),
+                    extras: rec.extras.clone(),
+                },
+                &FormatOptions {
+                    id: None,
+                    inactive: true,
+                },
+            );
+            let path = self.def_path(name);
+            write_atomically(&path, xml.as_bytes()).map_err(io("cannot write", &path))?;
+            let mark = self.autostart_path(name);
+            if rec.autostart {
+                write_atomically(&mark, b"").map_err(io("cannot write", &mark))?;
+            } else {
+                remove_if_present(&mark)?;
+            }
+        }
+        let status = self.status_path(name);
+        match (&rec.runtime, &rec.live) {
+            (Some(runtime), live) => {
+                let body = Status {
+                    id: rec.id,
+                    persistent: rec.persistent,
+                    live: live.clone().unwrap_or_else(|| rec.def.clone()),
+                    runtime: runtime.clone(),
+                    extras: rec.extras.clone(),
+                };
+                let json = serde_json::to_vec_pretty(&body)
+                    .map_err(|e| Error::internal(format!("encoding status of '{name}': {e}")))?;
+                write_atomically(&status, &json).map_err(io("cannot write", &status))?;
+            }
+            (None, _) => remove_if_present(&status)?,
+        }
+        Ok(())
+    }
+
+    /// Removes a domain's definition and autostart mark (its status stays while it runs).
+    pub fn remove_definition(&self, name: &str) -> Result<()> {
+        remove_if_present(&self.def_path(name))?;
+        remove_if_present(&self.autostart_path(name))
+    }
+
+    /// Removes every file of a domain.
+    pub fn forget(&self, name: &str) -> Result<()> {
+        self.remove_definition(name)?;
+        remove_if_present(&self.status_path(name))
+    }
+
+    /// Reads every domain back: definitions first, then status files of running domains
+    /// (transient ones exist only there). A file that cannot be read is reported, not
+    /// skipped silently: losing track of a running guest is worse than refusing to start.
+    pub fn load_domains(&self) -> Result<Vec<DomainRecord>> {
+        let mut records: Vec<DomainRecord> = Vec::new();
+        for path in files_with(&self.config.join("domains"), "xml")? {
+            let text = std::fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+            let parsed = xml::parse_domain(&text)
+                .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message)))?;
+            let mut rec = DomainRecord::inactive(parsed.def, true);
+            rec.extras = parsed.extras;
+            rec.autostart = self.autostart_path(&rec.def.name).exists();
+            records.push(rec);
+        }
+        for path in files_with(&self.status.join("domains"), "json")? {
+            let text = std::fs::read(&path).map_err(io("cannot read", &path))?;
+            let status: Status = serde_json::from_slice(&text)
+                .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+            let rec = match records.iter_mut().find(|r| r.def.uuid == status.live.uuid) {
+                Some(r) => r,
+                None => {
+                    let mut r = DomainRecord::inactive(status.live.clone(), false);
+                    r.extras = status.extras.clone();
+                    records.push(r);
+                    records.last_mut().expect("just pushed")
+                }
+            };
+            rec.id = status.id;
+            rec.persistent = status.persistent;
+            rec.live = Some(status.live);
+            rec.runtime = Some(status.runtime);
+        }
+        Ok(records)
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot remove", path, e)),
+    }
+}
+
+fn files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    let mut v: Vec<PathBuf> = read
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().and_then(|x| x.to_str()) == Some(ext)
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(".")
+                    .starts_with('.')
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
