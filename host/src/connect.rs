@@ -187,9 +187,8 @@ impl Host {
                     )?),
                     None => None,
                 };
-                let node_file = plugin.manifest.plugin.node_files
-                    && parsed.path != "/default"
-                    && parsed.path.ends_with(".xml");
+                // As libvirt's test driver: any path but /default names a node file.
+                let node_file = plugin.manifest.plugin.node_files && parsed.path != "/default";
                 if node_file {
                     let (initial, extras) =
                         crate::nodefile::load(std::path::Path::new(&parsed.path))?;

@@ -83,6 +83,12 @@ fn children(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
                     name = e.name().as_ref().to_string();
                 }
             }
+            Event::Empty(e) if depth == 0 => {
+                if e.name().as_ref() != "node" {
+                    return Err(format!("root element is <{}>, expected <node>", e.name().as_ref()));
+                }
+                saw_root = true;
+            }
             Event::Empty(e) if depth == 1 => {
                 let end = reader.buffer_position() as usize;
                 out.push((

@@ -352,6 +352,10 @@ impl Plugin {
         }
         match outcome {
             Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) if e.kind == types::ErrorKind::Unsupported => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'", self.name()),
+            )),
             Ok(Err(e)) => Err(Error::from(e)),
             Err(trap) => Err(self.explain_trap(verb, trap, store.data(), budget)),
         }
