@@ -20,7 +20,13 @@ fn plugin_dir(home: &Path) -> std::path::PathBuf {
 fn run(home: &Path, root: &Path, script: &str) -> Run {
     let uri = format!("hostile:///embed?root={}", root.display());
     let out = command(home)
-        .args(["--plugin-dir", plugin_dir(home).to_str().unwrap(), "-c", &uri, script])
+        .args([
+            "--plugin-dir",
+            plugin_dir(home).to_str().unwrap(),
+            "-c",
+            &uri,
+            script,
+        ])
         .output()
         .unwrap();
     Run {
@@ -40,29 +46,58 @@ fn definitions_and_running_state_survive_the_process() {
     std::fs::write(&xml, VM).unwrap();
 
     let r = run(home.path(), &root, &format!("define {}", xml.display()));
-    assert_eq!(r.ok(), format!("Domain 'web1' defined from {}\n\n", xml.display()));
+    assert_eq!(
+        r.ok(),
+        format!("Domain 'web1' defined from {}\n\n", xml.display())
+    );
     let def_file = root.join("etc/virtwasm/hostile/domains/web1.xml");
     let on_disk = std::fs::read_to_string(&def_file).unwrap();
     assert!(on_disk.starts_with("<domain type='qemu'>\n  <name>web1</name>\n  <uuid>0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11</uuid>\n"), "{on_disk}");
-    assert!(on_disk.contains("<memory unit='KiB'>262144</memory>"), "normalised to KiB: {on_disk}");
+    assert!(
+        on_disk.contains("<memory unit='KiB'>262144</memory>"),
+        "normalised to KiB: {on_disk}"
+    );
 
     // A new process sees it, starts it, and a third one finds it running with its id.
     let r = run(home.path(), &root, "list --all; start web1; autostart web1");
-    assert_eq!(r.ok(), " Id   Name   State\n-----------------------\n -    web1   shut off\n\nDomain 'web1' started\n\nDomain 'web1' marked as autostarted\n\n");
+    assert_eq!(
+        r.ok(),
+        " Id   Name   State\n-----------------------\n -    web1   shut off\n\nDomain 'web1' started\n\nDomain 'web1' marked as autostarted\n\n"
+    );
     assert!(root.join("run/virtwasm/hostile/domains/web1.json").exists());
-    assert!(root.join("etc/virtwasm/hostile/domains/autostart/web1").exists());
+    assert!(
+        root.join("etc/virtwasm/hostile/domains/autostart/web1")
+            .exists()
+    );
     let r = run(home.path(), &root, "list; domstate web1 --reason");
-    assert_eq!(r.ok(), " Id   Name   State\n----------------------\n 1    web1   running\n\nrunning (booted)\n\n");
+    assert_eq!(
+        r.ok(),
+        " Id   Name   State\n----------------------\n 1    web1   running\n\nrunning (booted)\n\n"
+    );
     // A verb the driver lacks is reported plainly, naming the driver and the verb.
     let r = run(home.path(), &root, "dominfo web1");
-    assert_eq!(r.failed(), "error: this function is not supported by the connection driver: plugin 'hostile' does not implement 'info'\n");
+    assert_eq!(
+        r.failed(),
+        "error: this function is not supported by the connection driver: plugin 'hostile' does not implement 'info'\n"
+    );
 
     // Stopping removes the status file; undefining removes the definition.
-    let r = run(home.path(), &root, "destroy web1; undefine web1; list --all");
-    assert_eq!(r.ok(), "Domain 'web1' destroyed\n\nDomain 'web1' has been undefined\n\n Id   Name   State\n--------------------\n\n");
+    let r = run(
+        home.path(),
+        &root,
+        "destroy web1; undefine web1; list --all",
+    );
+    assert_eq!(
+        r.ok(),
+        "Domain 'web1' destroyed\n\nDomain 'web1' has been undefined\n\n Id   Name   State\n--------------------\n\n"
+    );
     assert!(!root.join("run/virtwasm/hostile/domains/web1.json").exists());
     assert!(!def_file.exists());
-    assert!(!root.join("etc/virtwasm/hostile/domains/autostart/web1").exists());
+    assert!(
+        !root
+            .join("etc/virtwasm/hostile/domains/autostart/web1")
+            .exists()
+    );
 }
 
 #[test]
@@ -72,12 +107,25 @@ fn a_transient_domain_lives_only_in_the_runtime_directory() {
     let xml = home.path().join("web1.xml");
     std::fs::write(&xml, VM).unwrap();
     let r = run(home.path(), &root, &format!("create {}", xml.display()));
-    assert_eq!(r.ok(), format!("Domain 'web1' created from {}\n\n", xml.display()));
+    assert_eq!(
+        r.ok(),
+        format!("Domain 'web1' created from {}\n\n", xml.display())
+    );
     assert!(!root.join("etc/virtwasm/hostile/domains/web1.xml").exists());
-    let r = run(home.path(), &root, "list --all --persistent; list --transient --name");
-    assert_eq!(r.ok(), " Id   Name   State\n--------------------\n\nweb1\n\n");
+    let r = run(
+        home.path(),
+        &root,
+        "list --all --persistent; list --transient --name",
+    );
+    assert_eq!(
+        r.ok(),
+        " Id   Name   State\n--------------------\n\nweb1\n\n"
+    );
     let r = run(home.path(), &root, "destroy web1; list --all");
-    assert_eq!(r.ok(), "Domain 'web1' destroyed\n\n Id   Name   State\n--------------------\n\n");
+    assert_eq!(
+        r.ok(),
+        "Domain 'web1' destroyed\n\n Id   Name   State\n--------------------\n\n"
+    );
 }
 
 #[test]
@@ -94,18 +142,39 @@ fn names_cannot_escape_the_config_directory() {
         std::fs::write(&xml, text).unwrap();
         let r = run(home.path(), &root, &format!("define {}", xml.display()));
         let err = r.failed();
-        assert!(err.starts_with(&format!("error: Failed to define domain from {}\nerror: ", xml.display())), "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "error: Failed to define domain from {}\nerror: ",
+                xml.display()
+            )),
+            "{err}"
+        );
         assert!(err.contains(why), "{err}");
         assert_eq!(err.lines().count(), 2, "{err}");
     }
     let long = "x".repeat(201);
     let xml = home.path().join("long.xml");
-    std::fs::write(&xml, VM.replace("<name>web1</name>", &format!("<name>{long}</name>"))).unwrap();
+    std::fs::write(
+        &xml,
+        VM.replace("<name>web1</name>", &format!("<name>{long}</name>")),
+    )
+    .unwrap();
     let r = run(home.path(), &root, &format!("define {}", xml.display()));
-    assert!(r.failed().contains("it is 201 bytes long, the limit is 200"), "{}", r.stderr);
+    assert!(
+        r.failed()
+            .contains("it is 201 bytes long, the limit is 200"),
+        "{}",
+        r.stderr
+    );
     let domains = root.join("etc/virtwasm/hostile/domains");
-    let files: Vec<_> = std::fs::read_dir(&domains).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert_eq!(files, vec![std::ffi::OsString::from("autostart")], "nothing was written");
+    let files: Vec<_> = std::fs::read_dir(&domains)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        files,
+        vec![std::ffi::OsString::from("autostart")],
+        "nothing was written"
+    );
     assert!(!Path::new("/tmp/evil.xml").exists());
 }
 
@@ -116,22 +185,51 @@ fn duplicate_names_and_uuids_are_refused_and_change_nothing() {
     let xml = home.path().join("web1.xml");
     std::fs::write(&xml, VM).unwrap();
     run(home.path(), &root, &format!("define {}", xml.display())).ok();
-    let before = std::fs::read_to_string(root.join("etc/virtwasm/hostile/domains/web1.xml")).unwrap();
+    let before =
+        std::fs::read_to_string(root.join("etc/virtwasm/hostile/domains/web1.xml")).unwrap();
     let other_uuid = home.path().join("same-name.xml");
-    std::fs::write(&other_uuid, VM.replace("0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11", "11111111-2222-4333-8444-555555555555")).unwrap();
-    let r = run(home.path(), &root, &format!("define {}", other_uuid.display()));
+    std::fs::write(
+        &other_uuid,
+        VM.replace(
+            "0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11",
+            "11111111-2222-4333-8444-555555555555",
+        ),
+    )
+    .unwrap();
+    let r = run(
+        home.path(),
+        &root,
+        &format!("define {}", other_uuid.display()),
+    );
     assert_eq!(
         r.failed(),
-        format!("error: Failed to define domain from {}\nerror: operation failed: domain 'web1' already exists with uuid 0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11\n", other_uuid.display())
+        format!(
+            "error: Failed to define domain from {}\nerror: operation failed: domain 'web1' already exists with uuid 0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11\n",
+            other_uuid.display()
+        )
     );
     let other_name = home.path().join("same-uuid.xml");
-    std::fs::write(&other_name, VM.replace("<name>web1</name>", "<name>web2</name>")).unwrap();
-    let r = run(home.path(), &root, &format!("define {}", other_name.display()));
+    std::fs::write(
+        &other_name,
+        VM.replace("<name>web1</name>", "<name>web2</name>"),
+    )
+    .unwrap();
+    let r = run(
+        home.path(),
+        &root,
+        &format!("define {}", other_name.display()),
+    );
     assert_eq!(
         r.failed(),
-        format!("error: Failed to define domain from {}\nerror: operation failed: domain 'web1' is already defined with uuid 0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11\n", other_name.display())
+        format!(
+            "error: Failed to define domain from {}\nerror: operation failed: domain 'web1' is already defined with uuid 0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11\n",
+            other_name.display()
+        )
     );
-    assert_eq!(std::fs::read_to_string(root.join("etc/virtwasm/hostile/domains/web1.xml")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/virtwasm/hostile/domains/web1.xml")).unwrap(),
+        before
+    );
     assert!(!root.join("etc/virtwasm/hostile/domains/web2.xml").exists());
 }
 
@@ -140,7 +238,14 @@ fn malformed_xml_is_refused_with_its_position() {
     let home = tempfile::tempdir().unwrap();
     let root = home.path().join("root");
     let xml = home.path().join("bad.xml");
-    std::fs::write(&xml, VM.replace("<memory unit='MiB'>256</memory>", "<memory unit='furlongs'>256</memory>")).unwrap();
+    std::fs::write(
+        &xml,
+        VM.replace(
+            "<memory unit='MiB'>256</memory>",
+            "<memory unit='furlongs'>256</memory>",
+        ),
+    )
+    .unwrap();
     let r = run(home.path(), &root, &format!("define {}", xml.display()));
     let err = r.failed();
     assert!(err.contains("line 4, column"), "{err}");
@@ -156,15 +261,35 @@ fn malformed_xml_is_refused_with_its_position() {
 fn embed_without_a_root_and_system_paths_are_explained() {
     let home = tempfile::tempdir().unwrap();
     let out = command(home.path())
-        .args(["--plugin-dir", plugin_dir(home.path()).to_str().unwrap(), "-c", "hostile:///embed", "list"])
+        .args([
+            "--plugin-dir",
+            plugin_dir(home.path()).to_str().unwrap(),
+            "-c",
+            "hostile:///embed",
+            "list",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hostile:///embed needs a root directory: hostile:///embed?root=/path/to/dir"), "{err}");
+    assert!(
+        err.contains("hostile:///embed needs a root directory: hostile:///embed?root=/path/to/dir"),
+        "{err}"
+    );
     let out = command(home.path())
-        .args(["--plugin-dir", plugin_dir(home.path()).to_str().unwrap(), "-c", "hostile:///elsewhere", "list"])
+        .args([
+            "--plugin-dir",
+            plugin_dir(home.path()).to_str().unwrap(),
+            "-c",
+            "hostile:///elsewhere",
+            "list",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unexpected hostile URI path '/elsewhere', try hostile:///system, hostile:///session"), "{err}");
+    assert!(
+        err.contains(
+            "unexpected hostile URI path '/elsewhere', try hostile:///system, hostile:///session"
+        ),
+        "{err}"
+    );
 }

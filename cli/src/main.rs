@@ -46,10 +46,10 @@ struct Cli {
 }
 
 fn default_uri() -> String {
-    if let Ok(uri) = std::env::var("VIRTWASM_DEFAULT_URI") {
-        if !uri.is_empty() {
-            return uri;
-        }
+    if let Ok(uri) = std::env::var("VIRTWASM_DEFAULT_URI")
+        && !uri.is_empty()
+    {
+        return uri;
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

@@ -101,10 +101,13 @@ impl HostConfig {
     }
 }
 
+/// A driver connection's state, shared by every connection to the same URI, and its store.
+type SharedDriver = (Arc<DriverState>, Option<DiskStore>);
+
 /// One host: a wasm runtime, the plugins, and the state of every driver connection opened.
 pub struct Host {
     registry: Registry,
-    states: Mutex<HashMap<String, (Arc<DriverState>, Option<DiskStore>)>>,
+    states: Mutex<HashMap<String, SharedDriver>>,
     job_timeout: Duration,
     system_dirs: Dirs,
     session_dirs: Dirs,

@@ -157,16 +157,14 @@ pub fn canonical_uuid(s: &str) -> Option<String> {
 
 /// Finds a domain by id, uuid or name, as virsh resolves its `<domain>` argument.
 fn find<'a>(o: &'a Objects, key: &str) -> Option<&'a DomainRecord> {
-    if let Ok(id) = key.parse::<i32>() {
-        if let Some(d) = o.domains.values().find(|d| d.id == Some(id)) {
+    if let Ok(id) = key.parse::<i32>()
+        && let Some(d) = o.domains.values().find(|d| d.id == Some(id)) {
             return Some(d);
         }
-    }
-    if let Some(uuid) = canonical_uuid(key) {
-        if let Some(d) = o.domains.get(&uuid) {
+    if let Some(uuid) = canonical_uuid(key)
+        && let Some(d) = o.domains.get(&uuid) {
             return Some(d);
         }
-    }
     o.domain_by_name(key)
 }
 
@@ -380,7 +378,7 @@ impl Connection {
         Ok(crate::xml::format_domain(
             &ParsedDomain {
                 def,
-                extras: rec.extras.clone(),
+                extras: rec.extras,
             },
             &options,
         ))

@@ -74,7 +74,7 @@ fn children(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
                     if e.name().as_ref() != "node" {
                         return Err(format!(
                             "root element is <{}>, expected <node>",
-                            e.name().as_ref().to_string()
+                            e.name().as_ref()
                         ));
                     }
                     saw_root = true;

@@ -157,14 +157,13 @@ impl Plugin {
         let sha256 = sha256
             .map(str::to_string)
             .unwrap_or_else(|| sha256_hex(wasm));
-        if let Some(pin) = &manifest.plugin.sha256 {
-            if !pin.eq_ignore_ascii_case(&sha256) {
+        if let Some(pin) = &manifest.plugin.sha256
+            && !pin.eq_ignore_ascii_case(&sha256) {
                 return Err(load_err(
                     &name,
                     format!("component sha256 is {sha256}, but the manifest pins {pin}"),
                 ));
             }
-        }
         let t0 = Instant::now();
         let (component, cache) = runtime.compile(&name, wasm, &sha256)?;
         let compile = t0.elapsed();

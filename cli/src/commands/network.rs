@@ -52,11 +52,13 @@ fn net_list(sess: &mut Session, a: &Args) -> Outcome {
             } else {
                 n.active
             };
+            // Each filter flag, when given, keeps only the objects that have the property.
+            let want = |flag: &str, has: bool| !a.flag(flag) || has;
             shown
-                && !(a.flag("persistent") && !n.persistent)
-                && !(a.flag("transient") && n.persistent)
-                && !(a.flag("autostart") && !n.autostart)
-                && !(a.flag("no-autostart") && n.autostart)
+                && want("persistent", n.persistent)
+                && want("transient", !n.persistent)
+                && want("autostart", n.autostart)
+                && want("no-autostart", !n.autostart)
         })
         .collect();
     if a.flag("json") {

@@ -85,11 +85,13 @@ fn pool_list(sess: &mut Session, a: &Args) -> Outcome {
             } else {
                 active
             };
+            // Each filter flag, when given, keeps only the objects that have the property.
+            let want = |flag: &str, has: bool| !a.flag(flag) || has;
             shown
-                && !(a.flag("persistent") && !p.record.persistent)
-                && !(a.flag("transient") && p.record.persistent)
-                && !(a.flag("autostart") && !p.record.autostart)
-                && !(a.flag("no-autostart") && p.record.autostart)
+                && want("persistent", p.record.persistent)
+                && want("transient", !p.record.persistent)
+                && want("autostart", p.record.autostart)
+                && want("no-autostart", !p.record.autostart)
         })
         .collect();
     if a.flag("json") {

@@ -62,8 +62,8 @@ pub fn allowed(path: &Path, prefixes: &[PathBuf]) -> Result<PathBuf, String> {
             }
         ));
     }
-    if let (Some(dir), Some(name)) = (lexical.parent(), lexical.file_name()) {
-        if let Ok(real_dir) = std::fs::canonicalize(dir) {
+    if let (Some(dir), Some(name)) = (lexical.parent(), lexical.file_name())
+        && let Ok(real_dir) = std::fs::canonicalize(dir) {
             let real = real_dir.join(name);
             let real_prefixes: Vec<PathBuf> = prefixes
                 .iter()
@@ -77,7 +77,6 @@ pub fn allowed(path: &Path, prefixes: &[PathBuf]) -> Result<PathBuf, String> {
                 ));
             }
         }
-    }
     Ok(lexical)
 }
 
