@@ -37,7 +37,10 @@ pub(crate) struct Attr {
 pub(crate) enum Node {
     Element(Element),
     /// Text with entities resolved; `offset` is where it starts.
-    Text { text: String, offset: usize },
+    Text {
+        text: String,
+        offset: usize,
+    },
 }
 
 impl Element {
@@ -90,7 +93,10 @@ impl<'t> Source<'t> {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset);
         let start = self.line_starts[line - 1];
-        let column = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count());
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
         (line, column + 1)
     }
 
@@ -98,12 +104,20 @@ impl<'t> Source<'t> {
     pub fn error(&self, offset: usize, context: &str, message: &str) -> Error {
         let (line, column) = self.line_col(offset);
         if context.is_empty() {
-            Error::invalid(format!("XML error at line {line}, column {column}: {message}"))
+            Error::invalid(format!(
+                "XML error at line {line}, column {column}: {message}"
+            ))
         } else {
-            Error::invalid(format!("XML error at line {line}, column {column}: {context}: {message}"))
+            Error::invalid(format!(
+                "XML error at line {line}, column {column}: {context}: {message}"
+            ))
         }
     }
 }
+
+/// How deep elements may nest (libxml2's default limit): the tree is walked recursively, and
+/// a hostile document must not exhaust the stack of the daemon.
+const MAX_DEPTH: usize = 256;
 
 /// Reads a whole document into its root element.
 pub(crate) fn parse_document(src: &Source<'_>) -> Result<Element, Error> {
@@ -118,17 +132,34 @@ pub(crate) fn parse_document(src: &Source<'_>) -> Result<Element, Error> {
     loop {
         let offset = pos(reader.buffer_position());
         let event = reader.read_event().map_err(|e| {
-            src.error(pos(reader.error_position()), "", &format!("malformed XML: {e}"))
+            src.error(
+                pos(reader.error_position()),
+                "",
+                &format!("malformed XML: {e}"),
+            )
         })?;
         match event {
-            Event::Start(start) => stack.push(open_element(src, &start, offset)?),
+            Event::Start(start) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(src.error(
+                        offset,
+                        "",
+                        &format!("malformed XML: elements nested deeper than {MAX_DEPTH} levels"),
+                    ));
+                }
+                stack.push(open_element(src, &start, offset)?);
+            }
             Event::Empty(start) => {
                 let element = open_element(src, &start, offset)?;
                 attach(src, &mut stack, &mut root, element)?;
             }
             Event::End(_) => {
                 let element = stack.pop().ok_or_else(|| {
-                    src.error(offset, "", "malformed XML: closing tag without an opening tag")
+                    src.error(
+                        offset,
+                        "",
+                        "malformed XML: closing tag without an opening tag",
+                    )
                 })?;
                 attach(src, &mut stack, &mut root, finish_element(element))?;
             }
@@ -165,7 +196,13 @@ pub(crate) fn parse_document(src: &Source<'_>) -> Result<Element, Error> {
             ),
         ));
     }
-    root.ok_or_else(|| src.error(src.text.len(), "", "malformed XML: the document has no root element"))
+    root.ok_or_else(|| {
+        src.error(
+            src.text.len(),
+            "",
+            "malformed XML: the document has no root element",
+        )
+    })
 }
 
 /// Reads a fragment written by this module back into a tree (used to re-indent extras).
@@ -183,7 +220,7 @@ fn describe_position(src: &Source<'_>, offset: usize) -> String {
 }
 
 fn open_element(src: &Source<'_>, start: &BytesStart<'_>, offset: usize) -> Result<Element, Error> {
-    let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+    let name = start.name().as_ref().to_string();
     let raw = start.attributes_raw();
     // `attributes_raw` starts right after the name; the tag itself starts one byte after `<`.
     let raw_offset = offset + 1 + name.len();
@@ -194,7 +231,7 @@ fn open_element(src: &Source<'_>, start: &BytesStart<'_>, offset: usize) -> Resu
             let at = offset + 1 + attr_error_offset(&e);
             src.error(at, &format!("<{name}>"), &format!("malformed XML: {e}"))
         })?;
-        let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
+        let key = attr.key.as_ref().to_string();
         let found = find_attribute(raw, cursor, &key);
         cursor = found.map_or(cursor, |at| at + key.len());
         let at = raw_offset + found.unwrap_or(0);
@@ -202,9 +239,18 @@ fn open_element(src: &Source<'_>, start: &BytesStart<'_>, offset: usize) -> Resu
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|e| src.error(at, &format!("<{name}>"), &format!("malformed XML: {e}")))?
             .into_owned();
-        attrs.push(Attr { name: key, value, offset: at });
+        attrs.push(Attr {
+            name: key,
+            value,
+            offset: at,
+        });
     }
-    Ok(Element { name, attrs, children: Vec::new(), offset })
+    Ok(Element {
+        name,
+        attrs,
+        children: Vec::new(),
+        offset,
+    })
 }
 
 fn attr_error_offset(error: &quick_xml::events::attributes::AttrError) -> usize {
@@ -236,7 +282,11 @@ fn find_attribute(raw: &str, from: usize, key: &str) -> Option<usize> {
 
 /// Drops whitespace-only text between child elements: indentation is not content.
 fn finish_element(mut element: Element) -> Element {
-    if element.children.iter().any(|n| matches!(n, Node::Element(_))) {
+    if element
+        .children
+        .iter()
+        .any(|n| matches!(n, Node::Element(_)))
+    {
         element.children.retain(|n| match n {
             Node::Text { text, .. } => !text.trim().is_empty(),
             Node::Element(_) => true,
@@ -266,7 +316,12 @@ fn attach(
     Ok(())
 }
 
-fn push_text(src: &Source<'_>, stack: &mut [Element], text: &str, offset: usize) -> Result<(), Error> {
+fn push_text(
+    src: &Source<'_>,
+    stack: &mut [Element],
+    text: &str,
+    offset: usize,
+) -> Result<(), Error> {
     let Some(parent) = stack.last_mut() else {
         if text.trim().is_empty() {
             return Ok(());
@@ -276,7 +331,10 @@ fn push_text(src: &Source<'_>, stack: &mut [Element], text: &str, offset: usize)
     if let Some(Node::Text { text: previous, .. }) = parent.children.last_mut() {
         previous.push_str(text);
     } else {
-        parent.children.push(Node::Text { text: text.to_string(), offset });
+        parent.children.push(Node::Text {
+            text: text.to_string(),
+            offset,
+        });
     }
     Ok(())
 }
@@ -300,7 +358,11 @@ pub(crate) struct Sink {
 
 impl Sink {
     fn note(&mut self, offset: usize, context: String, path: String) {
-        if self.first_unknown.as_ref().is_none_or(|(first, _, _)| offset < *first) {
+        if self
+            .first_unknown
+            .as_ref()
+            .is_none_or(|(first, _, _)| offset < *first)
+        {
             self.first_unknown = Some((offset, context, path));
         }
     }
@@ -312,6 +374,8 @@ impl Sink {
 pub(crate) struct El<'a> {
     pub el: &'a Element,
     pub path: String,
+    /// The path without a list index, from which [`El::set_index`] builds the indexed one.
+    base: String,
     src: &'a Source<'a>,
     sink: &'a RefCell<Sink>,
     used_attrs: Vec<bool>,
@@ -334,6 +398,7 @@ impl<'a> El<'a> {
     fn new(el: &'a Element, path: String, src: &'a Source<'a>, sink: &'a RefCell<Sink>) -> Self {
         El {
             el,
+            base: path.clone(),
             path,
             src,
             sink,
@@ -350,7 +415,17 @@ impl<'a> El<'a> {
 
     /// Gives a list item its position in the model, which is how the writer finds its extras.
     pub fn set_index(&mut self, index: usize) {
-        self.path = format!("{}[{}]", self.path, index + 1);
+        self.path = format!("{}[{}]", self.base, index + 1);
+    }
+
+    /// Looks at an attribute without taking it (to decide whether the model can hold the
+    /// element at all).
+    pub fn peek_attr(&self, name: &str) -> Option<&'a str> {
+        self.el
+            .attrs
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.as_str())
     }
 
     /// Takes attribute `name`.
@@ -358,7 +433,11 @@ impl<'a> El<'a> {
         let index = self.el.attrs.iter().position(|a| a.name == name)?;
         self.used_attrs[index] = true;
         let attr = &self.el.attrs[index];
-        Some(AttrRef { value: &attr.value, name: &attr.name, offset: attr.offset })
+        Some(AttrRef {
+            value: &attr.value,
+            name: &attr.name,
+            offset: attr.offset,
+        })
     }
 
     /// Takes attribute `name` as an owned string.
@@ -368,7 +447,8 @@ impl<'a> El<'a> {
 
     /// Takes attribute `name`, which must be present.
     pub fn required_attr(&mut self, name: &str) -> Result<AttrRef<'a>, Error> {
-        self.attr(name).ok_or_else(|| self.error(&format!("missing required attribute '{name}'")))
+        self.attr(name)
+            .ok_or_else(|| self.error(&format!("missing required attribute '{name}'")))
     }
 
     /// Takes attribute `name` and converts it, reporting a bad value at the attribute.
@@ -379,7 +459,9 @@ impl<'a> El<'a> {
     ) -> Result<Option<T>, Error> {
         match self.attr(name) {
             None => Ok(None),
-            Some(attr) => convert(attr.value).map(Some).map_err(|m| self.attr_error(&attr, &m)),
+            Some(attr) => convert(attr.value)
+                .map(Some)
+                .map_err(|m| self.attr_error(&attr, &m)),
         }
     }
 
@@ -390,16 +472,24 @@ impl<'a> El<'a> {
         })?;
         self.used_children[index] = true;
         match &self.el.children[index] {
-            Node::Element(e) => {
-                Some(El::new(e, format!("{}/{name}", self.path), self.src, self.sink))
-            }
+            Node::Element(e) => Some(El::new(
+                e,
+                format!("{}/{name}", self.path),
+                self.src,
+                self.sink,
+            )),
             Node::Text { .. } => None,
         }
     }
 
-    /// Takes every unused child element called `name`, in document order.
+    /// Takes every unused child element called `name`, in document order, each indexed by its
+    /// position (`name[1]`, `name[2]`...) because the model holds them as a list.
     pub fn children(&mut self, name: &str) -> Vec<El<'a>> {
-        std::iter::from_fn(|| self.child(name)).collect()
+        let mut list: Vec<El<'a>> = std::iter::from_fn(|| self.child(name)).collect();
+        for (i, el) in list.iter_mut().enumerate() {
+            el.set_index(i);
+        }
+        list
     }
 
     /// Takes every unused child element, in document order.
@@ -410,7 +500,12 @@ impl<'a> El<'a> {
                 && !self.used_children[i]
             {
                 self.used_children[i] = true;
-                out.push(El::new(e, format!("{}/{}", self.path, e.name), self.src, self.sink));
+                out.push(El::new(
+                    e,
+                    format!("{}/{}", self.path, e.name),
+                    self.src,
+                    self.sink,
+                ));
             }
         }
         out
@@ -422,7 +517,10 @@ impl<'a> El<'a> {
     }
 
     /// Converts the text content, reporting a bad value where the text starts.
-    pub fn text_with<T>(&self, convert: impl FnOnce(&str) -> Result<T, String>) -> Result<T, Error> {
+    pub fn text_with<T>(
+        &self,
+        convert: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, Error> {
         let text = self.text();
         convert(&text).map_err(|m| self.text_error(&m))
     }
@@ -447,7 +545,8 @@ impl<'a> El<'a> {
 
     /// An error about the element as a whole.
     pub fn error(&self, message: &str) -> Error {
-        self.src.error(self.el.offset, &format!("<{}>", self.el.name), message)
+        self.src
+            .error(self.el.offset, &format!("<{}>", self.el.name), message)
     }
 
     /// An error about one attribute's value.
@@ -458,7 +557,11 @@ impl<'a> El<'a> {
 
     /// An error about the text content.
     pub fn text_error(&self, message: &str) -> Error {
-        self.src.error(self.el.text_offset(), &format!("<{}>", self.el.name), message)
+        self.src.error(
+            self.el.text_offset(),
+            &format!("<{}>", self.el.name),
+            message,
+        )
     }
 
     /// An error about a missing child.
@@ -476,7 +579,11 @@ impl Drop for El<'_> {
         for (attr, used) in self.el.attrs.iter().zip(&self.used_attrs) {
             if !used {
                 let context = format!("<{} {}='{}'>", self.el.name, attr.name, attr.value);
-                sink.note(attr.offset, context, format!("{}/@{}", self.path, attr.name));
+                sink.note(
+                    attr.offset,
+                    context,
+                    format!("{}/@{}", self.path, attr.name),
+                );
                 sink.extras.attributes.push(ExtraAttribute {
                     element: self.path.clone(),
                     name: attr.name.clone(),
@@ -532,7 +639,7 @@ mod tests {
         let err = parse("<a>\n  <b>\n</a>").unwrap_err();
         assert_eq!(
             err.message,
-            "XML error at line 3, column 3: malformed XML: ill-formed document: expected `</b>`, but `</a>` was found"
+            "XML error at line 3, column 1: malformed XML: ill-formed document: expected `</b>`, but `</a>` was found"
         );
         let err = parse("<a>\n  <b></b>\n").unwrap_err();
         assert_eq!(
@@ -545,7 +652,8 @@ mod tests {
     fn bad_attribute_quoting_is_reported_at_the_attribute() {
         let err = parse("<a>\n  <b x=1/>\n</a>").unwrap_err();
         assert!(
-            err.message.starts_with("XML error at line 2, column 8: <b>: malformed XML: "),
+            err.message
+                .starts_with("XML error at line 2, column 8: <b>: malformed XML: "),
             "{}",
             err.message
         );
@@ -559,9 +667,27 @@ mod tests {
             "XML error at line 2, column 1: <b>: malformed XML: a second root element (a document has exactly one)"
         );
         let err = parse("<a/>x").unwrap_err();
-        assert_eq!(err.message, "XML error at line 1, column 5: malformed XML: text outside the root element");
+        assert_eq!(
+            err.message,
+            "XML error at line 1, column 5: malformed XML: text outside the root element"
+        );
         let err = parse("").unwrap_err();
-        assert_eq!(err.message, "XML error at line 1, column 1: malformed XML: the document has no root element");
+        assert_eq!(
+            err.message,
+            "XML error at line 1, column 1: malformed XML: the document has no root element"
+        );
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        let deep = "<a>".repeat(300) + &"</a>".repeat(300);
+        let err = parse(&deep).unwrap_err();
+        assert_eq!(
+            err.message,
+            "XML error at line 1, column 769: malformed XML: elements nested deeper than 256 levels"
+        );
+        let fine = "<a>".repeat(100) + &"</a>".repeat(100);
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]

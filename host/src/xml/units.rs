@@ -36,7 +36,11 @@ pub fn unit_scale(unit: &str) -> Option<u64> {
 /// A scaled value in bytes. `default_scale` applies when no unit is given (1024 for memory,
 /// whose unit defaults to KiB; 1 for storage sizes). Errors are the message only; the caller
 /// adds the position.
-pub fn parse_scaled(value: &str, unit: Option<&str>, default_scale: u64) -> Result<u64, ScaleError> {
+pub fn parse_scaled(
+    value: &str,
+    unit: Option<&str>,
+    default_scale: u64,
+) -> Result<u64, ScaleError> {
     let scale = match unit {
         None => default_scale,
         Some(u) => unit_scale(u).ok_or(ScaleError::Unit)?,
@@ -70,7 +74,10 @@ impl ScaleError {
                 unit.unwrap_or_default()
             ),
             ScaleError::Number => {
-                format!("invalid value '{}' (expected a non-negative integer)", value.trim())
+                format!(
+                    "invalid value '{}' (expected a non-negative integer)",
+                    value.trim()
+                )
             }
             ScaleError::TooLarge => format!(
                 "value '{}'{} is too large (at most {} bytes)",
@@ -145,13 +152,19 @@ mod tests {
             "unknown unit 'furlongs' (expected one of b, bytes, KB, k, KiB, MB, M, MiB, GB, G, GiB, TB, T, TiB, PB, P, PiB, EB, E, EiB)"
         );
         let e = parse_scaled("-1", None, 1024).unwrap_err();
-        assert_eq!(e.message("-1", None), "invalid value '-1' (expected a non-negative integer)");
+        assert_eq!(
+            e.message("-1", None),
+            "invalid value '-1' (expected a non-negative integer)"
+        );
         assert_eq!(parse_scaled("1.5", Some("G"), 1), Err(ScaleError::Number));
         let e = parse_scaled("16", Some("EiB"), 1).unwrap_err();
         assert_eq!(
             e.message("16", Some("EiB")),
             "value '16' EiB is too large (at most 18446744073709551615 bytes)"
         );
-        assert_eq!(parse_scaled("99999999999999999999999", None, 1), Err(ScaleError::TooLarge));
+        assert_eq!(
+            parse_scaled("99999999999999999999999", None, 1),
+            Err(ScaleError::TooLarge)
+        );
     }
 }

@@ -13,7 +13,14 @@ pub fn canonical_uuid(value: &str) -> Result<String, String> {
         ));
     }
     let d = digits.to_ascii_lowercase();
-    Ok(format!("{}-{}-{}-{}-{}", &d[0..8], &d[8..12], &d[12..16], &d[16..20], &d[20..32]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &d[0..8],
+        &d[8..12],
+        &d[12..16],
+        &d[16..20],
+        &d[20..32]
+    ))
 }
 
 /// A fresh random uuid in canonical form.
@@ -49,7 +56,11 @@ pub fn canonical_mac(value: &str, unicast: bool) -> Result<String, String> {
 }
 
 fn format_mac(bytes: &[u8; 6]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A random MAC in the QEMU/KVM prefix 52:54:00, as libvirt generates for NICs without one.
@@ -61,15 +72,25 @@ pub fn generate_mac() -> String {
 
 /// One of a fixed set of words, mapped to a value. The error lists every allowed word.
 pub fn parse_enum<T: Copy>(value: &str, table: &[(&str, T)], what: &str) -> Result<T, String> {
-    table.iter().find(|(name, _)| *name == value).map(|&(_, v)| v).ok_or_else(|| {
-        format!("unknown {what} '{value}' (expected one of {})", names(table))
-    })
+    table
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            format!(
+                "unknown {what} '{value}' (expected one of {})",
+                names(table)
+            )
+        })
 }
 
 /// The word for a value; tables are complete for their enum, so a miss is a programming error
 /// and yields an empty string rather than a panic.
 pub fn enum_name<T: PartialEq>(table: &[(&'static str, T)], value: &T) -> &'static str {
-    table.iter().find(|(_, v)| v == value).map_or("", |(name, _)| name)
+    table
+        .iter()
+        .find(|(_, v)| v == value)
+        .map_or("", |(name, _)| name)
 }
 
 /// The words of a table, comma-separated, for messages.
@@ -82,7 +103,10 @@ pub fn one_of(value: &str, allowed: &[&str], what: &str) -> Result<String, Strin
     if allowed.contains(&value) {
         Ok(value.to_string())
     } else {
-        Err(format!("unknown {what} '{value}' (expected one of {})", allowed.join(", ")))
+        Err(format!(
+            "unknown {what} '{value}' (expected one of {})",
+            allowed.join(", ")
+        ))
     }
 }
 
@@ -106,16 +130,22 @@ pub fn on_off(value: &str) -> Result<bool, String> {
 
 /// A decimal unsigned 32-bit integer.
 pub fn u32_value(value: &str) -> Result<u32, String> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid value '{value}' (expected an integer from 0 to {})", u32::MAX))
+    value.trim().parse().map_err(|_| {
+        format!(
+            "invalid value '{value}' (expected an integer from 0 to {})",
+            u32::MAX
+        )
+    })
 }
 
 /// A decimal signed 32-bit integer.
 pub fn i32_value(value: &str) -> Result<i32, String> {
     value.trim().parse().map_err(|_| {
-        format!("invalid value '{value}' (expected an integer from {} to {})", i32::MIN, i32::MAX)
+        format!(
+            "invalid value '{value}' (expected an integer from {} to {})",
+            i32::MIN,
+            i32::MAX
+        )
     })
 }
 
@@ -123,7 +153,10 @@ pub fn i32_value(value: &str) -> Result<i32, String> {
 pub fn positive_u32(value: &str) -> Result<u32, String> {
     match value.trim().parse::<u32>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("invalid value '{value}' (expected an integer from 1 to {})", u32::MAX)),
+        _ => Err(format!(
+            "invalid value '{value}' (expected an integer from 1 to {})",
+            u32::MAX
+        )),
     }
 }
 
@@ -131,11 +164,13 @@ pub fn positive_u32(value: &str) -> Result<u32, String> {
 pub fn octal_mode(value: &str) -> Result<u32, String> {
     match u32::from_str_radix(value.trim(), 8) {
         Ok(mode) if mode <= 0o777 => Ok(mode),
-        _ => Err(format!("invalid mode '{value}' (expected an octal number from 0 to 0777)")),
+        _ => Err(format!(
+            "invalid mode '{value}' (expected an octal number from 0 to 0777)"
+        )),
     }
 }
 
-/// A uid or gid; libvirt writes `-1` for "not set".
+/// A uid or gid; `-1` (or its unsigned form 4294967295, `(uid_t)-1`) means "not set".
 pub fn owner_id(value: &str) -> Result<Option<u32>, String> {
     let trimmed = value.trim();
     if trimmed == "-1" {
@@ -143,18 +178,27 @@ pub fn owner_id(value: &str) -> Result<Option<u32>, String> {
     }
     trimmed
         .parse()
-        .map(Some)
-        .map_err(|_| format!("invalid id '{value}' (expected an integer from 0 to {}, or -1)", u32::MAX))
+        .map(|id| (id != u32::MAX).then_some(id))
+        .map_err(|_| {
+            format!(
+                "invalid id '{value}' (expected an integer from 0 to {}, or -1)",
+                u32::MAX
+            )
+        })
 }
 
 /// An IPv4 or IPv6 address.
 pub fn ip_address(value: &str) -> Result<IpAddr, String> {
-    value.trim().parse().map_err(|_| format!("invalid IP address '{value}'"))
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid IP address '{value}'"))
 }
 
 /// The prefix length of a dotted IPv4 netmask; the ones must be contiguous.
 pub fn netmask_prefix(value: &str) -> Result<u32, String> {
-    let bad = || format!("invalid netmask '{value}' (expected contiguous ones, as in 255.255.255.0)");
+    let bad =
+        || format!("invalid netmask '{value}' (expected contiguous ones, as in 255.255.255.0)");
     let addr: std::net::Ipv4Addr = value.trim().parse().map_err(|_| bad())?;
     let bits = u32::from(addr);
     let prefix = bits.leading_ones();
@@ -172,8 +216,14 @@ mod tests {
     fn uuids_are_canonicalised() {
         let canon = "6695eb01-f6a4-8304-79aa-97f2502e193f";
         assert_eq!(canonical_uuid(canon).unwrap(), canon);
-        assert_eq!(canonical_uuid("6695EB01F6A4830479AA97F2502E193F").unwrap(), canon);
-        assert_eq!(canonical_uuid("6695eb01-f6a48304-79aa97f2-502e193f").unwrap(), canon);
+        assert_eq!(
+            canonical_uuid("6695EB01F6A4830479AA97F2502E193F").unwrap(),
+            canon
+        );
+        assert_eq!(
+            canonical_uuid("6695eb01-f6a48304-79aa97f2-502e193f").unwrap(),
+            canon
+        );
         assert_eq!(
             canonical_uuid("not-a-uuid").unwrap_err(),
             "invalid uuid 'not-a-uuid' (expected 32 hexadecimal digits, as in 6695eb01-f6a4-8304-79aa-97f2502e193f)"
@@ -184,7 +234,10 @@ mod tests {
 
     #[test]
     fn macs_are_canonicalised_and_generated_in_the_qemu_prefix() {
-        assert_eq!(canonical_mac("52:54:00:AA:b:0c", true).unwrap(), "52:54:00:aa:0b:0c");
+        assert_eq!(
+            canonical_mac("52:54:00:AA:b:0c", true).unwrap(),
+            "52:54:00:aa:0b:0c"
+        );
         assert!(canonical_mac("52:54:00:aa:bb", true).is_err());
         assert!(canonical_mac("52:54:00:aa:bb:xyz", true).is_err());
         assert_eq!(
@@ -214,7 +267,10 @@ mod tests {
             u32_value("4294967296").unwrap_err(),
             "invalid value '4294967296' (expected an integer from 0 to 4294967295)"
         );
-        assert_eq!(positive_u32("0").unwrap_err(), "invalid value '0' (expected an integer from 1 to 4294967295)");
+        assert_eq!(
+            positive_u32("0").unwrap_err(),
+            "invalid value '0' (expected an integer from 1 to 4294967295)"
+        );
         assert_eq!(octal_mode("0755"), Ok(0o755));
         assert_eq!(
             octal_mode("0999").unwrap_err(),

@@ -1,8 +1,9 @@
 //! Output in `virsh dumpxml`'s layout: two-space indentation, single-quoted attributes,
 //! libvirt's escaping, and the extras of every element put back where they were found.
 
-use super::Extras;
+use super::order::{attribute_order, child_order, rank};
 use super::reader::{Element, Node, parse_fragment};
+use super::{ExtraElement, Extras};
 
 /// Escapes text and attribute values the way libvirt's `virBufferEscapeString` does, so our
 /// output matches `virsh dumpxml` byte for byte.
@@ -24,7 +25,10 @@ pub(crate) fn escape(text: &str) -> String {
 /// Attribute values also keep their line breaks and tabs, which a parser would otherwise
 /// normalise to spaces.
 fn escape_attr(text: &str) -> String {
-    escape(text).replace('\n', "&#10;").replace('\r', "&#13;").replace('\t', "&#9;")
+    escape(text)
+        .replace('\n', "&#10;")
+        .replace('\r', "&#13;")
+        .replace('\t', "&#9;")
 }
 
 /// Attributes of an element being written, in libvirt's order; `None` values are skipped.
@@ -49,27 +53,38 @@ impl Attrs {
     }
 }
 
-struct Frame {
-    path: String,
+struct Frame<'x> {
     name: String,
     /// Whether the start tag has been closed with `>` because content followed.
     open: bool,
     /// libvirt writes some empty elements as `<x>` `</x>` on two lines (`<source>` of a pool,
     /// `<ip>` of a network, `<devices>`); this keeps that quirk.
     never_empty: bool,
+    /// libvirt's order of this element's children, if known.
+    order: Option<&'static [&'static str]>,
+    /// The extra children of this element, in the order they were read.
+    extras: Vec<&'x ExtraElement>,
+    /// How many of `extras` have been written.
+    written: usize,
 }
 
 /// Writes a document element by element; each element is addressed by the same path the
-/// parser used, so its extras (unknown attributes and children) are re-emitted inside it.
+/// parser used, so its extras (unknown attributes and children) are re-emitted inside it:
+/// where libvirt puts them when it has a place for them, else after the modelled children.
+/// Extras are never reordered among themselves, so a second round trip changes nothing.
 pub(crate) struct Writer<'x> {
     out: String,
     extras: &'x Extras,
-    stack: Vec<Frame>,
+    stack: Vec<Frame<'x>>,
 }
 
 impl<'x> Writer<'x> {
     pub fn new(extras: &'x Extras) -> Self {
-        Writer { out: String::new(), extras, stack: Vec::new() }
+        Writer {
+            out: String::new(),
+            extras,
+            stack: Vec::new(),
+        }
     }
 
     /// Whether the element at `path` has extras, so that an element with nothing modelled
@@ -77,6 +92,14 @@ impl<'x> Writer<'x> {
     pub fn has_extras(&self, path: &str) -> bool {
         self.extras.attributes.iter().any(|a| a.element == path)
             || self.extras.elements.iter().any(|e| e.parent == path)
+    }
+
+    /// Whether the element at `path` carries the extra attribute `name`.
+    pub fn has_extra_attr(&self, path: &str, name: &str) -> bool {
+        self.extras
+            .attributes
+            .iter()
+            .any(|a| a.element == path && a.name == name)
     }
 
     /// Starts element `name` at `path`.
@@ -90,28 +113,33 @@ impl<'x> Writer<'x> {
     }
 
     fn start(&mut self, path: &str, name: &str, attrs: Attrs, never_empty: bool) {
-        self.enter_child();
+        self.before_child(name);
         self.indent();
         self.out.push('<');
         self.out.push_str(name);
-        self.write_attrs(path, &attrs);
+        self.write_attrs(path, attrs);
+        let extras = self
+            .extras
+            .elements
+            .iter()
+            .filter(|e| e.parent == path)
+            .collect();
         self.stack.push(Frame {
-            path: path.to_string(),
             name: name.to_string(),
             open: false,
             never_empty,
+            order: child_order(path),
+            extras,
+            written: 0,
         });
         if never_empty {
             self.enter_child();
         }
     }
 
-    /// Ends the innermost element, after writing its extra children.
+    /// Ends the innermost element, after writing its remaining extra children.
     pub fn close(&mut self) {
-        let Some(path) = self.stack.last().map(|f| f.path.clone()) else {
-            return;
-        };
-        self.write_extra_children(&path);
+        self.write_extras_while(|_| true);
         let Some(frame) = self.stack.pop() else {
             return;
         };
@@ -133,16 +161,22 @@ impl<'x> Writer<'x> {
 
     /// Writes `<name attrs>text</name>`.
     pub fn text(&mut self, path: &str, name: &str, attrs: Attrs, text: &str) {
-        let children: Vec<&str> = self.extra_children(path).collect();
+        let children: Vec<&str> = self
+            .extras
+            .elements
+            .iter()
+            .filter(|e| e.parent == path)
+            .map(|e| e.xml.as_str())
+            .collect();
+        self.before_child(name);
         if !children.is_empty() {
             self.text_with_children(path, name, attrs, text, &children);
             return;
         }
-        self.enter_child();
         self.indent();
         self.out.push('<');
         self.out.push_str(name);
-        self.write_attrs(path, &attrs);
+        self.write_attrs(path, attrs);
         self.out.push('>');
         self.out.push_str(&escape(text));
         self.out.push_str("</");
@@ -152,27 +186,38 @@ impl<'x> Writer<'x> {
 
     /// A text element that also carries unknown children is mixed content: written inline so
     /// that neither the text nor the children change on the next read.
-    fn text_with_children(&mut self, path: &str, name: &str, attrs: Attrs, text: &str, xml: &[&str]) {
+    fn text_with_children(
+        &mut self,
+        path: &str,
+        name: &str,
+        attrs: Attrs,
+        text: &str,
+        xml: &[&str],
+    ) {
         let mut element = Element {
             name: name.to_string(),
             attrs: Vec::new(),
             children: Vec::new(),
             offset: 0,
         };
-        let mut all = attrs.0;
-        all.extend(self.extra_attrs(path));
-        for (name, value) in all {
-            element.attrs.push(super::reader::Attr { name, value, offset: 0 });
+        for (name, value) in self.ordered_attrs(path, attrs) {
+            element.attrs.push(super::reader::Attr {
+                name,
+                value,
+                offset: 0,
+            });
         }
         if !text.is_empty() {
-            element.children.push(Node::Text { text: text.to_string(), offset: 0 });
+            element.children.push(Node::Text {
+                text: text.to_string(),
+                offset: 0,
+            });
         }
         for raw in xml {
             if let Some(child) = parse_fragment(raw) {
                 element.children.push(Node::Element(child));
             }
         }
-        self.enter_child();
         let depth = self.stack.len();
         write_element(&mut self.out, &element, depth);
     }
@@ -181,47 +226,81 @@ impl<'x> Writer<'x> {
         self.out
     }
 
-    fn extra_attrs(&self, path: &str) -> Vec<(String, String)> {
-        self.extras
-            .attributes
-            .iter()
-            .filter(|a| a.element == path)
-            .map(|a| (a.name.clone(), a.value.clone()))
-            .collect()
+    /// Before a modelled child: closes the parent's start tag and writes the parent's extras
+    /// that libvirt puts before this child.
+    fn before_child(&mut self, name: &str) {
+        self.enter_child();
+        let Some(order) = self.stack.last().and_then(|f| f.order) else {
+            return;
+        };
+        let Some(limit) = rank(Some(order), name) else {
+            return;
+        };
+        self.write_extras_while(|extra| {
+            rank(Some(order), element_name(&extra.xml)).is_some_and(|r| r < limit)
+        });
     }
 
-    fn extra_children<'p>(&self, path: &'p str) -> impl Iterator<Item = &'x str> + 'p
-    where
-        'x: 'p,
-    {
-        self.extras.elements.iter().filter(move |e| e.parent == path).map(|e| e.xml.as_str())
-    }
-
-    fn write_attrs(&mut self, path: &str, attrs: &Attrs) {
-        let extra = self.extra_attrs(path);
-        for (name, value) in attrs.0.iter().chain(extra.iter()) {
-            self.out.push(' ');
-            self.out.push_str(name);
-            self.out.push_str("='");
-            self.out.push_str(&escape_attr(value));
-            self.out.push('\'');
-        }
-    }
-
-    fn write_extra_children(&mut self, path: &str) {
-        let children: Vec<&str> = self.extra_children(path).collect();
-        for xml in children {
+    /// Writes the innermost element's pending extras, in order, while `take` agrees.
+    fn write_extras_while(&mut self, take: impl Fn(&ExtraElement) -> bool) {
+        loop {
+            let Some(frame) = self.stack.last_mut() else {
+                return;
+            };
+            let Some(extra) = frame.extras.get(frame.written).copied() else {
+                return;
+            };
+            if !take(extra) {
+                return;
+            }
+            frame.written += 1;
             self.enter_child();
             let depth = self.stack.len();
-            match parse_fragment(xml) {
+            match parse_fragment(&extra.xml) {
                 Some(element) => write_element(&mut self.out, &element, depth),
                 None => {
                     // Not written by us: keep it verbatim rather than lose it.
                     push_indent(&mut self.out, depth);
-                    self.out.push_str(xml.trim());
+                    self.out.push_str(extra.xml.trim());
                     self.out.push('\n');
                 }
             }
+        }
+    }
+
+    /// The modelled attributes in their order, with the extras placed where libvirt puts them
+    /// (else last), never reordered among themselves.
+    fn ordered_attrs(&self, path: &str, attrs: Attrs) -> Vec<(String, String)> {
+        let order = attribute_order(path);
+        let mut extras = self
+            .extras
+            .attributes
+            .iter()
+            .filter(|a| a.element == path)
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .peekable();
+        let mut out = Vec::new();
+        for (name, value) in attrs.0 {
+            if let Some(limit) = rank(order, &name) {
+                while let Some(extra) =
+                    extras.next_if(|(n, _)| rank(order, n).is_some_and(|r| r < limit))
+                {
+                    out.push(extra);
+                }
+            }
+            out.push((name, value));
+        }
+        out.extend(extras);
+        out
+    }
+
+    fn write_attrs(&mut self, path: &str, attrs: Attrs) {
+        for (name, value) in self.ordered_attrs(path, attrs) {
+            self.out.push(' ');
+            self.out.push_str(&name);
+            self.out.push_str("='");
+            self.out.push_str(&escape_attr(&value));
+            self.out.push('\'');
         }
     }
 
@@ -240,6 +319,15 @@ impl<'x> Writer<'x> {
     }
 }
 
+/// The element name at the start of an extra's XML text.
+fn element_name(xml: &str) -> &str {
+    let rest = xml.trim_start().trim_start_matches('<');
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '/' || c == '>')
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
 fn push_indent(out: &mut String, depth: usize) {
     for _ in 0..depth {
         out.push_str("  ");
@@ -254,58 +342,121 @@ pub(crate) fn serialize_element(element: &Element) -> String {
     out
 }
 
+/// How attribute values and text are quoted. libvirt writes its own elements with single
+/// quotes, but hands the contents of `<metadata>` to libxml2, which uses double quotes and
+/// escapes less.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Libvirt,
+    Libxml,
+}
+
+impl Style {
+    /// The style of an element's children.
+    fn inside(self, element: &Element) -> Style {
+        if element.name == "metadata" {
+            Style::Libxml
+        } else {
+            self
+        }
+    }
+
+    fn text(self, text: &str) -> String {
+        match self {
+            Style::Libvirt => escape(text),
+            Style::Libxml => text
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('\r', "&#13;"),
+        }
+    }
+
+    fn attr(self, out: &mut String, name: &str, value: &str) {
+        out.push(' ');
+        out.push_str(name);
+        match self {
+            Style::Libvirt => {
+                out.push_str("='");
+                out.push_str(&escape_attr(value));
+                out.push('\'');
+            }
+            Style::Libxml => {
+                out.push_str("=\"");
+                let escaped = value
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+                    .replace('\n', "&#10;")
+                    .replace('\r', "&#13;")
+                    .replace('\t', "&#9;");
+                out.push_str(&escaped);
+                out.push('"');
+            }
+        }
+    }
+}
+
 fn write_element(out: &mut String, element: &Element, depth: usize) {
+    write_styled(out, element, depth, Style::Libvirt);
+}
+
+fn write_styled(out: &mut String, element: &Element, depth: usize, style: Style) {
     push_indent(out, depth);
-    write_inline_start(out, element);
-    let has_elements = element.children.iter().any(|n| matches!(n, Node::Element(_)));
-    let has_text = element.children.iter().any(|n| matches!(n, Node::Text { .. }));
+    write_start(out, element, style);
+    let inner = style.inside(element);
+    let has_elements = element
+        .children
+        .iter()
+        .any(|n| matches!(n, Node::Element(_)));
+    let has_text = element
+        .children
+        .iter()
+        .any(|n| matches!(n, Node::Text { .. }));
     if element.children.is_empty() {
         out.push_str("/>\n");
     } else if has_elements && !has_text {
         out.push_str(">\n");
         for child in element.elements() {
-            write_element(out, child, depth + 1);
+            write_styled(out, child, depth + 1, inner);
         }
         push_indent(out, depth);
         write_end(out, element);
         out.push('\n');
     } else {
         out.push('>');
-        write_inline_children(out, element);
+        write_inline_children(out, element, inner);
         write_end(out, element);
         out.push('\n');
     }
 }
 
-fn write_inline(out: &mut String, element: &Element) {
-    write_inline_start(out, element);
+fn write_inline(out: &mut String, element: &Element, style: Style) {
+    write_start(out, element, style);
     if element.children.is_empty() {
         out.push_str("/>");
     } else {
         out.push('>');
-        write_inline_children(out, element);
+        write_inline_children(out, element, style.inside(element));
         write_end(out, element);
     }
 }
 
-fn write_inline_children(out: &mut String, element: &Element) {
+fn write_inline_children(out: &mut String, element: &Element, style: Style) {
     for child in &element.children {
         match child {
-            Node::Text { text, .. } => out.push_str(&escape(text)),
-            Node::Element(e) => write_inline(out, e),
+            Node::Text { text, .. } => out.push_str(&style.text(text)),
+            Node::Element(e) => write_inline(out, e, style),
         }
     }
 }
 
-fn write_inline_start(out: &mut String, element: &Element) {
+fn write_start(out: &mut String, element: &Element, style: Style) {
     out.push('<');
     out.push_str(&element.name);
     for attr in &element.attrs {
-        out.push(' ');
-        out.push_str(&attr.name);
-        out.push_str("='");
-        out.push_str(&escape_attr(&attr.value));
-        out.push('\'');
+        style.attr(out, &attr.name, &attr.value);
     }
 }
 
