@@ -83,6 +83,13 @@ impl Session {
         let _ = self.out.write_all(text.as_bytes());
     }
 
+    /// Writes a confirmation line, which `-q` suppresses (virsh's `vshPrintExtra`).
+    pub fn extra(&mut self, text: &str) {
+        if !self.settings.quiet {
+            self.print(text);
+        }
+    }
+
     /// Writes `value` as pretty JSON and a newline.
     pub fn print_json(&mut self, value: &impl serde::Serialize) -> Result<(), Failure> {
         let text = serde_json::to_string_pretty(value)

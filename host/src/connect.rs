@@ -43,6 +43,9 @@ pub struct Dirs {
     pub config: PathBuf,
     /// Runtime records (`/run/virtwasm`, `$XDG_RUNTIME_DIR/virtwasm`).
     pub status: PathBuf,
+    /// Data that must survive a reboot but is not configuration: managed-save images
+    /// (`/var/lib/virtwasm`, `~/.local/share/virtwasm`).
+    pub state: PathBuf,
 }
 
 impl Dirs {
@@ -51,6 +54,7 @@ impl Dirs {
         Dirs {
             config: root.join("etc/virtwasm"),
             status: root.join("run/virtwasm"),
+            state: root.join("var/lib/virtwasm"),
         }
     }
 }
@@ -92,10 +96,12 @@ impl HostConfig {
             system_dirs: Dirs {
                 config: PathBuf::from("/etc/virtwasm"),
                 status: PathBuf::from("/run/virtwasm"),
+                state: PathBuf::from("/var/lib/virtwasm"),
             },
             session_dirs: Dirs {
                 config: xdg("XDG_CONFIG_HOME", ".config").join("virtwasm"),
                 status: runtime.join("virtwasm"),
+                state: xdg("XDG_DATA_HOME", ".local/share").join("virtwasm"),
             },
         }
     }
@@ -187,6 +193,7 @@ impl Host {
                     Some(d) => Some(DiskStore::open(
                         d.config.join(&parsed.driver),
                         d.status.join(&parsed.driver),
+                        d.state.join(&parsed.driver),
                     )?),
                     None => None,
                 };

@@ -158,13 +158,15 @@ pub fn canonical_uuid(s: &str) -> Option<String> {
 /// Finds a domain by id, uuid or name, as virsh resolves its `<domain>` argument.
 fn find<'a>(o: &'a Objects, key: &str) -> Option<&'a DomainRecord> {
     if let Ok(id) = key.parse::<i32>()
-        && let Some(d) = o.domains.values().find(|d| d.id == Some(id)) {
-            return Some(d);
-        }
+        && let Some(d) = o.domains.values().find(|d| d.id == Some(id))
+    {
+        return Some(d);
+    }
     if let Some(uuid) = canonical_uuid(key)
-        && let Some(d) = o.domains.get(&uuid) {
-            return Some(d);
-        }
+        && let Some(d) = o.domains.get(&uuid)
+    {
+        return Some(d);
+    }
     o.domain_by_name(key)
 }
 
@@ -297,7 +299,7 @@ impl Connection {
         rec.def = def.clone();
         rec.extras = extras;
         rec.persistent = true;
-        self.save(&rec)?;
+        self.persist(&rec)?;
         o.domains.insert(def.uuid.clone(), rec);
         drop(o);
         self.emit(
@@ -405,7 +407,7 @@ impl Connection {
             let mut now = cur;
             now.persistent = false;
             now.autostart = false;
-            self.save(&now)?;
+            self.persist(&now)?;
             o.domains.insert(rec.def.uuid.clone(), now);
         } else {
             o.domains.remove(&rec.def.uuid);
@@ -415,9 +417,18 @@ impl Connection {
         Ok(rec.def.name)
     }
 
-    /// Starts an inactive domain.
+    /// Starts an inactive domain (from its managed-save image when it has one).
     pub fn start(&self, key: &str, paused: bool) -> Result<()> {
         self.writable()?;
+        let rec = self.domain(key)?;
+        if rec.managed_save
+            && !rec.is_active()
+            && self
+                .start_from_managed_save(&rec.def.uuid, paused)?
+                .is_some()
+        {
+            return Ok(());
+        }
         self.verb(
             key,
             "start",
@@ -526,14 +537,24 @@ impl Connection {
             ));
         }
         rec.autostart = on;
-        self.save(&rec)?;
+        self.persist(&rec)?;
         let name = rec.def.name.clone();
         o.domains.insert(uuid, rec);
         Ok(name)
     }
 
+    /// Stores a changed record (same state) after writing it to disk.
+    pub(crate) fn replace_record(&self, rec: DomainRecord) -> Result<()> {
+        self.persist(&rec)?;
+        self.state
+            .objects()
+            .domains
+            .insert(rec.def.uuid.clone(), rec);
+        Ok(())
+    }
+
     /// Writes a record's files when this driver keeps state on disk.
-    fn save(&self, rec: &DomainRecord) -> Result<()> {
+    fn persist(&self, rec: &DomainRecord) -> Result<()> {
         match &self.store {
             Some(store) => store.save_domain(rec),
             None => Ok(()),
@@ -591,7 +612,7 @@ impl Connection {
                 now.live = None;
                 now.id = None;
                 now.shutoff_reason = reason;
-                saved = self.save(&now);
+                saved = self.persist(&now);
                 o.domains.insert(uuid.to_string(), now);
             } else {
                 if let Some(store) = &self.store {
@@ -608,7 +629,7 @@ impl Connection {
                 now.live = Some(now.def.clone());
             }
             now.runtime = Some(runtime);
-            saved = self.save(&now);
+            saved = self.persist(&now);
             o.domains.insert(uuid.to_string(), now);
         }
         drop(o);

@@ -16,8 +16,11 @@ pub mod nodefile;
 pub mod objects;
 pub mod plugin;
 pub mod registry;
+pub mod savefile;
+pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod tuning;
 pub mod uri;
 pub mod xml;
 

@@ -286,9 +286,10 @@ impl Manifest {
             }
         }
         if let Some(sha) = &self.plugin.sha256
-            && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit())) {
-                return bad(format!("sha256 '{sha}' must be 64 hexadecimal digits"));
-            }
+            && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return bad(format!("sha256 '{sha}' must be 64 hexadecimal digits"));
+        }
         // A path may start with a `{variable}` that expands to an absolute directory.
         let absolute = |p: &Path| p.is_absolute() || p.to_string_lossy().starts_with('{');
         for grant in &self.capabilities.files {

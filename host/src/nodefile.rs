@@ -85,7 +85,10 @@ fn children(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
             }
             Event::Empty(e) if depth == 0 => {
                 if e.name().as_ref() != "node" {
-                    return Err(format!("root element is <{}>, expected <node>", e.name().as_ref()));
+                    return Err(format!(
+                        "root element is <{}>, expected <node>",
+                        e.name().as_ref()
+                    ));
                 }
                 saw_root = true;
             }

@@ -158,12 +158,13 @@ impl Plugin {
             .map(str::to_string)
             .unwrap_or_else(|| sha256_hex(wasm));
         if let Some(pin) = &manifest.plugin.sha256
-            && !pin.eq_ignore_ascii_case(&sha256) {
-                return Err(load_err(
-                    &name,
-                    format!("component sha256 is {sha256}, but the manifest pins {pin}"),
-                ));
-            }
+            && !pin.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(load_err(
+                &name,
+                format!("component sha256 is {sha256}, but the manifest pins {pin}"),
+            ));
+        }
         let t0 = Instant::now();
         let (component, cache) = runtime.compile(&name, wasm, &sha256)?;
         let compile = t0.elapsed();
@@ -353,7 +354,10 @@ impl Plugin {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) if e.kind == types::ErrorKind::Unsupported => Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'", self.name()),
+                format!(
+                    "this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'",
+                    self.name()
+                ),
             )),
             Ok(Err(e)) => Err(Error::from(e)),
             Err(trap) => Err(self.explain_trap(verb, trap, store.data(), budget)),

@@ -2,6 +2,7 @@
 //! locks, and the event bus. Plugins never hold any of it; they receive what a verb needs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,21 @@ pub struct DomainRecord {
     /// What its XML held beyond the model, written back by `dumpxml`.
     #[serde(default)]
     pub extras: crate::xml::Extras,
+    /// Its snapshots, oldest first.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRecord>,
+    /// The name of the current snapshot.
+    #[serde(default)]
+    pub current_snapshot: Option<String>,
+}
+
+/// One snapshot's metadata: what the driver returned and the definition it captured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotRecord {
+    /// Name, time, state, parent.
+    pub def: crate::bindings::types::SnapshotDef,
+    /// The domain definition at the time of the snapshot.
+    pub domain: DomainDef,
 }
 
 impl DomainRecord {
@@ -49,6 +65,8 @@ impl DomainRecord {
             managed_save: false,
             shutoff_reason: ShutoffReason::Unknown,
             extras: crate::xml::Extras::default(),
+            snapshots: Vec::new(),
+            current_snapshot: None,
         }
     }
 
@@ -194,9 +212,41 @@ pub struct DriverState {
     pub jobs: JobLocks,
     /// Event bus.
     pub events: EventBus,
+    scratch: Mutex<Option<PathBuf>>,
+}
+
+impl Drop for DriverState {
+    fn drop(&mut self) {
+        if let Some(dir) = self.scratch.lock().unwrap().take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl DriverState {
+    /// A private (0700) directory for files of a per-process driver (its managed-save
+    /// images), created on first use and removed with the state.
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut slot = self.scratch.lock().unwrap();
+        if let Some(dir) = slot.as_ref() {
+            return Ok(dir.clone());
+        }
+        let base = std::env::temp_dir();
+        for attempt in 0..100u32 {
+            let dir = base.join(format!("virtwasm-{}-{attempt}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    *slot = Some(dir.clone());
+                    return Ok(dir);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("cannot create", &dir, e)),
+            }
+        }
+        Err(Error::internal("cannot create a private scratch directory"))
+    }
+
     /// Locks the object tables. Hold it briefly: never across a plugin call.
     pub fn objects(&self) -> MutexGuard<'_, Objects> {
         self.objects.lock().unwrap()

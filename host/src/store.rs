@@ -24,6 +24,7 @@ use crate::xml::{self, FormatOptions, ParsedDomain};
 pub struct DiskStore {
     config: PathBuf,
     status: PathBuf,
+    state: PathBuf,
 }
 
 /// What the status file of a running domain holds.
@@ -50,12 +51,26 @@ fn create_private_dir(path: &Path) -> Result<()> {
 }
 
 impl DiskStore {
-    /// A store under `config` (definitions) and `status` (runtime records).
-    pub fn open(config: PathBuf, status: PathBuf) -> Result<DiskStore> {
-        for dir in [config.join("domains/autostart"), status.join("domains")] {
+    /// A store under `config` (definitions), `status` (runtime records) and `state`
+    /// (managed-save images).
+    pub fn open(config: PathBuf, status: PathBuf, state: PathBuf) -> Result<DiskStore> {
+        for dir in [
+            config.join("domains/autostart"),
+            status.join("domains"),
+            state.join("save"),
+        ] {
             create_private_dir(&dir)?;
         }
-        Ok(DiskStore { config, status })
+        Ok(DiskStore {
+            config,
+            status,
+            state,
+        })
+    }
+
+    /// Where managed-save images live.
+    pub fn save_dir(&self) -> PathBuf {
+        self.state.join("save")
     }
 
     fn def_path(&self, name: &str) -> PathBuf {
@@ -64,6 +79,12 @@ impl DiskStore {
 
     fn autostart_path(&self, name: &str) -> PathBuf {
         self.config.join("domains/autostart").join(name)
+    }
+
+    fn snapshots_path(&self, name: &str) -> PathBuf {
+        self.config
+            .join("domains")
+            .join(format!("{name}.snapshots.json"))
     }
 
     fn status_path(&self, name: &str) -> PathBuf {
@@ -87,6 +108,14 @@ impl DiskStore {
             );
             let path = self.def_path(name);
             write_atomically(&path, xml.as_bytes()).map_err(io("cannot write", &path))?;
+            let snaps = self.snapshots_path(name);
+            if rec.snapshots.is_empty() {
+                remove_if_present(&snaps)?;
+            } else {
+                let body = serde_json::to_vec_pretty(&(&rec.snapshots, &rec.current_snapshot))
+                    .map_err(|e| Error::internal(format!("encoding snapshots of '{name}': {e}")))?;
+                write_atomically(&snaps, &body).map_err(io("cannot write", &snaps))?;
+            }
             let mark = self.autostart_path(name);
             if rec.autostart {
                 write_atomically(&mark, b"").map_err(io("cannot write", &mark))?;
@@ -116,6 +145,7 @@ impl DiskStore {
     /// Removes a domain's definition and autostart mark (its status stays while it runs).
     pub fn remove_definition(&self, name: &str) -> Result<()> {
         remove_if_present(&self.def_path(name))?;
+        remove_if_present(&self.snapshots_path(name))?;
         remove_if_present(&self.autostart_path(name))
     }
 
@@ -137,6 +167,15 @@ impl DiskStore {
             let mut rec = DomainRecord::inactive(parsed.def, true);
             rec.extras = parsed.extras;
             rec.autostart = self.autostart_path(&rec.def.name).exists();
+            let snaps = self.snapshots_path(&rec.def.name);
+            if snaps.exists() {
+                let body = std::fs::read(&snaps).map_err(io("cannot read", &snaps))?;
+                let (list, current): (Vec<crate::state::SnapshotRecord>, Option<String>) =
+                    serde_json::from_slice(&body)
+                        .map_err(|e| Error::invalid(format!("{}: {e}", snaps.display())))?;
+                rec.snapshots = list;
+                rec.current_snapshot = current;
+            }
             records.push(rec);
         }
         for path in files_with(&self.status.join("domains"), "json")? {

@@ -46,12 +46,13 @@ impl ConnectUri {
             )));
         }
         if let Some(t) = &transport
-            && !TRANSPORTS.contains(&t.as_str()) {
-                return Err(Error::invalid(format!(
-                    "invalid connection URI '{text}': unknown transport '{t}' (expected one of {})",
-                    TRANSPORTS.join(", ")
-                )));
-            }
+            && !TRANSPORTS.contains(&t.as_str())
+        {
+            return Err(Error::invalid(format!(
+                "invalid connection URI '{text}': unknown transport '{t}' (expected one of {})",
+                TRANSPORTS.join(", ")
+            )));
+        }
         let host = url.host_str().filter(|h| !h.is_empty()).map(str::to_string);
         let user = Some(url.username())
             .filter(|u| !u.is_empty())

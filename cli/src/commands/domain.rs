@@ -319,7 +319,10 @@ fn list(sess: &mut Session, a: &Args) -> Outcome {
 }
 
 /// Resolves `<domain>` as virsh does, with its lookup error.
-fn lookup(sess: &mut Session, key: &str) -> Result<virtwasm_host::state::DomainRecord, Failure> {
+pub(crate) fn lookup(
+    sess: &mut Session,
+    key: &str,
+) -> Result<virtwasm_host::state::DomainRecord, Failure> {
     sess.conn()?.domain(key).map_err(|e| match e.kind {
         virtwasm_host::ErrorKind::NotFound => Failure::msg(format!("failed to get domain '{key}'")),
         _ => Failure::from(e),
@@ -458,7 +461,7 @@ fn verb(
     let conn = sess.conn()?;
     match f(conn, &rec.def.uuid) {
         Ok(()) => {
-            sess.print(&format!("{}\n", ok.replace("{}", &name)));
+            sess.extra(&format!("{}\n", ok.replace("{}", &name)));
             Ok(())
         }
         Err(e) => Err(Failure(vec![failed.replace("{}", &name), e.message])),
@@ -610,7 +613,7 @@ fn define(sess: &mut Session, a: &Args) -> Outcome {
     let validate = a.flag("validate");
     match sess.conn()?.define_xml(&text, validate) {
         Ok((def, _)) => {
-            sess.print(&format!("Domain '{}' defined from {file}\n", def.name));
+            sess.extra(&format!("Domain '{}' defined from {file}\n", def.name));
             Ok(())
         }
         Err(e) => Err(Failure(vec![
@@ -626,7 +629,7 @@ fn create(sess: &mut Session, a: &Args) -> Outcome {
     let (validate, paused) = (a.flag("validate"), a.flag("paused"));
     match sess.conn()?.create_xml(&text, validate, paused) {
         Ok(def) => {
-            sess.print(&format!("Domain '{}' created from {file}\n", def.name));
+            sess.extra(&format!("Domain '{}' created from {file}\n", def.name));
             Ok(())
         }
         Err(e) => Err(Failure(vec![

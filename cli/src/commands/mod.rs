@@ -5,7 +5,10 @@ mod domain;
 mod network;
 mod node;
 mod plugin;
+mod save;
+mod snapshot;
 mod storage;
+mod tuning;
 
 use std::collections::{HashMap, HashSet};
 
@@ -139,6 +142,9 @@ impl Args {
 pub fn all() -> Vec<&'static Command> {
     let mut v: Vec<&'static Command> = Vec::new();
     v.extend(domain::COMMANDS.iter());
+    v.extend(tuning::COMMANDS.iter());
+    v.extend(save::COMMANDS.iter());
+    v.extend(snapshot::COMMANDS.iter());
     v.extend(node::COMMANDS.iter());
     v.extend(storage::COMMANDS.iter());
     v.extend(network::COMMANDS.iter());

@@ -63,20 +63,21 @@ pub fn allowed(path: &Path, prefixes: &[PathBuf]) -> Result<PathBuf, String> {
         ));
     }
     if let (Some(dir), Some(name)) = (lexical.parent(), lexical.file_name())
-        && let Ok(real_dir) = std::fs::canonicalize(dir) {
-            let real = real_dir.join(name);
-            let real_prefixes: Vec<PathBuf> = prefixes
-                .iter()
-                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
-                .collect();
-            if !real_prefixes.iter().any(|pre| real.starts_with(pre)) {
-                return Err(format!(
-                    "socket '{}' resolves to '{}', outside the granted prefixes",
-                    path.display(),
-                    real.display()
-                ));
-            }
+        && let Ok(real_dir) = std::fs::canonicalize(dir)
+    {
+        let real = real_dir.join(name);
+        let real_prefixes: Vec<PathBuf> = prefixes
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        if !real_prefixes.iter().any(|pre| real.starts_with(pre)) {
+            return Err(format!(
+                "socket '{}' resolves to '{}', outside the granted prefixes",
+                path.display(),
+                real.display()
+            ));
         }
+    }
     Ok(lexical)
 }
 

@@ -106,7 +106,7 @@ fn default_domain() -> DomainDef {
         inputs: vec![],
         graphics: vec![],
         videos: vec![],
-        memballoon: Some("virtio".into()),
+        memballoon: Some(Memballoon { model: "virtio".into(), address: pci("0x00", "0x02") }),
         rngs: vec![],
     }
 }
@@ -288,6 +288,37 @@ impl Hypervisor for TestDriver {
             security_label: is_active(&state).then(|| "libvirt-test".to_string()),
             security_enforcing: true,
         })
+    }
+
+    fn save(_dom: DomainRef, _path: String) -> VerbResult<DomainRuntime> {
+        // The mock guest has no memory to stream: the host's header (its XML) is the image.
+        Ok(runtime(DomainState::Shutoff(ShutoffReason::Saved)))
+    }
+
+    fn restore(_dom: DomainRef, _path: String, _offset: u64, paused: bool) -> VerbResult<DomainRuntime> {
+        Ok(runtime(if paused {
+            DomainState::Paused(PausedReason::User)
+        } else {
+            DomainState::Running(RunningReason::Restored)
+        }))
+    }
+
+    fn snapshot_create(dom: DomainRef, mut snapshot: SnapshotDef) -> VerbResult<SnapshotDef> {
+        snapshot.state = current_state(&dom);
+        Ok(snapshot)
+    }
+
+    fn snapshot_revert(_dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<DomainRuntime> {
+        // The mock guest goes back to the state the snapshot captured.
+        Ok(runtime(match snapshot.state {
+            DomainState::Running(_) => DomainState::Running(RunningReason::FromSnapshot),
+            DomainState::Paused(_) => DomainState::Paused(PausedReason::FromSnapshot),
+            _ => DomainState::Shutoff(ShutoffReason::FromSnapshot),
+        }))
+    }
+
+    fn snapshot_delete(_dom: DomainRef, _snapshot: SnapshotDef) -> VerbResult<()> {
+        Ok(())
     }
 
     fn set_vcpus(dom: DomainRef, _count: u32) -> VerbResult<DomainRuntime> {

@@ -5,7 +5,8 @@ use super::vocab::*;
 use crate::Error;
 use crate::bindings::types::{
     Attribute, Chardev, ChardevKind, ChardevSourceType, Clock, Controller, Cpu, Disk, DiskDevice,
-    DiskSourceType, DomainDef, Graphics, Input, Interface, LifecycleAction, Os, Rng, Video,
+    DiskSourceType, DomainDef, Graphics, Input, Interface, LifecycleAction, Memballoon, Os, Rng,
+    Video,
 };
 use crate::xml::order::feature_rank;
 use crate::xml::reader::El;
@@ -296,9 +297,13 @@ fn read_devices(mut devices: El<'_>, def: &mut DomainDef) -> Result<(), Error> {
         def.videos.push(read_video(el)?);
     }
     if let Some(mut balloon) = devices.child("memballoon") {
-        def.memballoon = Some(read_required_attr(&mut balloon, "model", |v| {
+        let model = read_required_attr(&mut balloon, "model", |v| {
             one_of(v, MEMBALLOON_MODELS, "memballoon model")
-        })?);
+        })?;
+        def.memballoon = Some(Memballoon {
+            model,
+            address: read_address(&mut balloon),
+        });
     }
     for el in devices.children("rng") {
         def.rngs.push(read_rng(el)?);

@@ -202,12 +202,15 @@ fn write_devices(w: &mut Writer<'_>, def: &DomainDef, options: &FormatOptions) {
         w.leaf(&format!("{video_path}/model"), "model", model);
         w.close();
     }
-    if let Some(model) = &def.memballoon {
-        w.leaf(
-            &format!("{path}/memballoon"),
+    if let Some(balloon) = &def.memballoon {
+        let balloon_path = format!("{path}/memballoon");
+        w.open(
+            &balloon_path,
             "memballoon",
-            Attrs::new().add("model", model),
+            Attrs::new().add("model", &balloon.model),
         );
+        write_address(w, &balloon_path, &balloon.address);
+        w.close();
     }
     for (i, rng) in def.rngs.iter().enumerate() {
         let rng_path = format!("{path}/rng[{}]", i + 1);
