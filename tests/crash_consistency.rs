@@ -533,8 +533,8 @@ fn sigkill_at_any_point_leaves_old_or_new_files_never_torn_or_lost() {
 
     // Then denser where the writes happen: from a little before the first kill that found
     // the new version to the last kill that still found the process alive, a straggler alive
-    // past the calibrated length excepted. Should the sweep have seen no commit at all (a
-    // machine slowed down since calibration), look further on.
+    // past the calibrated length excepted. Should the sweep have seen no commit, or no run
+    // finish, the machine slowed down since calibration: look further on.
     let first_new = kills
         .iter()
         .filter(|k| k.def == Def::New)
@@ -549,11 +549,8 @@ fn sigkill_at_any_point_leaves_old_or_new_files_never_torn_or_lost() {
         .unwrap_or_default();
     let lo = first_new.saturating_sub(span / 10);
     let hi = last_alive.min(full).max(first_new) + span / 20;
-    let hi = if kills.iter().any(|k| k.def == Def::New) {
-        hi
-    } else {
-        span * 3
-    };
+    let slowed = !kills.iter().any(|k| k.def == Def::New) || kills.iter().all(|k| k.signalled);
+    let hi = if slowed { span * 3 } else { hi };
     let focus_step = (hi - lo).as_secs_f64() / FOCUS_KILLS as f64;
     println!(
         "focusing {FOCUS_KILLS} more kills on {:.2} - {:.2} ms (step {:.3} ms)",

@@ -78,7 +78,7 @@ fn definitions_and_running_state_survive_the_process() {
     let r = run(home.path(), &root, "dominfo web1");
     assert_eq!(
         r.failed(),
-        "error: this function is not supported by the connection driver: plugin 'hostile' does not implement 'info'\n"
+        "error: this function is not supported by the connection driver: virDomainGetInfo\n"
     );
 
     // Stopping removes the status file; undefining removes the definition.

@@ -306,29 +306,45 @@ fn populate_from_node_file(
         o.domains.insert(record.def.uuid.clone(), record);
     }
     for (def, volumes) in initial.pools {
-        o.pools.insert(
-            def.uuid.clone(),
-            PoolRecord {
-                def,
-                info: None,
-                volumes,
-                persistent: true,
-                autostart: false,
-            },
-        );
+        o.pools.insert(def.uuid.clone(), initial_pool(def, volumes));
     }
     for def in initial.networks {
-        o.networks.insert(
-            def.uuid.clone(),
-            NetworkRecord {
-                def,
-                active: true,
-                persistent: true,
-                autostart: false,
-            },
-        );
+        o.networks.insert(def.uuid.clone(), initial_network(def));
     }
     Ok(())
+}
+
+/// Pools a driver reports when it opens are active, as libvirt's test driver has them.
+fn initial_pool(
+    def: crate::bindings::types::PoolDef,
+    volumes: Vec<crate::bindings::types::VolumeDef>,
+) -> PoolRecord {
+    use crate::bindings::types::{PoolInfo, PoolState};
+    let running = PoolInfo {
+        state: PoolState::Running,
+        capacity: 0,
+        allocation: 0,
+        available: 0,
+    };
+    PoolRecord {
+        def,
+        info: Some(running),
+        volumes,
+        persistent: true,
+        autostart: false,
+        extras: Default::default(),
+    }
+}
+
+/// Networks a driver reports when it opens are active.
+fn initial_network(def: crate::bindings::types::NetworkDef) -> NetworkRecord {
+    NetworkRecord {
+        def,
+        active: true,
+        persistent: true,
+        autostart: false,
+        extras: Default::default(),
+    }
 }
 
 fn populate(state: &DriverState, initial: crate::bindings::types::InitialObjects) {
@@ -342,27 +358,10 @@ fn populate(state: &DriverState, initial: crate::bindings::types::InitialObjects
         o.domains.insert(record.def.uuid.clone(), record);
     }
     for (def, volumes) in initial.pools {
-        o.pools.insert(
-            def.uuid.clone(),
-            PoolRecord {
-                def,
-                info: None,
-                volumes,
-                persistent: true,
-                autostart: false,
-            },
-        );
+        o.pools.insert(def.uuid.clone(), initial_pool(def, volumes));
     }
     for def in initial.networks {
-        o.networks.insert(
-            def.uuid.clone(),
-            NetworkRecord {
-                def,
-                active: true,
-                persistent: true,
-                autostart: false,
-            },
-        );
+        o.networks.insert(def.uuid.clone(), initial_network(def));
     }
 }
 

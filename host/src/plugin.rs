@@ -354,10 +354,16 @@ impl Plugin {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) if e.kind == types::ErrorKind::Unsupported => Err(Error::new(
                 ErrorKind::Unsupported,
-                format!(
-                    "this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'",
-                    self.name()
-                ),
+                match libvirt_api(verb) {
+                    // libvirt's wording, with the API name users search its documentation for.
+                    Some(api) => {
+                        format!("this function is not supported by the connection driver: {api}")
+                    }
+                    None => format!(
+                        "this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'",
+                        self.name()
+                    ),
+                },
             )),
             Ok(Err(e)) => Err(Error::from(e)),
             Err(trap) => Err(self.explain_trap(verb, trap, store.data(), budget)),
@@ -396,6 +402,52 @@ impl Plugin {
         tracing::error!(plugin = name, verb, "{msg}");
         Error::new(ErrorKind::PluginCrashed, msg)
     }
+}
+
+/// The libvirt API behind a verb, for "not supported" messages worded as libvirt's.
+fn libvirt_api(verb: &str) -> Option<&'static str> {
+    Some(match verb {
+        "get-node-info" => "virNodeGetInfo",
+        "capabilities" => "virConnectGetCapabilities",
+        "start" => "virDomainCreateWithFlags",
+        "shutdown" => "virDomainShutdownFlags",
+        "reboot" => "virDomainReboot",
+        "reset" => "virDomainReset",
+        "destroy" => "virDomainDestroyFlags",
+        "suspend" => "virDomainSuspend",
+        "resume" => "virDomainResume",
+        "info" => "virDomainGetInfo",
+        "stats" => "virConnectGetAllDomainStats",
+        "save" => "virDomainSaveFlags",
+        "restore" => "virDomainRestoreFlags",
+        "snapshot-create" => "virDomainSnapshotCreateXML",
+        "snapshot-revert" => "virDomainRevertToSnapshot",
+        "snapshot-delete" => "virDomainSnapshotDelete",
+        "attach-device" => "virDomainAttachDeviceFlags",
+        "detach-device" => "virDomainDetachDeviceFlags",
+        "set-vcpus" => "virDomainSetVcpusFlags",
+        "set-memory" => "virDomainSetMemoryFlags",
+        "open-console" => "virDomainOpenConsole",
+        "migrate-prepare" | "migrate-perform" | "migrate-finish" | "migrate-confirm" => {
+            "virDomainMigrateToURI3"
+        }
+        "pool-build" => "virStoragePoolBuild",
+        "pool-start" => "virStoragePoolCreate",
+        "pool-stop" => "virStoragePoolDestroy",
+        "pool-delete" => "virStoragePoolDelete",
+        "pool-refresh" => "virStoragePoolRefresh",
+        "get-pool-info" => "virStoragePoolGetInfo",
+        "vol-create" => "virStorageVolCreateXML",
+        "vol-clone" => "virStorageVolCreateXMLFrom",
+        "vol-delete" => "virStorageVolDelete",
+        "vol-resize" => "virStorageVolResize",
+        "vol-wipe" => "virStorageVolWipe",
+        "vol-info" => "virStorageVolGetInfo",
+        "net-start" => "virNetworkCreate",
+        "net-stop" => "virNetworkDestroy",
+        "net-dhcp-leases" => "virNetworkGetDHCPLeases",
+        _ => return None,
+    })
 }
 
 /// Epoch ticks for a duration, rounded up, plus one so a budget is never cut short.

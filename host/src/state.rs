@@ -106,6 +106,9 @@ pub struct PoolRecord {
     pub persistent: bool,
     /// Started with the host.
     pub autostart: bool,
+    /// What its XML held beyond the model.
+    #[serde(default)]
+    pub extras: crate::xml::Extras,
 }
 
 /// One network.
@@ -119,6 +122,9 @@ pub struct NetworkRecord {
     pub persistent: bool,
     /// Started with the host.
     pub autostart: bool,
+    /// What its XML held beyond the model.
+    #[serde(default)]
+    pub extras: crate::xml::Extras,
 }
 
 /// Every object of one driver connection, keyed by uuid.

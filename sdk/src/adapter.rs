@@ -112,11 +112,11 @@ impl<T: crate::Storage> storage::Guest for Adapter<T> {
     fn pool_delete(pool: PoolDef) -> Result<(), Error> {
         T::pool_delete(pool)
     }
-    fn pool_refresh(pool: PoolDef) -> Result<Vec<VolumeDef>, Error> {
-        T::pool_refresh(pool)
+    fn pool_refresh(pool: PoolDef, known: Vec<VolumeDef>) -> Result<Vec<VolumeDef>, Error> {
+        T::pool_refresh(pool, known)
     }
-    fn get_pool_info(pool: PoolDef) -> Result<PoolInfo, Error> {
-        T::get_pool_info(pool)
+    fn get_pool_info(pool: PoolDef, volumes: Vec<VolumeDef>) -> Result<PoolInfo, Error> {
+        T::get_pool_info(pool, volumes)
     }
     fn vol_create(pool: PoolDef, vol: VolumeDef) -> Result<VolumeDef, Error> {
         T::vol_create(pool, vol)

@@ -256,11 +256,11 @@ pub trait Storage {
         Err(unsupported("pool-delete"))
     }
     /// Lists the backend's volumes.
-    fn pool_refresh(pool: PoolDef) -> VerbResult<Vec<VolumeDef>> {
+    fn pool_refresh(pool: PoolDef, known: Vec<VolumeDef>) -> VerbResult<Vec<VolumeDef>> {
         Err(unsupported("pool-refresh"))
     }
     /// Numbers behind `pool-info`.
-    fn get_pool_info(pool: PoolDef) -> VerbResult<PoolInfo> {
+    fn get_pool_info(pool: PoolDef, volumes: Vec<VolumeDef>) -> VerbResult<PoolInfo> {
         Err(unsupported("pool-info"))
     }
     /// Creates a volume.

@@ -147,9 +147,16 @@ pub fn all() -> Vec<&'static Command> {
     v.extend(snapshot::COMMANDS.iter());
     v.extend(node::COMMANDS.iter());
     v.extend(storage::COMMANDS.iter());
+    v.extend(storage::LIFECYCLE.iter());
     v.extend(network::COMMANDS.iter());
+    v.extend(network::LIFECYCLE.iter());
     v.extend(plugin::COMMANDS.iter());
     v
+}
+
+/// A time as virsh prints it (`YYYY-MM-DD HH:MM:SS +ZZZZ`, local time).
+pub fn snapshot_time(secs: i64) -> String {
+    snapshot::local_time(secs)
 }
 
 /// Finds a command by name.

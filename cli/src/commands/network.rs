@@ -115,3 +115,204 @@ fn net_info(sess: &mut Session, a: &Args) -> Outcome {
     sess.print(&out);
     Ok(())
 }
+
+/// Network lifecycle commands.
+pub static LIFECYCLE: &[Command] = &[
+    Command {
+        name: "net-dumpxml",
+        group: "Networking",
+        help: "network information in XML",
+        opts: &[
+            arg("network", "network name or uuid"),
+            flag("inactive", "show inactive defined XML"),
+        ],
+        run: net_dumpxml,
+    },
+    Command {
+        name: "net-define",
+        group: "Networking",
+        help: "define an inactive persistent virtual network or modify an existing persistent one from an XML file",
+        opts: &[
+            arg("file", "file containing an XML network description"),
+            flag("validate", "validate the XML against the schema"),
+        ],
+        run: net_define,
+    },
+    Command {
+        name: "net-create",
+        group: "Networking",
+        help: "create a network from an XML file",
+        opts: &[
+            arg("file", "file containing an XML network description"),
+            flag("validate", "validate the XML against the schema"),
+        ],
+        run: net_create,
+    },
+    Command {
+        name: "net-start",
+        group: "Networking",
+        help: "start a (previously defined) inactive network",
+        opts: &[arg("network", "network name or uuid")],
+        run: net_start,
+    },
+    Command {
+        name: "net-destroy",
+        group: "Networking",
+        help: "destroy (stop) a network",
+        opts: &[arg("network", "network name or uuid")],
+        run: net_destroy,
+    },
+    Command {
+        name: "net-undefine",
+        group: "Networking",
+        help: "undefine a persistent network",
+        opts: &[arg("network", "network name or uuid")],
+        run: net_undefine,
+    },
+    Command {
+        name: "net-autostart",
+        group: "Networking",
+        help: "autostart a network",
+        opts: &[
+            arg("network", "network name or uuid"),
+            flag("disable", "disable autostarting"),
+        ],
+        run: net_autostart,
+    },
+    Command {
+        name: "net-dhcp-leases",
+        group: "Networking",
+        help: "print lease info for a given network",
+        opts: &[
+            arg("network", "network name or uuid"),
+            super::value("mac", "MAC address"),
+            flag("json", "print as JSON"),
+        ],
+        run: net_dhcp_leases,
+    },
+];
+
+fn lookup(sess: &mut Session, key: &str) -> Result<String, Failure> {
+    sess.conn()?
+        .network(key)
+        .map(|n| n.def.uuid)
+        .map_err(|e| Failure(vec![format!("failed to get network '{key}'"), e.message]))
+}
+
+fn net_dumpxml(sess: &mut Session, a: &Args) -> Outcome {
+    let uuid = lookup(sess, a.req("network"))?;
+    let xml = sess.conn()?.network_xml(&uuid)?;
+    sess.print(&xml);
+    Ok(())
+}
+
+fn net_define(sess: &mut Session, a: &Args) -> Outcome {
+    let file = a.req("file");
+    let text = super::domain::read_file(file)?;
+    let def = sess
+        .conn()?
+        .network_define_xml(&text, a.flag("validate"))
+        .map_err(|e| {
+            Failure(vec![
+                format!("Failed to define network from {file}"),
+                e.message,
+            ])
+        })?;
+    sess.extra(&format!("Network {} defined from {file}\n", def.name));
+    Ok(())
+}
+
+fn net_create(sess: &mut Session, a: &Args) -> Outcome {
+    let file = a.req("file");
+    let text = super::domain::read_file(file)?;
+    let def = sess
+        .conn()?
+        .network_create_xml(&text, a.flag("validate"))
+        .map_err(|e| {
+            Failure(vec![
+                format!("Failed to create network from {file}"),
+                e.message,
+            ])
+        })?;
+    sess.extra(&format!("Network {} created from {file}\n", def.name));
+    Ok(())
+}
+
+fn net_verb(
+    sess: &mut Session,
+    a: &Args,
+    what: &str,
+    done: &str,
+    f: impl FnOnce(&virtwasm_host::Connection, &str) -> virtwasm_host::Result<String>,
+) -> Outcome {
+    let key = a.req("network");
+    let uuid = lookup(sess, key)?;
+    let name = f(sess.conn()?, &uuid)
+        .map_err(|e| Failure(vec![format!("Failed to {what} network {key}"), e.message]))?;
+    sess.extra(&format!("Network {name} {done}\n"));
+    Ok(())
+}
+
+fn net_start(sess: &mut Session, a: &Args) -> Outcome {
+    net_verb(sess, a, "start", "started", |c, k| c.network_start(k))
+}
+
+fn net_destroy(sess: &mut Session, a: &Args) -> Outcome {
+    net_verb(sess, a, "destroy", "destroyed", |c, k| c.network_destroy(k))
+}
+
+fn net_undefine(sess: &mut Session, a: &Args) -> Outcome {
+    net_verb(sess, a, "undefine", "has been undefined", |c, k| {
+        c.network_undefine(k)
+    })
+}
+
+fn net_autostart(sess: &mut Session, a: &Args) -> Outcome {
+    let on = !a.flag("disable");
+    let (what, done) = if on {
+        ("mark as autostarted", "marked as autostarted")
+    } else {
+        ("unmark as autostarted", "unmarked as autostarted")
+    };
+    net_verb(sess, a, what, done, |c, k| c.network_set_autostart(k, on))
+}
+
+fn net_dhcp_leases(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("network");
+    let uuid = lookup(sess, key)?;
+    let leases = sess.conn()?.network_dhcp_leases(&uuid).map_err(|e| {
+        Failure(vec![
+            format!("Failed to get leases info for {key}"),
+            e.message,
+        ])
+    })?;
+    let leases: Vec<_> = leases
+        .into_iter()
+        .filter(|l| a.get("mac").is_none_or(|m| m.eq_ignore_ascii_case(&l.mac)))
+        .collect();
+    if a.flag("json") {
+        return sess.print_json(&leases);
+    }
+    let mut t = Table::new(&[
+        "Expiry Time",
+        "MAC address",
+        "Protocol",
+        "IP address",
+        "Hostname",
+        "Client ID or DUID",
+    ]);
+    for l in &leases {
+        let proto = if l.ip.contains(':') { "ipv6" } else { "ipv4" };
+        t.row(vec![
+            crate::commands::snapshot_time(l.expiry_time),
+            l.mac.clone(),
+            proto.into(),
+            format!("{}/{}", l.ip, l.prefix),
+            l.hostname.clone().unwrap_or_else(|| "-".into()),
+            l.client_id.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let quiet = sess.settings.quiet;
+    sess.print(&t.render(quiet));
+    Ok(())
+}

@@ -88,7 +88,7 @@ fn state_word(s: &DomainState) -> &'static str {
 }
 
 /// `YYYY-MM-DD HH:MM:SS +ZZZZ` in local time, as virsh prints creation times.
-fn local_time(secs: i64) -> String {
+pub(crate) fn local_time(secs: i64) -> String {
     // SAFETY: localtime_r writes only into the tm we pass; time_t is i64 on Linux.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let t: libc::time_t = secs;

@@ -248,3 +248,565 @@ mod tests {
         assert_eq!(super::pretty(100 * 1024 * 1024 * 1024), "100.00 GiB");
     }
 }
+
+/// Pool, volume lifecycle commands.
+pub static LIFECYCLE: &[Command] = &[
+    Command {
+        name: "pool-dumpxml",
+        group: "Storage Pool",
+        help: "pool information in XML",
+        opts: &[
+            arg("pool", "pool name or uuid"),
+            flag("inactive", "show inactive defined XML"),
+        ],
+        run: pool_dumpxml,
+    },
+    Command {
+        name: "pool-define",
+        group: "Storage Pool",
+        help: "define an inactive persistent storage pool or modify an existing persistent one from an XML file",
+        opts: &[
+            arg("file", "file containing an XML pool description"),
+            flag("validate", "validate the XML against the schema"),
+        ],
+        run: pool_define,
+    },
+    Command {
+        name: "pool-create",
+        group: "Storage Pool",
+        help: "create a pool from an XML file",
+        opts: &[
+            arg("file", "file containing an XML pool description"),
+            flag("build", "build the pool as normal"),
+            flag("validate", "validate the XML against the schema"),
+        ],
+        run: pool_create,
+    },
+    Command {
+        name: "pool-define-as",
+        group: "Storage Pool",
+        help: "define a pool from a set of args",
+        opts: POOL_AS_OPTS,
+        run: pool_define_as,
+    },
+    Command {
+        name: "pool-create-as",
+        group: "Storage Pool",
+        help: "create a pool from a set of args",
+        opts: POOL_AS_OPTS,
+        run: pool_create_as,
+    },
+    Command {
+        name: "pool-build",
+        group: "Storage Pool",
+        help: "build a pool",
+        opts: &[
+            arg("pool", "pool name or uuid"),
+            flag("overwrite", "overwrite any existing data"),
+            flag("no-overwrite", "do not overwrite any existing data"),
+        ],
+        run: pool_build,
+    },
+    Command {
+        name: "pool-start",
+        group: "Storage Pool",
+        help: "start a (previously defined) inactive pool",
+        opts: &[
+            arg("pool", "pool name or uuid"),
+            flag("build", "build the pool as normal"),
+        ],
+        run: pool_start,
+    },
+    Command {
+        name: "pool-destroy",
+        group: "Storage Pool",
+        help: "destroy (stop) a pool",
+        opts: &[arg("pool", "pool name or uuid")],
+        run: pool_destroy,
+    },
+    Command {
+        name: "pool-delete",
+        group: "Storage Pool",
+        help: "delete a pool",
+        opts: &[arg("pool", "pool name or uuid")],
+        run: pool_delete,
+    },
+    Command {
+        name: "pool-undefine",
+        group: "Storage Pool",
+        help: "undefine an inactive pool",
+        opts: &[arg("pool", "pool name or uuid")],
+        run: pool_undefine,
+    },
+    Command {
+        name: "pool-refresh",
+        group: "Storage Pool",
+        help: "refresh a pool",
+        opts: &[arg("pool", "pool name or uuid")],
+        run: pool_refresh,
+    },
+    Command {
+        name: "pool-autostart",
+        group: "Storage Pool",
+        help: "autostart a pool",
+        opts: &[
+            arg("pool", "pool name or uuid"),
+            flag("disable", "disable autostarting"),
+        ],
+        run: pool_autostart,
+    },
+    Command {
+        name: "vol-create-as",
+        group: "Storage Volume",
+        help: "create a volume from a set of args",
+        opts: &[
+            arg("pool", "pool name"),
+            arg("name", "name of the volume"),
+            arg(
+                "capacity",
+                "size of the vol, as scaled integer (default bytes)",
+            ),
+            value(
+                "allocation",
+                "initial allocation size, as scaled integer (default bytes)",
+            ),
+            value("format", "file format type raw,bochs,qcow,qcow2,qed,vmdk"),
+            value("backing-vol", "the backing volume if taking a snapshot"),
+            value(
+                "backing-vol-format",
+                "format of backing volume if taking a snapshot",
+            ),
+            flag(
+                "prealloc-metadata",
+                "preallocate metadata (for qcow2 instead of full allocation)",
+            ),
+            flag("print-xml", "print XML document, but don't define/create"),
+        ],
+        run: vol_create_as,
+    },
+    Command {
+        name: "vol-create",
+        group: "Storage Volume",
+        help: "create a vol from an XML file",
+        opts: &[
+            arg("pool", "pool name"),
+            arg("file", "file containing an XML vol description"),
+            flag(
+                "prealloc-metadata",
+                "preallocate metadata (for qcow2 instead of full allocation)",
+            ),
+            flag("validate", "validate the XML against the schema"),
+        ],
+        run: vol_create,
+    },
+    Command {
+        name: "vol-clone",
+        group: "Storage Volume",
+        help: "clone a volume.",
+        opts: &[
+            arg("vol", "orig vol name or key"),
+            arg("newname", "clone name"),
+            value("pool", "pool name or uuid"),
+            flag(
+                "prealloc-metadata",
+                "preallocate metadata (for qcow2 instead of full allocation)",
+            ),
+            flag("reflink", "use btrfs COW lightweight copy"),
+        ],
+        run: vol_clone,
+    },
+    Command {
+        name: "vol-delete",
+        group: "Storage Volume",
+        help: "delete a vol",
+        opts: &[
+            arg("vol", "vol name, key or path"),
+            value("pool", "pool name or uuid"),
+            flag(
+                "delete-snapshots",
+                "delete snapshots associated with volume (must be supported by storage driver)",
+            ),
+        ],
+        run: vol_delete,
+    },
+    Command {
+        name: "vol-info",
+        group: "Storage Volume",
+        help: "storage vol information",
+        opts: &[
+            arg("vol", "vol name, key or path"),
+            value("pool", "pool name or uuid"),
+            flag(
+                "bytes",
+                "sizes are represented in bytes rather than pretty units",
+            ),
+            flag(
+                "physical",
+                "return the physical size of the volume in allocation field",
+            ),
+            flag("json", "print as JSON"),
+        ],
+        run: vol_info,
+    },
+    Command {
+        name: "vol-dumpxml",
+        group: "Storage Volume",
+        help: "vol information in XML",
+        opts: &[
+            arg("vol", "vol name, key or path"),
+            value("pool", "pool name or uuid"),
+        ],
+        run: vol_dumpxml,
+    },
+    Command {
+        name: "vol-path",
+        group: "Storage Volume",
+        help: "returns the volume path for a given volume name or key",
+        opts: &[
+            arg("vol", "vol name or key"),
+            value("pool", "pool name or uuid"),
+        ],
+        run: vol_path,
+    },
+];
+
+const POOL_AS_OPTS: &[super::Opt] = &[
+    arg("name", "name of the pool"),
+    arg("type", "type of the pool"),
+    super::optional_arg("source-host", "source-host for underlying storage"),
+    super::optional_arg("source-path", "source path for underlying storage"),
+    super::optional_arg("source-dev", "source device for underlying storage"),
+    super::optional_arg("source-name", "source name for underlying storage"),
+    super::optional_arg("target", "target for underlying storage"),
+    value("source-format", "format for underlying storage"),
+    flag("print-xml", "print XML document, but don't define/create"),
+    flag("build", "build the pool as normal"),
+];
+
+use super::value;
+
+fn pool_failure<'a>(what: &str, key: &'a str) -> impl FnOnce(virtwasm_host::Error) -> Failure + 'a {
+    let what = what.to_string();
+    move |e| match e.kind {
+        virtwasm_host::ErrorKind::NotFound if e.message.starts_with("Storage pool not found") => {
+            Failure(vec![format!("failed to get pool '{key}'"), e.message])
+        }
+        _ => Failure(vec![format!("Failed to {what} pool {key}"), e.message]),
+    }
+}
+
+fn pool_dumpxml(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("pool");
+    let xml = sess
+        .conn()?
+        .pool_xml(key)
+        .map_err(|e| Failure(vec![format!("failed to get pool '{key}'"), e.message]))?;
+    sess.print(&xml);
+    Ok(())
+}
+
+fn pool_define(sess: &mut Session, a: &Args) -> Outcome {
+    let file = a.req("file");
+    let text = super::domain::read_file(file)?;
+    let def = sess
+        .conn()?
+        .pool_define_xml(&text, a.flag("validate"))
+        .map_err(|e| {
+            Failure(vec![
+                format!("Failed to define pool from {file}"),
+                e.message,
+            ])
+        })?;
+    sess.extra(&format!("Pool {} defined from {file}\n", def.name));
+    Ok(())
+}
+
+fn pool_create(sess: &mut Session, a: &Args) -> Outcome {
+    let file = a.req("file");
+    let text = super::domain::read_file(file)?;
+    let fail = |e: virtwasm_host::Error| {
+        Failure(vec![
+            format!("Failed to create pool from {file}"),
+            e.message,
+        ])
+    };
+    let parsed = virtwasm_host::xml::parse_pool_with(
+        &text,
+        &virtwasm_host::xml::ParseOptions {
+            strict: a.flag("validate"),
+            fill_defaults: true,
+        },
+    )
+    .map_err(fail)?;
+    let def = sess
+        .conn()?
+        .pool_create(parsed.def, parsed.extras)
+        .map_err(fail)?;
+    sess.extra(&format!("Pool {} created from {file}\n", def.name));
+    Ok(())
+}
+
+fn pool_def_from_args(a: &Args) -> Result<virtwasm_host::bindings::types::PoolDef, Failure> {
+    use virtwasm_host::bindings::types::{PoolDef, PoolType};
+    let ty = match a.req("type") {
+        "dir" => PoolType::Dir,
+        "fs" => PoolType::Fs,
+        "netfs" => PoolType::Netfs,
+        "logical" => PoolType::Logical,
+        "disk" => PoolType::Disk,
+        "iscsi" => PoolType::Iscsi,
+        "scsi" => PoolType::Scsi,
+        "mpath" => PoolType::Mpath,
+        "rbd" => PoolType::Rbd,
+        "sheepdog" => PoolType::Sheepdog,
+        "gluster" => PoolType::Gluster,
+        "zfs" => PoolType::Zfs,
+        other => {
+            return Err(Failure::msg(format!(
+                "unknown storage pool type '{other}' (expected dir, fs, netfs, logical, disk, iscsi, scsi, mpath, rbd, sheepdog, gluster, zfs)"
+            )));
+        }
+    };
+    Ok(PoolDef {
+        pool_type: ty,
+        name: a.req("name").to_string(),
+        uuid: String::new(),
+        source_hosts: a
+            .get("source-host")
+            .map(|h| vec![h.to_string()])
+            .unwrap_or_default(),
+        source_devices: a
+            .get("source-dev")
+            .map(|d| vec![d.to_string()])
+            .unwrap_or_default(),
+        source_dir: a.get("source-path").map(str::to_string),
+        source_name: a.get("source-name").map(str::to_string),
+        source_format: a.get("source-format").map(str::to_string),
+        target_path: a.get("target").map(str::to_string),
+        target_permissions: None,
+    })
+}
+
+fn pool_define_as(sess: &mut Session, a: &Args) -> Outcome {
+    let def = pool_def_from_args(a)?;
+    let name = def.name.clone();
+    let def = sess
+        .conn()?
+        .pool_define(def, Default::default())
+        .map_err(|e| Failure(vec![format!("Failed to define pool {name}"), e.message]))?;
+    sess.extra(&format!("Pool {} defined\n", def.name));
+    Ok(())
+}
+
+fn pool_create_as(sess: &mut Session, a: &Args) -> Outcome {
+    let def = pool_def_from_args(a)?;
+    let name = def.name.clone();
+    let def = sess
+        .conn()?
+        .pool_create(def, Default::default())
+        .map_err(|e| Failure(vec![format!("Failed to create pool {name}"), e.message]))?;
+    sess.extra(&format!("Pool {} created\n", def.name));
+    Ok(())
+}
+
+fn pool_verb(
+    sess: &mut Session,
+    a: &Args,
+    what: &str,
+    done: &str,
+    f: impl FnOnce(&virtwasm_host::Connection, &str) -> virtwasm_host::Result<String>,
+) -> Outcome {
+    let key = a.req("pool");
+    let name = f(sess.conn()?, key).map_err(pool_failure(what, key))?;
+    sess.extra(&format!("Pool {name} {done}\n"));
+    Ok(())
+}
+
+fn pool_build(sess: &mut Session, a: &Args) -> Outcome {
+    let overwrite = a.flag("overwrite");
+    pool_verb(sess, a, "build", "built", |c, k| c.pool_build(k, overwrite))
+}
+
+fn pool_start(sess: &mut Session, a: &Args) -> Outcome {
+    if a.flag("build") {
+        let key = a.req("pool");
+        sess.conn()?
+            .pool_build(key, false)
+            .map_err(pool_failure("build", key))?;
+    }
+    pool_verb(sess, a, "start", "started", |c, k| c.pool_start(k))
+}
+
+fn pool_destroy(sess: &mut Session, a: &Args) -> Outcome {
+    pool_verb(sess, a, "destroy", "destroyed", |c, k| c.pool_destroy(k))
+}
+
+fn pool_delete(sess: &mut Session, a: &Args) -> Outcome {
+    pool_verb(sess, a, "delete", "deleted", |c, k| c.pool_delete(k))
+}
+
+fn pool_undefine(sess: &mut Session, a: &Args) -> Outcome {
+    pool_verb(sess, a, "undefine", "has been undefined", |c, k| {
+        c.pool_undefine(k)
+    })
+}
+
+fn pool_refresh(sess: &mut Session, a: &Args) -> Outcome {
+    pool_verb(sess, a, "refresh", "refreshed", |c, k| c.pool_refresh(k))
+}
+
+fn pool_autostart(sess: &mut Session, a: &Args) -> Outcome {
+    let on = !a.flag("disable");
+    let done = if on {
+        "marked as autostarted"
+    } else {
+        "unmarked as autostarted"
+    };
+    let what = if on {
+        "mark as autostarted"
+    } else {
+        "unmark as autostarted"
+    };
+    pool_verb(sess, a, what, done, |c, k| c.pool_set_autostart(k, on))
+}
+
+/// A size with an optional unit suffix, in bytes (virsh's scaled integers, default bytes).
+fn bytes(text: &str, what: &str) -> Result<u64, Failure> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let bad = || Failure::msg(format!("Malformed size {text}"));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let scale = if unit.is_empty() {
+        1
+    } else {
+        virtwasm_host::xml::unit_scale(unit).ok_or_else(bad)?
+    };
+    let _ = what;
+    n.checked_mul(scale).ok_or_else(bad)
+}
+
+fn vol_create_as(sess: &mut Session, a: &Args) -> Outcome {
+    use virtwasm_host::bindings::types::VolumeDef;
+    let pool = a.req("pool");
+    let name = a.req("name").to_string();
+    let capacity = bytes(a.req("capacity"), "capacity")?;
+    let allocation = a
+        .get("allocation")
+        .map(|s| bytes(s, "allocation"))
+        .transpose()?;
+    let vol = VolumeDef {
+        name: name.clone(),
+        key: None,
+        capacity,
+        allocation,
+        target_path: None,
+        format: a.get("format").map(str::to_string),
+        target_permissions: None,
+        backing_path: a.get("backing-vol").map(str::to_string),
+        backing_format: a.get("backing-vol-format").map(str::to_string),
+    };
+    sess.conn()?
+        .vol_create(pool, vol)
+        .map_err(|e| Failure(vec![format!("Failed to create vol {name}"), e.message]))?;
+    sess.extra(&format!("Vol {name} created\n"));
+    Ok(())
+}
+
+fn vol_create(sess: &mut Session, a: &Args) -> Outcome {
+    let file = a.req("file");
+    let text = super::domain::read_file(file)?;
+    let vol = sess
+        .conn()?
+        .vol_create_xml(a.req("pool"), &text, a.flag("validate"))
+        .map_err(|e| Failure(vec![format!("Failed to create vol from {file}"), e.message]))?;
+    sess.extra(&format!("Vol {} created from {file}\n", vol.name));
+    Ok(())
+}
+
+fn vol_lookup_failure(key: &str) -> impl FnOnce(virtwasm_host::Error) -> Failure + '_ {
+    move |e| Failure(vec![format!("failed to get vol '{key}'"), e.message])
+}
+
+fn vol_clone(sess: &mut Session, a: &Args) -> Outcome {
+    let (src, new) = (a.req("vol"), a.req("newname"));
+    let pool = a.get("pool");
+    let conn = sess.conn()?;
+    conn.volume(src, pool).map_err(vol_lookup_failure(src))?;
+    conn.vol_clone(src, new, pool)
+        .map_err(|e| Failure(vec![format!("Failed to clone vol from {src}"), e.message]))?;
+    sess.extra(&format!("Vol {new} cloned from {src}\n"));
+    Ok(())
+}
+
+fn vol_delete(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("vol");
+    let pool = a.get("pool");
+    let conn = sess.conn()?;
+    conn.volume(key, pool).map_err(vol_lookup_failure(key))?;
+    let name = conn
+        .vol_delete(key, pool)
+        .map_err(|e| Failure(vec![format!("Failed to delete vol {key}"), e.message]))?;
+    sess.extra(&format!("Vol {name} deleted\n"));
+    Ok(())
+}
+
+fn vol_info(sess: &mut Session, a: &Args) -> Outcome {
+    use virtwasm_host::bindings::types::VolumeType;
+    let key = a.req("vol");
+    let (vol, info) = sess
+        .conn()?
+        .vol_info(key, a.get("pool"))
+        .map_err(vol_lookup_failure(key))?;
+    if a.flag("json") {
+        return sess.print_json(&serde_json::json!({"name": vol.name, "path": vol.target_path, "capacity": info.capacity, "allocation": info.allocation}));
+    }
+    let ty = match info.volume_type {
+        VolumeType::File => "file",
+        VolumeType::Block => "block",
+        VolumeType::Dir => "dir",
+        VolumeType::Network => "network",
+        VolumeType::Netdir => "netdir",
+        VolumeType::Ploop => "ploop",
+    };
+    let size = |v: u64| {
+        if a.flag("bytes") {
+            format!("{v} bytes")
+        } else {
+            pretty(v)
+        }
+    };
+    sess.print(&format!(
+        "{:<15} {}\n{:<15} {}\n{:<15} {}\n{:<15} {}\n",
+        "Name:",
+        vol.name,
+        "Type:",
+        ty,
+        "Capacity:",
+        size(info.capacity),
+        "Allocation:",
+        size(info.allocation)
+    ));
+    Ok(())
+}
+
+fn vol_dumpxml(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("vol");
+    let xml = sess
+        .conn()?
+        .vol_xml(key, a.get("pool"))
+        .map_err(vol_lookup_failure(key))?;
+    sess.print(&xml);
+    Ok(())
+}
+
+fn vol_path(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("vol");
+    let (_, vol) = sess
+        .conn()?
+        .volume(key, a.get("pool"))
+        .map_err(vol_lookup_failure(key))?;
+    sess.print(&format!("{}\n", vol.target_path.unwrap_or_default()));
+    Ok(())
+}

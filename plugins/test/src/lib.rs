@@ -133,8 +133,8 @@ fn default_network() -> NetworkDef {
         forward: Some(ForwardMode::Nat),
         forward_dev: None,
         bridge: Some("virbr0".into()),
-        stp: None,
-        delay: None,
+        stp: Some(true),
+        delay: Some(0),
         mac: None,
         mtu: None,
         domain_name: None,
@@ -342,8 +342,8 @@ impl Storage for TestDriver {
     fn pool_build(_pool: PoolDef, _overwrite: bool) -> VerbResult<()> {
         Ok(())
     }
-    fn pool_start(_pool: PoolDef) -> VerbResult<PoolInfo> {
-        Self::get_pool_info(default_pool())
+    fn pool_start(pool: PoolDef) -> VerbResult<PoolInfo> {
+        Self::get_pool_info(pool, vec![])
     }
     fn pool_stop(_pool: PoolDef) -> VerbResult<()> {
         Ok(())
@@ -351,15 +351,49 @@ impl Storage for TestDriver {
     fn pool_delete(_pool: PoolDef) -> VerbResult<()> {
         Ok(())
     }
-    fn pool_refresh(_pool: PoolDef) -> VerbResult<Vec<VolumeDef>> {
-        Ok(vec![])
+    fn pool_refresh(_pool: PoolDef, known: Vec<VolumeDef>) -> VerbResult<Vec<VolumeDef>> {
+        // Nothing behind the mock pool: what the host has on record is all there is.
+        Ok(known)
     }
-    fn get_pool_info(_pool: PoolDef) -> VerbResult<PoolInfo> {
+    fn get_pool_info(_pool: PoolDef, volumes: Vec<VolumeDef>) -> VerbResult<PoolInfo> {
+        // As libvirt's test driver: a fixed 100 GiB pool whose allocation is its volumes'.
+        let allocation: u64 = volumes.iter().map(|v| v.allocation.unwrap_or(v.capacity)).sum();
         Ok(PoolInfo {
             state: PoolState::Running,
             capacity: POOL_CAPACITY,
-            allocation: 0,
-            available: POOL_CAPACITY,
+            allocation,
+            available: POOL_CAPACITY.saturating_sub(allocation),
+        })
+    }
+    fn vol_create(pool: PoolDef, mut vol: VolumeDef) -> VerbResult<VolumeDef> {
+        let dir = pool.target_path.unwrap_or_default();
+        let path = format!("{dir}/{}", vol.name);
+        vol.target_path = Some(path.clone());
+        vol.key = Some(path);
+        vol.allocation.get_or_insert(vol.capacity);
+        Ok(vol)
+    }
+    fn vol_clone(pool: PoolDef, source: VolumeDef, mut vol: VolumeDef) -> VerbResult<VolumeDef> {
+        vol.capacity = source.capacity;
+        vol.allocation = source.allocation;
+        vol.format = vol.format.or(source.format);
+        Self::vol_create(pool, vol)
+    }
+    fn vol_delete(_pool: PoolDef, _vol: VolumeDef) -> VerbResult<()> {
+        Ok(())
+    }
+    fn vol_resize(_pool: PoolDef, mut vol: VolumeDef, capacity: u64) -> VerbResult<VolumeDef> {
+        vol.capacity = capacity;
+        Ok(vol)
+    }
+    fn vol_wipe(_pool: PoolDef, _vol: VolumeDef) -> VerbResult<()> {
+        Ok(())
+    }
+    fn vol_info(_pool: PoolDef, vol: VolumeDef) -> VerbResult<VolumeInfo> {
+        Ok(VolumeInfo {
+            volume_type: VolumeType::File,
+            capacity: vol.capacity,
+            allocation: vol.allocation.unwrap_or(vol.capacity),
         })
     }
 }
@@ -370,9 +404,6 @@ impl Network for TestDriver {
     }
     fn net_stop(_net: NetworkDef) -> VerbResult<()> {
         Ok(())
-    }
-    fn net_dhcp_leases(_net: NetworkDef) -> VerbResult<Vec<DhcpLease>> {
-        Ok(vec![])
     }
 }
 
