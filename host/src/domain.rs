@@ -400,16 +400,21 @@ impl Connection {
                 "Requested operation is not valid: cannot undefine transient domain",
             ));
         }
-        if let Some(store) = &self.store {
-            store.remove_definition(&cur.def.name)?;
-        }
+        // A running domain becomes transient: its status file says so before the definition
+        // goes, so a crash in between never leaves a "persistent" domain without a definition.
         if cur.is_active() {
             let mut now = cur;
             now.persistent = false;
             now.autostart = false;
             self.persist(&now)?;
+            if let Some(store) = &self.store {
+                store.remove_definition(&now.def.name)?;
+            }
             o.domains.insert(rec.def.uuid.clone(), now);
         } else {
+            if let Some(store) = &self.store {
+                store.remove_definition(&cur.def.name)?;
+            }
             o.domains.remove(&rec.def.uuid);
         }
         drop(o);

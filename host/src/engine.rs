@@ -141,6 +141,7 @@ impl Runtime {
             }
         };
         let path = dir.join(self.cache_key(sha256));
+        sweep_stale_temps(dir);
         if path.exists() {
             // SAFETY: the file is in a 0700 directory owned by this user that only this host
             // writes, named by the sha256 of the wasm it was compiled from and the engine's
@@ -207,20 +208,61 @@ fn prepare_cache_dir(dir: &Path) -> std::result::Result<PathBuf, String> {
 }
 
 /// Writes `bytes` to `path` so that readers see either the old file or the whole new one:
-/// a temporary file in the same directory, fsync, rename, fsync of the directory.
+/// a temporary file in the same directory, fsync, rename, fsync of the directory. Once the
+/// rename is done the new version is the file, so a failed directory fsync is logged rather
+/// than reported as a failed write (which would leave callers believing the old one stands).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile_in(dir, path)?;
-    let result = (|| {
-        tmp.1.write_all(bytes)?;
-        tmp.1.sync_all()?;
-        std::fs::rename(&tmp.0, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
+    let written = tmp
+        .1
+        .write_all(bytes)
+        .and_then(|_| tmp.1.sync_all())
+        .and_then(|_| std::fs::rename(&tmp.0, path));
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp.0);
+        return Err(e);
     }
-    result
+    if let Err(e) = sync_dir(dir) {
+        tracing::warn!(
+            "{} was replaced, but syncing {} failed: {e}",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Flushes a directory's entries (a rename, a removal) to disk.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes temporary files (`.NAME.tmp-PID-N`) left in `dir` by writers that were killed
+/// mid-write. A file whose writer still runs is left alone.
+pub fn sweep_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .map(|(_, r)| r)
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
@@ -264,6 +306,23 @@ mod tests {
             std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn stale_temporary_files_of_dead_writers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".vm.xml.tmp-999999999-0");
+        let mine = dir
+            .path()
+            .join(format!(".vm.xml.tmp-{}-0", std::process::id()));
+        let other = dir.path().join(".hidden-but-not-ours");
+        for p in [&dead, &mine, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        sweep_stale_temps(dir.path());
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(mine.exists(), "a live writer's temp file stays");
+        assert!(other.exists(), "files that are not temp files stay");
     }
 
     #[test]

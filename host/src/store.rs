@@ -200,9 +200,16 @@ impl DiskStore {
     }
 }
 
+/// Removes `path` and flushes the removal, so a power loss cannot bring the file back (a
+/// destroyed domain's status file returning would make it look running).
 fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                crate::engine::sync_dir(dir).map_err(|e| Error::io("cannot sync", dir, e))?;
+            }
+            Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("cannot remove", path, e)),
     }
