@@ -385,3 +385,35 @@ fn help_lists_commands_and_explains_one() {
     let r = test_driver("help");
     assert!(r.ok().contains("    list                 list domains\n"));
 }
+
+#[test]
+fn man_pages_and_completions_come_from_the_command_table() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("docs");
+    let r = virtwasm(home.path(), &["gen-docs", out.to_str().unwrap()]);
+    r.ok();
+    let bash = std::fs::read_to_string(out.join("virtwasm.bash")).unwrap();
+    let help = test_driver("help").stdout;
+    // Every command `help` lists has a man page and appears in the bash completion.
+    let names: Vec<&str> = help
+        .lines()
+        .filter(|l| l.starts_with("    "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() > 60, "{names:?}");
+    for name in names {
+        if name == "help" {
+            continue;
+        }
+        assert!(bash.contains(name), "bash completion lacks {name}");
+        let page = std::fs::read_to_string(out.join(format!("virtwasm-{name}.1")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(page.contains(".SH NAME"), "{name}");
+    }
+    let root = std::fs::read_to_string(out.join("virtwasm.1")).unwrap();
+    assert!(
+        root.contains("connect"),
+        "the global options are documented"
+    );
+    assert!(out.join("_virtwasm").exists() && out.join("virtwasm.fish").exists());
+}

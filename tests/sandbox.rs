@@ -333,3 +333,29 @@ fn concurrent_calls_on_different_domains_run_in_parallel() {
     );
     assert_eq!(spinning.join().unwrap().kind, ErrorKind::Timeout);
 }
+
+#[test]
+fn a_reused_instance_gets_a_fresh_budget_for_every_call() {
+    // Idle instances serve later calls. Wall time between calls, and the sum of many calls,
+    // must never count against one call's budget (300 ms for this plugin).
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(120));
+        still_serving(&conn);
+    }
+    for _ in 0..600 {
+        still_serving(&conn);
+    }
+    // And a runaway call on a reused instance is still stopped at its own limit.
+    let uuid = running(&conn, "late-loop", "");
+    let t = Instant::now();
+    let e = conn.suspend(&uuid).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    still_serving(&conn);
+}

@@ -103,24 +103,28 @@ fn plugin_costs() {
     let rt = Arc::new(Runtime::new(Some(cache.path().to_path_buf())).expect("runtime"));
     let test = subjects().into_iter().next().expect("the test plugin");
     let plugin = load(&rt, &test);
-    // Instantiation: a fresh store and instance from the pooling allocator, as every verb gets.
+    // Instantiation: a fresh store and instance from the pooling allocator.
     for _ in 0..200 {
-        plugin
-            .hypervisor("noop", |_, _| Ok(Ok(())))
-            .expect("instantiate");
+        plugin.probe().expect("instantiate");
     }
     let inst: Vec<Duration> = (0..2000)
+        .map(|_| plugin.probe().expect("instantiate"))
+        .collect();
+    println!(
+        "fresh pooled instantiation (store + instance), median of 2000: {:>10}   (goal < 50 µs)",
+        fmt(median(inst))
+    );
+    // What a verb pays before its own work: a slot, an idle (or new) instance, the exports.
+    let verb: Vec<Duration> = (0..2000)
         .map(|_| {
             let t = Instant::now();
-            plugin
-                .hypervisor("noop", |_, _| Ok(Ok(())))
-                .expect("instantiate");
+            plugin.hypervisor("noop", |_, _| Ok(Ok(()))).expect("call");
             t.elapsed()
         })
         .collect();
     println!(
-        "pooled instantiation (store + instance), median of 2000: {:>10}   (goal < 50 µs)",
-        fmt(median(inst))
+        "per-verb sandbox overhead (idle instance reused), median of 2000: {:>10}",
+        fmt(median(verb))
     );
     // A typed call round trip on a live instance: a record with a string in and out.
     let per_call: Vec<Duration> = (0..20)
@@ -230,6 +234,52 @@ fn end_to_end() {
     }
 }
 
+fn define_many() {
+    println!("\n== define 1,000 domains then `list --all`, one invocation each, median of 5 ==");
+    let bin = virtwasm_binary();
+    let cache = tempfile::tempdir().expect("temp dir");
+    let cache_env = cache.path().to_string_lossy().into_owned();
+    let env = [("VIRTWASM_CACHE_DIR", cache_env.as_str())];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut script = String::new();
+    for i in 0..1000 {
+        let path = dir.path().join(format!("vm{i:04}.xml"));
+        let xml = format!(
+            "<domain type='test'><name>def{i:04}</name><uuid>11111111-0000-4000-8000-{i:012x}</uuid><memory>65536</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>"
+        );
+        std::fs::write(&path, xml).expect("write domain XML");
+        script.push_str(&format!("define {}; ", path.display()));
+    }
+    script.push_str("list --all");
+    let args = ["-q", "-c", "test:///default", script.as_str()];
+    time_command(&bin, &args, &env);
+    let virsh = ["/usr/bin/virsh", "/usr/local/bin/virsh"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..5 {
+        ours.push(time_command(&bin, &args, &env));
+        if let Some(v) = &virsh {
+            theirs.push(time_command(v, &args, &[]));
+        }
+    }
+    let ours = median(ours);
+    match virsh {
+        Some(_) => {
+            let theirs = median(theirs);
+            println!(
+                "define x1000 + list   virtwasm {:>10}   virsh {:>10}   ratio {:.2}  (goal <= 0.5)",
+                fmt(ours),
+                fmt(theirs),
+                ours.as_secs_f64() / theirs.as_secs_f64()
+            );
+        }
+        None => println!("define x1000 + list   virtwasm {:>10}", fmt(ours)),
+    }
+}
+
 /// A libvirt test-driver node file with `n` domains, readable by both virsh and virtwasm.
 fn node_xml(n: usize) -> String {
     let mut s = String::from("<node>\n");
@@ -245,4 +295,5 @@ fn node_xml(n: usize) -> String {
 fn main() {
     plugin_costs();
     end_to_end();
+    define_many();
 }

@@ -5,6 +5,7 @@
 //! virsh's, so scripts written for virsh run unchanged.
 
 mod commands;
+mod docs;
 mod session;
 mod shell;
 mod table;
@@ -77,6 +78,30 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         plugin_dirs: cli.plugin_dir.clone(),
     };
+    if cli.command.first().map(String::as_str) == Some("gen-docs") {
+        // `virtwasm gen-docs DIR`: man pages and shell completions for packaging.
+        let dir = std::path::PathBuf::from(
+            cli.command
+                .get(1)
+                .map(String::as_str)
+                .unwrap_or("target/docs"),
+        );
+        return match docs::generate(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: cannot write documentation to '{}': {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut sess = Session::new(settings);
     if cli.command.is_empty() {
         return interactive(&mut sess);

@@ -113,7 +113,20 @@ pub struct Plugin {
     storage: Option<storage::GuestIndices>,
     network: Option<network::GuestIndices>,
     slots: Slots,
+    idle: Mutex<Vec<Warm>>,
 }
+
+/// An instance that finished its last call normally, kept to serve the next one.
+struct Warm {
+    store: Store<HostState>,
+    instance: wasmtime::component::Instance,
+    uses: u32,
+}
+
+/// Calls one instance may serve before it is dropped.
+const MAX_REUSE: u32 = 256;
+/// Output (stdout and stderr) an instance may have buffered before it is dropped.
+const MAX_OUTPUT_BEFORE_RETIRE: usize = 16 * 1024;
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,6 +237,7 @@ impl Plugin {
             storage: st,
             network: nw,
             slots,
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -320,39 +334,46 @@ impl Plugin {
         ) -> wasmtime::Result<std::result::Result<R, types::Error>>,
     ) -> Result<R> {
         let _slot = self.slots.acquire();
-        let state =
-            HostState::new(self.grants.clone(), self.runtime.children.clone()).map_err(|e| {
-                Error::failed(format!(
-                    "plugin '{}': cannot prepare its sandbox: {e:#}",
-                    self.name()
-                ))
-            })?;
-        let mut store = Store::new(self.runtime.engine(), state);
-        store.limiter(|s| &mut s.limiter);
         let budget = Duration::from_millis(self.manifest.limits.call_timeout_ms.into());
-        let started = Instant::now();
+        let warm = self.idle.lock().unwrap().pop();
+        let (mut store, instance, uses) = match warm {
+            Some(w) => (w.store, Some(w.instance), w.uses),
+            None => (self.new_store()?, None, 0),
+        };
+        store.data_mut().begin_call(budget);
         store.set_epoch_deadline(ticks(budget));
-        store.epoch_deadline_callback(move |ctx| {
-            // The budget is for guest execution: time blocked in host capabilities (waiting
-            // for a child, a socket) does not count against it.
-            let used = started.elapsed().saturating_sub(ctx.data().host_time);
-            if used >= budget {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Continue(ticks(budget - used)))
-            }
-        });
-        let outcome = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| f(&mut store, &instance));
+        let instance = match instance {
+            Some(i) => Ok(i),
+            None => self.pre.instantiate(&mut store),
+        };
+        let outcome = instance.and_then(|inst| f(&mut store, &inst).map(|r| (r, inst)));
+        let (outcome, healthy) = match outcome {
+            Ok((r, inst)) => (Ok(r), Some(inst)),
+            Err(trap) => (Err(trap), None),
+        };
         let output = store.data().captured_output();
         if !output.is_empty() {
             tracing::debug!(plugin = %self.name(), verb, "plugin output: {}", output.trim_end());
         }
-        match outcome {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) if e.kind == types::ErrorKind::Unsupported => Err(Error::new(
+        let answer = match outcome {
+            Ok(answer) => answer,
+            Err(trap) => return Err(self.explain_trap(verb, trap, store.data(), budget)),
+        };
+        // An instance that returned normally may serve the next call; one that trapped was
+        // dropped above (it is poisoned). Reuse is bounded so that whatever a guest leaks
+        // (resources, buffered output) stays bounded too.
+        if let Some(instance) = healthy {
+            if uses + 1 < MAX_REUSE && store.data().output_len() < MAX_OUTPUT_BEFORE_RETIRE {
+                self.idle.lock().unwrap().push(Warm {
+                    store,
+                    instance,
+                    uses: uses + 1,
+                });
+            }
+        }
+        match answer {
+            Ok(r) => Ok(r),
+            Err(e) if e.kind == types::ErrorKind::Unsupported => Err(Error::new(
                 ErrorKind::Unsupported,
                 match libvirt_api(verb) {
                     // libvirt's wording, with the API name users search its documentation for.
@@ -365,9 +386,55 @@ impl Plugin {
                     ),
                 },
             )),
-            Ok(Err(e)) => Err(Error::from(e)),
-            Err(trap) => Err(self.explain_trap(verb, trap, store.data(), budget)),
+            Err(e) => Err(Error::from(e)),
         }
+    }
+
+    /// Makes a fresh instance (never a reused one) and drops it: a health check after load,
+    /// and what the benchmark measures as instantiation.
+    pub fn probe(&self) -> Result<Duration> {
+        let _slot = self.slots.acquire();
+        let t = Instant::now();
+        let mut store = self.new_store()?;
+        store.data_mut().begin_call(Duration::from_millis(
+            self.manifest.limits.call_timeout_ms.into(),
+        ));
+        store.set_epoch_deadline(ticks(Duration::from_millis(
+            self.manifest.limits.call_timeout_ms.into(),
+        )));
+        self.pre.instantiate(&mut store).map_err(|e| {
+            Error::new(
+                ErrorKind::PluginCrashed,
+                format!("plugin '{}' failed to instantiate: {e:#}", self.name()),
+            )
+        })?;
+        Ok(t.elapsed())
+    }
+
+    /// A store for a new instance: the sandbox's WASI context, the memory limiter, and the
+    /// epoch callback that enforces each call's budget of guest execution time.
+    fn new_store(&self) -> Result<Store<HostState>> {
+        let state =
+            HostState::new(self.grants.clone(), self.runtime.children.clone()).map_err(|e| {
+                Error::failed(format!(
+                    "plugin '{}': cannot prepare its sandbox: {e:#}",
+                    self.name()
+                ))
+            })?;
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|ctx| {
+            // The budget is for guest execution: time blocked in host capabilities (waiting
+            // for a child, a socket) does not count against it.
+            let s = ctx.data();
+            let used = s.call_started.elapsed().saturating_sub(s.host_time);
+            if used >= s.budget {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Continue(ticks(s.budget - used)))
+            }
+        });
+        Ok(store)
     }
 
     fn explain_trap(

@@ -123,6 +123,12 @@ pub struct HostState {
     /// Wall time this call spent blocked in host capabilities; the guest's CPU budget
     /// excludes it, so a plugin waiting for `qemu-img` is not killed as a runaway loop.
     pub(crate) host_time: std::time::Duration,
+    /// When the current call began.
+    pub(crate) call_started: std::time::Instant,
+    /// The current call's budget of guest execution time.
+    pub(crate) budget: std::time::Duration,
+    /// Where the current call's output starts in the captured buffer.
+    output_mark: usize,
 }
 
 /// How much of a plugin's stdout/stderr one call keeps (for panic messages).
@@ -160,12 +166,29 @@ impl HostState {
             children,
             stderr,
             host_time: std::time::Duration::ZERO,
+            call_started: std::time::Instant::now(),
+            budget: std::time::Duration::ZERO,
+            output_mark: 0,
         })
     }
 
-    /// What the plugin wrote to stdout/stderr during this instance's life.
+    /// Starts a call: a fresh budget, and output counted from here.
+    pub(crate) fn begin_call(&mut self, budget: std::time::Duration) {
+        self.host_time = std::time::Duration::ZERO;
+        self.call_started = std::time::Instant::now();
+        self.budget = budget;
+        self.output_mark = self.stderr.contents().len();
+    }
+
+    /// What the plugin wrote to stdout/stderr during the current call.
     pub(crate) fn captured_output(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+        let all = self.stderr.contents();
+        String::from_utf8_lossy(&all[self.output_mark.min(all.len())..]).into_owned()
+    }
+
+    /// Bytes of output this instance has buffered over its life.
+    pub(crate) fn output_len(&self) -> usize {
+        self.stderr.contents().len()
     }
 }
 
