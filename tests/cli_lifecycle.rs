@@ -78,13 +78,17 @@ fn destroy_then_start_gives_a_new_id() {
 }
 
 #[test]
-fn start_paused_then_resume() {
-    let r = test_driver(
-        "destroy test; start test --paused; domstate --reason test; resume test; domstate test",
+fn start_paused_is_refused_as_libvirts_test_driver_refuses_it() {
+    // libvirt's test driver rejects VIR_DOMAIN_START_PAUSED; the plugin's own words pass
+    // through the host unchanged, and the domain stays shut off.
+    let r = test_driver("destroy test; start test --paused; domstate --reason test");
+    assert_eq!(
+        r.stderr,
+        "error: Failed to start domain 'test'\nerror: unsupported flags (0x1) in function testDomainCreateWithFlags\n"
     );
     assert_eq!(
         r.ok(),
-        "Domain 'test' destroyed\n\nDomain 'test' started\n\npaused (user)\n\nDomain 'test' resumed\n\nrunning\n\n"
+        "Domain 'test' destroyed\n\n\nshut off (destroyed)\n\n"
     );
 }
 
@@ -147,7 +151,8 @@ fn list_filters_and_quiet_mode() {
         home.path(),
         &["-q", "-c", "test:///default", "list --all; domid test"],
     );
-    assert_eq!(q.ok(), " 1    test   running\n1\n");
+    // Under -q, virsh sizes columns from the rows alone.
+    assert_eq!(q.ok(), " 1   test   running\n1\n");
     let r = test_driver("list --table --name");
     assert_eq!(
         r.failed(),
@@ -181,19 +186,25 @@ fn state_errors_carry_libvirts_two_lines() {
     let r = test_driver("destroy test; suspend test");
     assert_eq!(
         r.failed(),
-        "error: Failed to suspend domain 'test'\nerror: Requested operation is not valid: domain is not running\n"
+        "error: Failed to suspend domain 'test'\nerror: internal error: domain 'test' not running\n"
     );
     let r = test_driver("resume test");
     assert_eq!(
         r.failed(),
-        "error: Failed to resume domain 'test'\nerror: Requested operation is not valid: domain is not paused\n"
+        "error: Failed to resume domain 'test'\nerror: internal error: domain 'test' not paused\n"
     );
     let r = test_driver("suspend test; suspend test");
     assert_eq!(
         r.failed(),
-        "error: Failed to suspend domain 'test'\nerror: Requested operation is not valid: domain is already paused\n"
+        "error: Failed to suspend domain 'test'\nerror: internal error: domain 'test' not running\n"
     );
-    for verb in ["destroy", "shutdown", "reboot", "reset"] {
+    // The driver words shutdown's refusal; the host's own check words the others.
+    let r = test_driver("destroy test; shutdown test");
+    assert_eq!(
+        r.failed(),
+        "error: Failed to shutdown domain 'test'\nerror: internal error: domain 'test' not running\n"
+    );
+    for verb in ["destroy", "reboot", "reset"] {
         let r = test_driver(&format!("destroy test; {verb} test"));
         let what = if verb == "destroy" { "destroy" } else { verb };
         assert_eq!(

@@ -57,7 +57,7 @@ pub fn clap_tree() -> ClapCommand {
             let mut arg = Arg::new(opt.name).long(opt.name).help(opt.help);
             arg = match opt.kind {
                 Kind::Bool => arg.action(ArgAction::SetTrue),
-                Kind::Data => arg.value_name(opt.name.to_uppercase()),
+                Kind::Data | Kind::Int => arg.value_name(opt.name.to_uppercase()),
             };
             if opt.positional {
                 // virsh takes these bare or as --name; completion offers the bare form.

@@ -28,7 +28,12 @@ impl Table {
     pub fn render(&self, quiet: bool) -> String {
         let cols = self.header.len();
         let width = |s: &str| s.chars().count();
-        let mut widths: Vec<usize> = self.header.iter().map(|h| width(h)).collect();
+        // Under -q virsh sizes the columns from the rows alone, as the header is not printed.
+        let mut widths: Vec<usize> = if quiet {
+            vec![0; cols]
+        } else {
+            self.header.iter().map(|h| width(h)).collect()
+        };
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate().take(cols) {
                 widths[i] = widths[i].max(width(cell));
@@ -69,7 +74,7 @@ mod tests {
             t.render(false),
             " Id   Name   State\n----------------------\n 1    test   running\n"
         );
-        assert_eq!(t.render(true), " 1    test   running\n");
+        assert_eq!(t.render(true), " 1   test   running\n");
         let empty = Table::new(&["Id", "Name", "State"]);
         assert_eq!(
             empty.render(false),

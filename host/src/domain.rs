@@ -452,13 +452,24 @@ impl Connection {
         )
     }
 
-    /// Asks the guest to shut down.
+    /// Asks the guest to shut down. Whether the domain's state allows it is the driver's
+    /// call (libvirt's drivers differ: a paused guest may or may not be asked); the host
+    /// checks that the answer is consistent.
     pub fn shutdown(&self, key: &str, modes: ShutdownModes) -> Result<()> {
         self.writable()?;
-        self.verb(key, "shutdown", require_active, |c, dom| {
-            c.plugin
-                .hypervisor("shutdown", |g, s| g.call_shutdown(s, &dom, modes))
-        })
+        self.verb(
+            key,
+            "shutdown",
+            |_| Ok(()),
+            |c, dom| {
+                let was_active = dom.runtime.is_some();
+                let r = c
+                    .plugin
+                    .hypervisor("shutdown", |g, s| g.call_shutdown(s, &dom, modes))?;
+                c.consistent("shutdown", was_active, &r.state, |_| true)?;
+                Ok(r)
+            },
+        )
     }
 
     /// Asks the guest to reboot.
@@ -487,41 +498,70 @@ impl Connection {
         })
     }
 
-    /// Pauses the domain.
+    /// Pauses the domain. The driver decides which states allow it (and words the refusal);
+    /// the host checks that a success leaves the domain paused.
     pub fn suspend(&self, key: &str) -> Result<()> {
         self.writable()?;
         self.verb(
             key,
             "suspend",
-            |r| match r.state() {
-                DomainState::Running(_) | DomainState::Blocked(_) => Ok(()),
-                DomainState::Paused(_) => Err(Error::invalid_state(
-                    "Requested operation is not valid: domain is already paused",
-                )),
-                _ => Err(not_running()),
-            },
+            |_| Ok(()),
             |c, dom| {
-                c.plugin
-                    .hypervisor("suspend", |g, s| g.call_suspend(s, &dom))
+                let was_active = dom.runtime.is_some();
+                let r = c
+                    .plugin
+                    .hypervisor("suspend", |g, s| g.call_suspend(s, &dom))?;
+                c.consistent("suspend", was_active, &r.state, |s| {
+                    matches!(s, DomainState::Paused(_))
+                })?;
+                Ok(r)
             },
         )
     }
 
-    /// Resumes a paused domain.
+    /// Resumes a paused domain; as for `suspend`, the driver judges the state.
     pub fn resume(&self, key: &str) -> Result<()> {
         self.writable()?;
         self.verb(
             key,
             "resume",
-            |r| match r.state() {
-                DomainState::Paused(_) => Ok(()),
-                DomainState::Shutoff(_) => Err(not_running()),
-                _ => Err(Error::invalid_state(
-                    "Requested operation is not valid: domain is not paused",
-                )),
+            |_| Ok(()),
+            |c, dom| {
+                let was_active = dom.runtime.is_some();
+                let r = c
+                    .plugin
+                    .hypervisor("resume", |g, s| g.call_resume(s, &dom))?;
+                c.consistent("resume", was_active, &r.state, |s| {
+                    matches!(s, DomainState::Running(_))
+                })?;
+                Ok(r)
             },
-            |c, dom| c.plugin.hypervisor("resume", |g, s| g.call_resume(s, &dom)),
         )
+    }
+
+    /// Refuses a driver's answer that would break the state machine: a verb that needs a
+    /// running guest succeeding on an inactive domain, or leaving an unexpected state.
+    fn consistent(
+        &self,
+        verb: &str,
+        was_active: bool,
+        state: &DomainState,
+        expected: impl Fn(&DomainState) -> bool,
+    ) -> Result<()> {
+        if !was_active {
+            return Err(Error::internal(format!(
+                "internal error: plugin '{}' answered '{verb}' of an inactive domain without an error",
+                self.plugin.name()
+            )));
+        }
+        if !expected(state) {
+            return Err(Error::internal(format!(
+                "internal error: plugin '{}' answered '{verb}' with the state '{}'",
+                self.plugin.name(),
+                state_name(state)
+            )));
+        }
+        Ok(())
     }
 
     /// Sets whether a persistent domain starts with the host.

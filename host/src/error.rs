@@ -100,10 +100,20 @@ impl From<types::Error> for Error {
             types::ErrorKind::Timeout => ErrorKind::Timeout,
             types::ErrorKind::Internal => ErrorKind::Internal,
         };
-        Error {
-            kind,
-            message: e.message,
-        }
+        // libvirt's prefix for the error's class, so driver errors read as libvirt's do.
+        let prefix = match kind {
+            ErrorKind::Internal => "internal error: ",
+            ErrorKind::InvalidState => "Requested operation is not valid: ",
+            ErrorKind::InvalidArgument => "invalid argument: ",
+            ErrorKind::OperationFailed => "operation failed: ",
+            _ => "",
+        };
+        let message = if e.message.starts_with(prefix) {
+            e.message
+        } else {
+            format!("{prefix}{}", e.message)
+        };
+        Error { kind, message }
     }
 }
 

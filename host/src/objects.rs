@@ -348,10 +348,9 @@ impl Connection {
     pub fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeDef>> {
         let rec = self.pool_record(pool)?;
         if rec.info.is_none() {
-            return Err(Error::invalid_state(format!(
-                "Requested operation is not valid: storage pool '{}' is not active",
-                rec.def.name
-            )));
+            return Err(Error::invalid_state(
+                "Requested operation is not valid: storage pool is not active",
+            ));
         }
         let mut v = rec.volumes;
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -399,7 +398,7 @@ impl Connection {
         if rec.volumes.iter().any(|v| v.name == vol.name) {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
-                format!("storage volume name '{}' already in use.", vol.name),
+                "operation failed: storage vol already exists".to_string(),
             ));
         }
         let made = self
@@ -430,7 +429,7 @@ impl Connection {
         if rec.volumes.iter().any(|v| v.name == name) {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
-                format!("storage volume name '{name}' already in use."),
+                "operation failed: storage vol already exists".to_string(),
             ));
         }
         let wanted = VolumeDef {

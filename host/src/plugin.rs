@@ -373,19 +373,25 @@ impl Plugin {
         }
         match answer {
             Ok(r) => Ok(r),
-            Err(e) if e.kind == types::ErrorKind::Unsupported => Err(Error::new(
-                ErrorKind::Unsupported,
-                match libvirt_api(verb) {
-                    // libvirt's wording, with the API name users search its documentation for.
-                    Some(api) => {
-                        format!("this function is not supported by the connection driver: {api}")
-                    }
-                    None => format!(
-                        "this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'",
-                        self.name()
-                    ),
-                },
-            )),
+            // The SDK's default answer for a verb a driver lacks: say it as libvirt does, with
+            // the API name users search its documentation for. A driver's own words pass.
+            Err(e)
+                if e.kind == types::ErrorKind::Unsupported
+                    && e.message.starts_with("this driver does not support '") =>
+            {
+                Err(Error::new(
+                    ErrorKind::Unsupported,
+                    match libvirt_api(verb) {
+                        Some(api) => format!(
+                            "this function is not supported by the connection driver: {api}"
+                        ),
+                        None => format!(
+                            "this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'",
+                            self.name()
+                        ),
+                    },
+                ))
+            }
             Err(e) => Err(Error::from(e)),
         }
     }

@@ -44,8 +44,17 @@ fn write_header(path: &Path, xml: &str) -> Result<u64> {
 
 /// Reads an image's header: the domain XML and the stream offset.
 pub fn read_header(path: &Path) -> Result<(String, u64)> {
-    let mut f =
-        std::fs::File::open(path).map_err(|e| Error::io("cannot open save image", path, e))?;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "No such file or directory".to_string(),
+            std::io::ErrorKind::PermissionDenied => "Permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        Error::new(
+            ErrorKind::NotFound,
+            format!("cannot read domain image '{}': {why}", path.display()),
+        )
+    })?;
     let mut fixed = [0u8; 32];
     f.read_exact(&mut fixed)
         .map_err(|_| not_an_image(path, "it is shorter than the header"))?;

@@ -52,7 +52,12 @@ impl<T: crate::Hypervisor> hypervisor::Guest for Adapter<T> {
     fn save(dom: DomainRef, path: String) -> Result<DomainRuntime, Error> {
         T::save(dom, path)
     }
-    fn restore(dom: DomainRef, path: String, offset: u64, paused: bool) -> Result<DomainRuntime, Error> {
+    fn restore(
+        dom: DomainRef,
+        path: String,
+        offset: u64,
+        paused: bool,
+    ) -> Result<DomainRuntime, Error> {
         T::restore(dom, path, offset, paused)
     }
     fn snapshot_create(dom: DomainRef, snapshot: SnapshotDef) -> Result<SnapshotDef, Error> {

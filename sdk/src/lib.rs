@@ -175,7 +175,12 @@ pub trait Hypervisor {
         Err(unsupported("save"))
     }
     /// Starts from memory saved at `path`.
-    fn restore(dom: DomainRef, path: String, offset: u64, paused: bool) -> VerbResult<DomainRuntime> {
+    fn restore(
+        dom: DomainRef,
+        path: String,
+        offset: u64,
+        paused: bool,
+    ) -> VerbResult<DomainRuntime> {
         Err(unsupported("restore"))
     }
     /// Takes a snapshot.

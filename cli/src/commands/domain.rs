@@ -212,7 +212,16 @@ fn list(sess: &mut Session, a: &Args) -> Outcome {
     }
     let conn = sess.conn()?;
     let all = conn.list_domains();
-    let active_only = !a.flag("all") && !a.flag("inactive");
+    let wanted_states_early = [
+        "state-running",
+        "state-paused",
+        "state-shutoff",
+        "state-other",
+    ]
+    .iter()
+    .any(|f| a.flag(f));
+    // A state filter picks from every domain, as in virsh.
+    let active_only = !a.flag("all") && !a.flag("inactive") && !wanted_states_early;
     let wanted_states = [
         "state-running",
         "state-paused",
@@ -225,7 +234,9 @@ fn list(sess: &mut Session, a: &Args) -> Outcome {
         .into_iter()
         .filter(|d| {
             let active = d.id.is_some();
-            if active_only && !active || a.flag("inactive") && !a.flag("all") && active {
+            if active_only && !active
+                || (a.flag("inactive") || a.flag("state-shutoff")) && !a.flag("all") && active
+            {
                 return false;
             }
             if a.flag("transient") && d.persistent || a.flag("persistent") && !d.persistent {
@@ -426,8 +437,40 @@ fn domstate(sess: &mut Session, a: &Args) -> Outcome {
     Ok(())
 }
 
+/// Which keys a lookup may match: virsh's domid takes a name or uuid, domname an id or
+/// uuid, domuuid a name or id.
+#[derive(Clone, Copy)]
+struct Keys {
+    id: bool,
+    name: bool,
+}
+
+fn lookup_by(
+    sess: &mut Session,
+    key: &str,
+    keys: Keys,
+) -> Result<virtwasm_host::state::DomainRecord, Failure> {
+    let rec = lookup(sess, key)?;
+    let by_id = rec.id.map(|i| i.to_string()).as_deref() == Some(key);
+    let by_uuid =
+        virtwasm_host::domain::canonical_uuid(key).as_deref() == Some(rec.def.uuid.as_str());
+    let by_name = rec.def.name == key;
+    if by_uuid || (keys.id && by_id) || (keys.name && by_name) {
+        Ok(rec)
+    } else {
+        Err(Failure::msg(format!("failed to get domain '{key}'")))
+    }
+}
+
 fn domid(sess: &mut Session, a: &Args) -> Outcome {
-    let rec = lookup(sess, a.req("domain"))?;
+    let rec = lookup_by(
+        sess,
+        a.req("domain"),
+        Keys {
+            id: false,
+            name: true,
+        },
+    )?;
     let text = rec
         .id
         .map(|i| format!("{i}\n"))
@@ -437,13 +480,27 @@ fn domid(sess: &mut Session, a: &Args) -> Outcome {
 }
 
 fn domname(sess: &mut Session, a: &Args) -> Outcome {
-    let rec = lookup(sess, a.req("domain"))?;
+    let rec = lookup_by(
+        sess,
+        a.req("domain"),
+        Keys {
+            id: true,
+            name: false,
+        },
+    )?;
     sess.print(&format!("{}\n", rec.def.name));
     Ok(())
 }
 
 fn domuuid(sess: &mut Session, a: &Args) -> Outcome {
-    let rec = lookup(sess, a.req("domain"))?;
+    let rec = lookup_by(
+        sess,
+        a.req("domain"),
+        Keys {
+            id: true,
+            name: true,
+        },
+    )?;
     sess.print(&format!("{}\n", rec.def.uuid));
     Ok(())
 }

@@ -21,6 +21,8 @@ pub enum Kind {
     Bool,
     /// A value.
     Data,
+    /// A number (virsh names these `--name` rather than `<name>` when they are missing).
+    Int,
 }
 
 /// One option of a command.
@@ -54,6 +56,17 @@ pub const fn arg(name: &'static str, help: &'static str) -> Opt {
     Opt {
         name,
         kind: Kind::Data,
+        positional: true,
+        required: true,
+        help,
+    }
+}
+
+/// A required positional number, such as `<count>`.
+pub const fn int_arg(name: &'static str, help: &'static str) -> Opt {
+    Opt {
+        name,
+        kind: Kind::Int,
         positional: true,
         required: true,
         help,
@@ -185,7 +198,7 @@ pub fn parse(cmd: &Command, words: &[String]) -> Result<Args, String> {
                     }
                     args.flags.insert(opt.name);
                 }
-                Kind::Data => {
+                Kind::Data | Kind::Int => {
                     let v = match inline {
                         Some(v) => v,
                         None => {
@@ -213,10 +226,10 @@ pub fn parse(cmd: &Command, words: &[String]) -> Result<Args, String> {
     }
     for o in cmd.opts.iter().filter(|o| o.required) {
         if !args.values.contains_key(o.name) {
-            return Err(format!(
-                "command '{}' requires <{}> option",
-                cmd.name, o.name
-            ));
+            return Err(match o.kind {
+                Kind::Int => format!("command '{}' requires --{} option", cmd.name, o.name),
+                _ => format!("command '{}' requires <{}> option", cmd.name, o.name),
+            });
         }
     }
     Ok(args)
@@ -231,9 +244,9 @@ pub fn help_text(cmd: &Command) -> String {
     for o in cmd.opts {
         let shown = match (o.kind, o.positional, o.required) {
             (Kind::Bool, ..) => format!(" [--{}]", o.name),
-            (Kind::Data, true, true) => format!(" <{}>", o.name),
-            (Kind::Data, true, false) => format!(" [<{}>]", o.name),
-            (Kind::Data, false, _) => format!(" [--{} <string>]", o.name),
+            (Kind::Data | Kind::Int, true, true) => format!(" <{}>", o.name),
+            (Kind::Data | Kind::Int, true, false) => format!(" [<{}>]", o.name),
+            (Kind::Data | Kind::Int, false, _) => format!(" [--{} <string>]", o.name),
         };
         s.push_str(&shown);
     }
@@ -243,8 +256,8 @@ pub fn help_text(cmd: &Command) -> String {
         for o in cmd.opts {
             let left = match o.kind {
                 Kind::Bool => format!("--{}", o.name),
-                Kind::Data if o.positional => format!("[--{}] <string>", o.name),
-                Kind::Data => format!("--{} <string>", o.name),
+                Kind::Data | Kind::Int if o.positional => format!("[--{}] <string>", o.name),
+                Kind::Data | Kind::Int => format!("--{} <string>", o.name),
             };
             s.push_str(&format!("    {left:<15}  {}\n", o.help));
         }

@@ -204,10 +204,12 @@ fn pool_info(sess: &mut Session, a: &Args) -> Outcome {
 
 fn vol_list(sess: &mut Session, a: &Args) -> Outcome {
     let key = a.req("pool");
-    let vols = sess
-        .conn()?
-        .list_volumes(key)
+    let conn = sess.conn()?;
+    conn.pool(key)
         .map_err(|e| Failure(vec![format!("failed to get pool '{key}'"), e.message]))?;
+    let vols = conn
+        .list_volumes(key)
+        .map_err(|e| Failure(vec!["Failed to list volumes".into(), e.message]))?;
     if a.flag("json") {
         return sess.print_json(&vols);
     }
@@ -691,6 +693,9 @@ fn vol_create_as(sess: &mut Session, a: &Args) -> Outcome {
     use virtwasm_host::bindings::types::VolumeDef;
     let pool = a.req("pool");
     let name = a.req("name").to_string();
+    sess.conn()?
+        .pool(pool)
+        .map_err(|e| Failure(vec![format!("failed to get pool '{pool}'"), e.message]))?;
     let capacity = bytes(a.req("capacity"), "capacity")?;
     let allocation = a
         .get("allocation")
@@ -725,15 +730,32 @@ fn vol_create(sess: &mut Session, a: &Args) -> Outcome {
     Ok(())
 }
 
-fn vol_lookup_failure(key: &str) -> impl FnOnce(virtwasm_host::Error) -> Failure + '_ {
-    move |e| Failure(vec![format!("failed to get vol '{key}'"), e.message])
+/// virsh's words for a volume that cannot be found: a missing pool is named as such, and
+/// without --pool it suggests giving one.
+fn vol_lookup_failure<'a>(
+    key: &'a str,
+    pool: Option<&'a str>,
+) -> impl FnOnce(virtwasm_host::Error) -> Failure + 'a {
+    move |e| {
+        if let (Some(p), true) = (pool, e.message.starts_with("Storage pool not found")) {
+            return Failure(vec![format!("failed to get pool '{p}'"), e.message]);
+        }
+        match pool {
+            Some(_) => Failure(vec![format!("failed to get vol '{key}'"), e.message]),
+            None => Failure(vec![
+                format!("failed to get vol '{key}', specifying --pool might help"),
+                e.message,
+            ]),
+        }
+    }
 }
 
 fn vol_clone(sess: &mut Session, a: &Args) -> Outcome {
     let (src, new) = (a.req("vol"), a.req("newname"));
     let pool = a.get("pool");
     let conn = sess.conn()?;
-    conn.volume(src, pool).map_err(vol_lookup_failure(src))?;
+    conn.volume(src, pool)
+        .map_err(vol_lookup_failure(src, pool))?;
     conn.vol_clone(src, new, pool)
         .map_err(|e| Failure(vec![format!("Failed to clone vol from {src}"), e.message]))?;
     sess.extra(&format!("Vol {new} cloned from {src}\n"));
@@ -744,7 +766,8 @@ fn vol_delete(sess: &mut Session, a: &Args) -> Outcome {
     let key = a.req("vol");
     let pool = a.get("pool");
     let conn = sess.conn()?;
-    conn.volume(key, pool).map_err(vol_lookup_failure(key))?;
+    conn.volume(key, pool)
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
     let name = conn
         .vol_delete(key, pool)
         .map_err(|e| Failure(vec![format!("Failed to delete vol {key}"), e.message]))?;
@@ -758,7 +781,7 @@ fn vol_info(sess: &mut Session, a: &Args) -> Outcome {
     let (vol, info) = sess
         .conn()?
         .vol_info(key, a.get("pool"))
-        .map_err(vol_lookup_failure(key))?;
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
     if a.flag("json") {
         return sess.print_json(&serde_json::json!({"name": vol.name, "path": vol.target_path, "capacity": info.capacity, "allocation": info.allocation}));
     }
@@ -796,7 +819,7 @@ fn vol_dumpxml(sess: &mut Session, a: &Args) -> Outcome {
     let xml = sess
         .conn()?
         .vol_xml(key, a.get("pool"))
-        .map_err(vol_lookup_failure(key))?;
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
     sess.print(&xml);
     Ok(())
 }
@@ -806,7 +829,7 @@ fn vol_path(sess: &mut Session, a: &Args) -> Outcome {
     let (_, vol) = sess
         .conn()?
         .volume(key, a.get("pool"))
-        .map_err(vol_lookup_failure(key))?;
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
     sess.print(&format!("{}\n", vol.target_path.unwrap_or_default()));
     Ok(())
 }

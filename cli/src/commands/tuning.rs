@@ -3,7 +3,7 @@
 use virtwasm_host::tuning::Scope;
 
 use super::domain::lookup;
-use super::{Args, Command, Failure, Outcome, arg, flag};
+use super::{Args, Command, Failure, Outcome, arg, flag, int_arg};
 use crate::session::Session;
 use crate::table::Table;
 
@@ -31,7 +31,7 @@ pub static COMMANDS: &[Command] = &[
         help: "change number of virtual CPUs",
         opts: &[
             DOMAIN,
-            arg("count", "number of virtual CPUs"),
+            int_arg("count", "number of virtual CPUs"),
             flag("maximum", "set maximum limit on next boot"),
             flag("config", "affect next boot"),
             flag("live", "affect running domain"),
@@ -45,7 +45,7 @@ pub static COMMANDS: &[Command] = &[
         help: "change memory allocation",
         opts: &[
             DOMAIN,
-            arg("size", "new memory size, as scaled integer (default KiB)"),
+            int_arg("size", "new memory size, as scaled integer (default KiB)"),
             flag("config", "affect next boot"),
             flag("live", "affect running domain"),
             flag("current", "affect current domain"),
@@ -58,7 +58,7 @@ pub static COMMANDS: &[Command] = &[
         help: "change maximum memory limit",
         opts: &[
             DOMAIN,
-            arg(
+            int_arg(
                 "size",
                 "new maximum memory size, as scaled integer (default KiB)",
             ),
@@ -116,7 +116,11 @@ fn kib(text: &str, what: &str) -> Result<u64, Failure> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let bad = || Failure::msg(format!("Invalid value of '{text}' for {what}"));
+    let bad = || {
+        Failure::msg(format!(
+            "Scaled numeric value '{text}' for <{what}> option is malformed or out of range"
+        ))
+    };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let scale = if unit.is_empty() {
         1024
@@ -156,11 +160,25 @@ fn vcpucount(sess: &mut Session, a: &Args) -> Outcome {
 }
 
 fn setvcpus(sess: &mut Session, a: &Args) -> Outcome {
-    let count: u32 = a
-        .req("count")
-        .parse()
-        .map_err(|_| Failure::msg(format!("Invalid number of virtual CPUs")))?;
-    let scope = scope(a)?;
+    let count: u32 = a.req("count").parse().map_err(|_| {
+        Failure::msg(format!(
+            "Numeric value '{}' for <count> option is malformed or out of range",
+            a.req("count")
+        ))
+    })?;
+    if count == 0 {
+        return Err(Failure::msg("Can't set 0 processors for a VM"));
+    }
+    // Without flags virsh calls the legacy live-only API (except for --maximum).
+    let live_only = Some(Scope {
+        live: true,
+        config: false,
+    });
+    let scope = scope(a)?.or(if a.flag("current") || a.flag("maximum") {
+        None
+    } else {
+        live_only
+    });
     let rec = lookup(sess, a.req("domain"))?;
     sess.conn()?
         .set_vcpus(&rec.def.uuid, count, scope, a.flag("maximum"))?;

@@ -106,7 +106,10 @@ fn default_domain() -> DomainDef {
         inputs: vec![],
         graphics: vec![],
         videos: vec![],
-        memballoon: Some(Memballoon { model: "virtio".into(), address: pci("0x00", "0x02") }),
+        memballoon: Some(Memballoon {
+            model: "virtio".into(),
+            address: pci("0x00", "0x02"),
+        }),
         rngs: vec![],
     }
 }
@@ -161,6 +164,14 @@ fn now_ns() -> u64 {
 
 fn is_active(state: &DomainState) -> bool {
     !matches!(state, DomainState::Shutoff(_) | DomainState::Nostate(_))
+}
+
+/// libvirt's test driver's refusal: `internal error: domain 'vm' not running`.
+fn not_in_state(dom: &DomainRef, wanted: &str) -> Error {
+    error(
+        ErrorKind::Internal,
+        format!("domain '{}' not {wanted}", dom.def.name),
+    )
 }
 
 fn current_state(dom: &DomainRef) -> DomainState {
@@ -239,14 +250,20 @@ impl Hypervisor for TestDriver {
     }
 
     fn start(_dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
-        Ok(runtime(if paused {
-            DomainState::Paused(PausedReason::User)
-        } else {
-            DomainState::Running(RunningReason::Booted)
-        }))
+        if paused {
+            // libvirt's test driver refuses the flag; so does this one, word for word.
+            return Err(error(
+                ErrorKind::Unsupported,
+                "unsupported flags (0x1) in function testDomainCreateWithFlags",
+            ));
+        }
+        Ok(runtime(DomainState::Running(RunningReason::Booted)))
     }
 
-    fn shutdown(_dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+    fn shutdown(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+        if !is_active(&current_state(&dom)) {
+            return Err(not_in_state(&dom, "running"));
+        }
         // The mock guest always cooperates and powers off at once.
         Ok(runtime(DomainState::Shutoff(ShutoffReason::Shutdown)))
     }
@@ -267,11 +284,17 @@ impl Hypervisor for TestDriver {
         Ok(runtime(DomainState::Shutoff(ShutoffReason::Destroyed)))
     }
 
-    fn suspend(_dom: DomainRef) -> VerbResult<DomainRuntime> {
+    fn suspend(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        if !matches!(current_state(&dom), DomainState::Running(_)) {
+            return Err(not_in_state(&dom, "running"));
+        }
         Ok(runtime(DomainState::Paused(PausedReason::User)))
     }
 
-    fn resume(_dom: DomainRef) -> VerbResult<DomainRuntime> {
+    fn resume(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        if !matches!(current_state(&dom), DomainState::Paused(_)) {
+            return Err(not_in_state(&dom, "paused"));
+        }
         Ok(runtime(DomainState::Running(RunningReason::Unpaused)))
     }
 
@@ -295,7 +318,12 @@ impl Hypervisor for TestDriver {
         Ok(runtime(DomainState::Shutoff(ShutoffReason::Saved)))
     }
 
-    fn restore(_dom: DomainRef, _path: String, _offset: u64, paused: bool) -> VerbResult<DomainRuntime> {
+    fn restore(
+        _dom: DomainRef,
+        _path: String,
+        _offset: u64,
+        paused: bool,
+    ) -> VerbResult<DomainRuntime> {
         Ok(runtime(if paused {
             DomainState::Paused(PausedReason::User)
         } else {
@@ -357,7 +385,10 @@ impl Storage for TestDriver {
     }
     fn get_pool_info(_pool: PoolDef, volumes: Vec<VolumeDef>) -> VerbResult<PoolInfo> {
         // As libvirt's test driver: a fixed 100 GiB pool whose allocation is its volumes'.
-        let allocation: u64 = volumes.iter().map(|v| v.allocation.unwrap_or(v.capacity)).sum();
+        let allocation: u64 = volumes
+            .iter()
+            .map(|v| v.allocation.unwrap_or(v.capacity))
+            .sum();
         Ok(PoolInfo {
             state: PoolState::Running,
             capacity: POOL_CAPACITY,
@@ -371,6 +402,7 @@ impl Storage for TestDriver {
         vol.target_path = Some(path.clone());
         vol.key = Some(path);
         vol.allocation.get_or_insert(vol.capacity);
+        vol.format.get_or_insert_with(|| "raw".into());
         Ok(vol)
     }
     fn vol_clone(pool: PoolDef, source: VolumeDef, mut vol: VolumeDef) -> VerbResult<VolumeDef> {
