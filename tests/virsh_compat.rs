@@ -23,9 +23,15 @@ use std::time::{Duration, Instant};
 
 const URI: &str = "test:///default";
 
-/// A run taking longer than this is killed and counted as a mismatch (virsh itself hangs
-/// on some error paths of the test driver, e.g. `managedsave` of a transient domain).
+/// A virtwasm run taking longer than this is killed and counted as a mismatch.
 const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// virsh 9.0's `save` and `managedsave` sometimes hang forever, more often on a loaded
+/// machine: the worker thread quits virshWatchJob's GMainLoop before the main thread enters
+/// `g_main_loop_run`, which then never returns (seen in gdb). A virsh run is therefore
+/// killed after this long and run again from scratch, up to [`VIRSH_ATTEMPTS`] times.
+const VIRSH_TIMEOUT: Duration = Duration::from_secs(10);
+const VIRSH_ATTEMPTS: usize = 5;
 
 const DEFAULT_UUID: &str = "6695eb01-f6a4-8304-79aa-97f2502e193f";
 
@@ -227,6 +233,17 @@ const CASES: &[(&str, &str, bool)] = &[
     (
         "undefine_shut_off",
         "destroy test; undefine test; list --all; undefine test",
+        false,
+    ),
+    (
+        "autostart_undefine_paused",
+        "suspend test; autostart test; undefine test; list --all; domstate test --reason; destroy test; list --all",
+        false,
+    ),
+    (
+        "autostart_undefine_shut_off",
+        "destroy test; autostart test; list --all --autostart; autostart --disable test; list --all --no-autostart; \
+         undefine test; autostart test",
         false,
     ),
     (
@@ -462,6 +479,8 @@ const CASES: &[(&str, &str, bool)] = &[
     ("quiet_unknown_command", "nosuch", true),
 ];
 
+const TIMED_OUT: &str = "timed out after";
+
 /// What one run printed, normalised.
 struct Outcome {
     stdout: String,
@@ -503,8 +522,8 @@ fn is_decimal(s: &str) -> bool {
 }
 
 /// Runs `command` with stdout and stderr captured in files under `capture`, killing it
-/// after [`TIMEOUT`].
-fn run(mut command: Command, capture: &Path, tag: &str) -> Outcome {
+/// after `timeout`.
+fn run(mut command: Command, capture: &Path, tag: &str, timeout: Duration) -> Outcome {
     let out_path = capture.join(format!("{tag}.stdout"));
     let err_path = capture.join(format!("{tag}.stderr"));
     command
@@ -512,7 +531,7 @@ fn run(mut command: Command, capture: &Path, tag: &str) -> Outcome {
         .stdout(File::create(&out_path).expect("create stdout capture"))
         .stderr(File::create(&err_path).expect("create stderr capture"));
     let mut child = command.spawn().expect("spawn");
-    let deadline = Instant::now() + TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let exit = loop {
         match child.try_wait().expect("wait") {
             Some(status) => {
@@ -524,7 +543,7 @@ fn run(mut command: Command, capture: &Path, tag: &str) -> Outcome {
             None if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break format!("timed out after {}s", TIMEOUT.as_secs());
+                break format!("{TIMED_OUT} {}s", timeout.as_secs());
             }
             None => std::thread::sleep(Duration::from_millis(10)),
         }
@@ -625,18 +644,27 @@ fn virsh_and_virtwasm_print_the_same() {
             .replace("{uuid}", DEFAULT_UUID);
         let argv = args(quiet, &script);
 
-        prepare(&dir);
-        let mut v = Command::new(&virsh);
-        v.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", virsh_home.path())
-            .args(&argv);
-        let expected = run(v, capture.path(), "virsh");
+        let mut expected;
+        let mut attempt = 1;
+        loop {
+            prepare(&dir);
+            let mut v = Command::new(&virsh);
+            v.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", virsh_home.path())
+                .args(&argv);
+            expected = run(v, capture.path(), "virsh", VIRSH_TIMEOUT);
+            if !expected.exit.starts_with(TIMED_OUT) || attempt == VIRSH_ATTEMPTS {
+                break;
+            }
+            eprintln!("{name}: virsh hung (virshWatchJob race), running it again");
+            attempt += 1;
+        }
 
         prepare(&dir);
         let mut w = common::command(virtwasm_home.path());
         w.args(&argv);
-        let actual = run(w, capture.path(), "virtwasm");
+        let actual = run(w, capture.path(), "virtwasm", TIMEOUT);
 
         if expected.stdout == actual.stdout
             && expected.stderr == actual.stderr
@@ -669,9 +697,45 @@ fn virsh_and_virtwasm_print_the_same() {
     );
     println!("{summary}");
     eprintln!("{summary}");
+    // Differences kept on purpose, each with its reason. They must still differ: when one is
+    // fixed (or libvirt changes), this list must shrink, so it can never hide a regression.
+    let unexpected: Vec<&str> = failed
+        .iter()
+        .copied()
+        .filter(|n| !KNOWN_DIFFERENCES.iter().any(|(k, _)| k == n))
+        .collect();
+    let vanished: Vec<&str> = KNOWN_DIFFERENCES
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| !failed.contains(k))
+        .collect();
+    for (name, why) in KNOWN_DIFFERENCES {
+        eprintln!("known difference {name}: {why}");
+    }
     assert!(
-        failed.is_empty(),
+        unexpected.is_empty(),
         "{summary}; mismatching: {}",
-        failed.join(", ")
+        unexpected.join(", ")
+    );
+    assert!(
+        vanished.is_empty(),
+        "these known differences are now identical; remove them from KNOWN_DIFFERENCES: {}",
+        vanished.join(", ")
     );
 }
+
+/// Where virtwasm deliberately differs from libvirt's test driver, and why.
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "create_autostart_undefine_transient",
+        "libvirt's test driver lets a transient domain be marked autostart and be undefined; \
+         virtwasm's host refuses both for every driver, as libvirt's QEMU driver does \
+         ('cannot set autostart for transient domain', 'cannot undefine transient domain')",
+    ),
+    (
+        "managedsave_cycle",
+        "after starting from a managed-save image libvirt's test driver reports the reason \
+         'booted'; virtwasm reports 'restored', as libvirt's QEMU driver does, because the \
+         guest's memory was restored",
+    ),
+];

@@ -261,6 +261,46 @@ impl Connection {
         self.domain(key).map(|r| summary(&r))
     }
 
+    /// The driver's statistics for `domstats`, as `group.name` keys and printable values.
+    pub fn domain_stats(&self, key: &str) -> Result<Vec<(String, String)>> {
+        use crate::bindings::hypervisor::StatValue;
+        let dom = self.domain(key)?.as_ref();
+        let stats = self
+            .plugin
+            .hypervisor("stats", |g, s| g.call_stats(s, &dom))?;
+        Ok(stats
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    StatValue::Unsigned(n) => n.to_string(),
+                    StatValue::Signed(n) => n.to_string(),
+                    StatValue::Float(f) => format!("{f:.6}"),
+                    StatValue::Text(t) => t,
+                };
+                (k, v)
+            })
+            .collect())
+    }
+
+    /// Where the driver serves a domain's console, for the host to stream.
+    pub fn console_endpoint(&self, key: &str, device: Option<&str>) -> Result<String> {
+        use crate::bindings::hypervisor::ConsoleEndpoint;
+        let rec = self.domain(key)?;
+        if !rec.is_active() {
+            return Err(not_running());
+        }
+        let dom = rec.as_ref();
+        let device = device.map(str::to_string);
+        Ok(
+            match self.plugin.hypervisor("open-console", |g, s| {
+                g.call_open_console(s, &dom, device.as_deref())
+            })? {
+                ConsoleEndpoint::Pty(p) => p,
+                ConsoleEndpoint::UnixSocket(p) => p,
+            },
+        )
+    }
+
     /// Numbers behind `dominfo`, from the driver.
     pub fn domain_info(&self, key: &str) -> Result<DomainInfo> {
         let dom = self.domain(key)?.as_ref();

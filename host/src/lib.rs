@@ -7,6 +7,7 @@
 pub mod bindings;
 pub mod capabilities;
 pub mod connect;
+pub mod devices;
 pub mod domain;
 pub mod engine;
 pub mod error;

@@ -116,7 +116,7 @@ impl Connection {
             capacity: p.info.capacity,
             allocation: p.info.allocation,
             available: p.info.available,
-            extras: p.record.extras.clone(),
+            extras: p.record.extras,
         };
         Ok(xml::format_pool(&parsed, &FormatOptions::default()))
     }

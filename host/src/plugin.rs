@@ -362,14 +362,15 @@ impl Plugin {
         // An instance that returned normally may serve the next call; one that trapped was
         // dropped above (it is poisoned). Reuse is bounded so that whatever a guest leaks
         // (resources, buffered output) stays bounded too.
-        if let Some(instance) = healthy {
-            if uses + 1 < MAX_REUSE && store.data().output_len() < MAX_OUTPUT_BEFORE_RETIRE {
-                self.idle.lock().unwrap().push(Warm {
-                    store,
-                    instance,
-                    uses: uses + 1,
-                });
-            }
+        if let Some(instance) = healthy
+            && uses + 1 < MAX_REUSE
+            && store.data().output_len() < MAX_OUTPUT_BEFORE_RETIRE
+        {
+            self.idle.lock().unwrap().push(Warm {
+                store,
+                instance,
+                uses: uses + 1,
+            });
         }
         match answer {
             Ok(r) => Ok(r),
@@ -498,6 +499,8 @@ fn libvirt_api(verb: &str) -> Option<&'static str> {
         "snapshot-delete" => "virDomainSnapshotDelete",
         "attach-device" => "virDomainAttachDeviceFlags",
         "detach-device" => "virDomainDetachDeviceFlags",
+        "attach-device-legacy" => "virDomainAttachDevice",
+        "detach-device-legacy" => "virDomainDetachDevice",
         "set-vcpus" => "virDomainSetVcpusFlags",
         "set-memory" => "virDomainSetMemoryFlags",
         "open-console" => "virDomainOpenConsole",

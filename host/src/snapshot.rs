@@ -96,7 +96,7 @@ impl Connection {
         new.def = snap.domain.clone();
         new.current_snapshot = Some(name.to_string());
         if !matches!(runtime.state, DomainState::Shutoff(_)) {
-            new.live = Some(snap.domain.clone());
+            new.live = Some(snap.domain);
         }
         self.replace_record(new)?;
         self.apply(&rec.def.uuid, runtime)
@@ -130,7 +130,7 @@ impl Connection {
             }
         }
         if new.current_snapshot.as_deref() == Some(name) {
-            new.current_snapshot = snap.def.parent.clone();
+            new.current_snapshot = snap.def.parent;
         }
         self.replace_record(new)
     }

@@ -1,7 +1,9 @@
 //! The command set: one table of definitions (name, options, handler), parsed the way virsh
 //! parses its commands, so the same words, flags and error lines work in both.
 
+mod devices;
 mod domain;
+mod monitor;
 mod network;
 mod node;
 mod plugin;
@@ -158,6 +160,8 @@ pub fn all() -> Vec<&'static Command> {
     v.extend(tuning::COMMANDS.iter());
     v.extend(save::COMMANDS.iter());
     v.extend(snapshot::COMMANDS.iter());
+    v.extend(monitor::COMMANDS.iter());
+    v.extend(devices::COMMANDS.iter());
     v.extend(node::COMMANDS.iter());
     v.extend(storage::COMMANDS.iter());
     v.extend(storage::LIFECYCLE.iter());

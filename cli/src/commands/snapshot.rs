@@ -160,9 +160,9 @@ fn current(sess: &mut Session, a: &Args) -> Outcome {
     let rec = lookup(sess, a.req("domain"))?;
     let (snaps, current) = sess.conn()?.snapshots(&rec.def.uuid)?;
     let Some(name) = current else {
-        return Err(Failure::msg(format!(
-            "Domain snapshot not found: the domain does not have a current snapshot"
-        )));
+        return Err(Failure::msg(
+            "Domain snapshot not found: the domain does not have a current snapshot".to_string(),
+        ));
     };
     if a.flag("name") {
         sess.print(&name);
@@ -175,7 +175,7 @@ fn current(sess: &mut Session, a: &Args) -> Outcome {
     let domain = virtwasm_host::xml::format_domain(
         &virtwasm_host::xml::ParsedDomain {
             def: snap.domain.clone(),
-            extras: rec.extras.clone(),
+            extras: rec.extras,
         },
         &Default::default(),
     );

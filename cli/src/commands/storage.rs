@@ -240,17 +240,6 @@ fn vol_list(sess: &mut Session, a: &Args) -> Outcome {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn capacities_print_as_virsh_does() {
-        assert_eq!(super::pretty(0), "0.00 B");
-        assert_eq!(super::pretty(1023), "1023.00 B");
-        assert_eq!(super::pretty(1536), "1.50 KiB");
-        assert_eq!(super::pretty(100 * 1024 * 1024 * 1024), "100.00 GiB");
-    }
-}
-
 /// Pool, volume lifecycle commands.
 pub static LIFECYCLE: &[Command] = &[
     Command {
@@ -832,4 +821,15 @@ fn vol_path(sess: &mut Session, a: &Args) -> Outcome {
         .map_err(vol_lookup_failure(key, a.get("pool")))?;
     sess.print(&format!("{}\n", vol.target_path.unwrap_or_default()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capacities_print_as_virsh_does() {
+        assert_eq!(super::pretty(0), "0.00 B");
+        assert_eq!(super::pretty(1023), "1023.00 B");
+        assert_eq!(super::pretty(1536), "1.50 KiB");
+        assert_eq!(super::pretty(100 * 1024 * 1024 * 1024), "100.00 GiB");
+    }
 }

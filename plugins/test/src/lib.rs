@@ -356,14 +356,6 @@ impl Hypervisor for TestDriver {
     fn set_memory(dom: DomainRef, _kib: u64) -> VerbResult<DomainRuntime> {
         Ok(runtime(current_state(&dom)))
     }
-
-    fn attach_device(dom: DomainRef, _dev: Device) -> VerbResult<DomainRuntime> {
-        Ok(runtime(current_state(&dom)))
-    }
-
-    fn detach_device(dom: DomainRef, _dev: Device) -> VerbResult<DomainRuntime> {
-        Ok(runtime(current_state(&dom)))
-    }
 }
 
 impl Storage for TestDriver {

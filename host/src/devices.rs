@@ -1,0 +1,232 @@
+//! Adding and removing devices: live through the driver (hotplug), in the persistent
+//! definition by the host, or both, as `virsh attach-device`/`detach-device` do.
+
+use crate::bindings::types::{Device, DomainDef};
+use crate::connect::Connection;
+use crate::error::{Error, Result};
+use crate::tuning::Scope;
+
+/// Which device to remove.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceSelector {
+    /// A disk by target (`vdb`) or source path.
+    Disk(String),
+    /// An interface by MAC address.
+    InterfaceMac(String),
+    /// The one device equal to this description.
+    Exact(Box<Device>),
+}
+
+fn add(def: &mut DomainDef, dev: &Device) -> Result<()> {
+    match dev {
+        Device::Disk(d) => {
+            if def.disks.iter().any(|x| x.target_dev == d.target_dev) {
+                return Err(Error::failed(format!(
+                    "operation failed: target {} already exists",
+                    d.target_dev
+                )));
+            }
+            def.disks.push(d.clone());
+        }
+        Device::Interface(i) => {
+            if let Some(mac) = &i.mac
+                && def.interfaces.iter().any(|x| x.mac.as_ref() == Some(mac))
+            {
+                return Err(Error::failed(format!(
+                    "operation failed: interface with MAC {mac} already exists"
+                )));
+            }
+            def.interfaces.push(i.clone());
+        }
+        Device::Chardev(c) => def.chardevs.push(c.clone()),
+        Device::Controller(c) => def.controllers.push(c.clone()),
+        Device::Input(i) => def.inputs.push(i.clone()),
+    }
+    Ok(())
+}
+
+/// Removes the selected device from `def`, returning it.
+fn remove(def: &mut DomainDef, sel: &DeviceSelector) -> Option<Device> {
+    match sel {
+        DeviceSelector::Disk(key) => {
+            let i = def
+                .disks
+                .iter()
+                .position(|d| &d.target_dev == key || d.source.as_ref() == Some(key))?;
+            Some(Device::Disk(def.disks.remove(i)))
+        }
+        DeviceSelector::InterfaceMac(mac) => {
+            let i = def.interfaces.iter().position(|x| {
+                x.mac
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+            })?;
+            Some(Device::Interface(def.interfaces.remove(i)))
+        }
+        DeviceSelector::Exact(dev) => match dev.as_ref() {
+            Device::Disk(d) => remove(def, &DeviceSelector::Disk(d.target_dev.clone())),
+            Device::Interface(i) => match &i.mac {
+                Some(mac) => remove(def, &DeviceSelector::InterfaceMac(mac.clone())),
+                None => {
+                    let i = def.interfaces.iter().position(|x| x == i)?;
+                    Some(Device::Interface(def.interfaces.remove(i)))
+                }
+            },
+            Device::Chardev(c) => {
+                let i = def.chardevs.iter().position(|x| x == c)?;
+                Some(Device::Chardev(def.chardevs.remove(i)))
+            }
+            Device::Controller(c) => {
+                let i = def.controllers.iter().position(|x| x == c)?;
+                Some(Device::Controller(def.controllers.remove(i)))
+            }
+            Device::Input(x) => {
+                let i = def.inputs.iter().position(|y| y == x)?;
+                Some(Device::Input(def.inputs.remove(i)))
+            }
+        },
+    }
+}
+
+impl Connection {
+    /// Adds `dev`. `scope` `None` is virsh's flagless form: the running domain only.
+    pub fn attach_device(&self, key: &str, dev: Device, scope: Option<Scope>) -> Result<()> {
+        self.writable()?;
+        let rec = self.domain(key)?;
+        let _job = self.state.jobs.acquire(
+            &rec.def.uuid,
+            &rec.def.name,
+            "attach-device",
+            self.job_timeout,
+        )?;
+        let rec = self.domain(&rec.def.uuid)?;
+        let verb = if scope.is_some() {
+            "attach-device"
+        } else {
+            "attach-device-legacy"
+        };
+        let scope = scope.unwrap_or(Scope {
+            live: true,
+            config: false,
+        });
+        let mut new = rec.clone();
+        if scope.config {
+            if !rec.persistent {
+                return Err(Error::invalid_state(
+                    "Requested operation is not valid: cannot modify device on transient domain",
+                ));
+            }
+            add(&mut new.def, &dev)?;
+            new.def = self
+                .plugin
+                .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &new.def))?;
+        }
+        if scope.live {
+            let mut live = rec.live.clone().unwrap_or_else(|| rec.def.clone());
+            add(&mut live, &dev)?;
+            let runtime = self
+                .plugin
+                .hypervisor(verb, |g, s| g.call_attach_device(s, &rec.as_ref(), &dev))?;
+            if !rec.is_active() {
+                return Err(Error::invalid_state(
+                    "Requested operation is not valid: domain is not running",
+                ));
+            }
+            new.live = Some(live);
+            new.runtime = Some(runtime);
+        }
+        self.replace_record(new)
+    }
+
+    /// Removes the selected device; returns it. `None` scope as for [`Connection::attach_device`].
+    pub fn detach_device(
+        &self,
+        key: &str,
+        sel: &DeviceSelector,
+        scope: Option<Scope>,
+    ) -> Result<Option<Device>> {
+        self.writable()?;
+        let rec = self.domain(key)?;
+        let _job = self.state.jobs.acquire(
+            &rec.def.uuid,
+            &rec.def.name,
+            "detach-device",
+            self.job_timeout,
+        )?;
+        let rec = self.domain(&rec.def.uuid)?;
+        let verb = if scope.is_some() {
+            "detach-device"
+        } else {
+            "detach-device-legacy"
+        };
+        let scope = scope.unwrap_or(Scope {
+            live: true,
+            config: false,
+        });
+        let mut new = rec.clone();
+        let mut found = None;
+        if scope.config {
+            found = remove(&mut new.def, sel);
+            if found.is_none() {
+                return Ok(None);
+            }
+        }
+        if scope.live {
+            if !rec.is_active() {
+                return Err(Error::invalid_state(
+                    "Requested operation is not valid: domain is not running",
+                ));
+            }
+            let mut live = rec.live.clone().unwrap_or_else(|| rec.def.clone());
+            let Some(dev) = remove(&mut live, sel) else {
+                return Ok(None);
+            };
+            let runtime = self
+                .plugin
+                .hypervisor(verb, |g, s| g.call_detach_device(s, &rec.as_ref(), &dev))?;
+            new.live = Some(live);
+            new.runtime = Some(runtime);
+            found = Some(dev);
+        }
+        self.replace_record(new)?;
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::*;
+
+    fn disk(target: &str) -> Disk {
+        Disk {
+            source_type: DiskSourceType::File,
+            device: DiskDevice::Disk,
+            driver_name: None,
+            format: None,
+            cache: None,
+            io: None,
+            source: Some(format!("/img/{target}.qcow2")),
+            source_pool: None,
+            source_volume: None,
+            target_dev: target.into(),
+            target_bus: Some("virtio".into()),
+            readonly: false,
+            shareable: false,
+            boot_order: None,
+            address: vec![],
+        }
+    }
+
+    #[test]
+    fn devices_are_added_once_and_removed_by_target_or_source() {
+        let mut def = crate::xml::parse_domain("<domain type='kvm'><name>v</name><memory>1024</memory><os><type>hvm</type></os></domain>").unwrap().def;
+        add(&mut def, &Device::Disk(disk("vdb"))).unwrap();
+        let e = add(&mut def, &Device::Disk(disk("vdb"))).unwrap_err();
+        assert_eq!(e.message, "operation failed: target vdb already exists");
+        add(&mut def, &Device::Disk(disk("vdc"))).unwrap();
+        assert!(remove(&mut def, &DeviceSelector::Disk("/img/vdc.qcow2".into())).is_some());
+        assert!(remove(&mut def, &DeviceSelector::Disk("vdz".into())).is_none());
+        assert_eq!(def.disks.len(), 1);
+    }
+}
