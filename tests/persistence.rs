@@ -293,3 +293,95 @@ fn embed_without_a_root_and_system_paths_are_explained() {
         "{err}"
     );
 }
+
+/// The test driver installed as a persistent driver (`ptest`), so storage and networks,
+/// which the hostile plugin does not serve, go through the same store.
+fn persistent_test_driver(home: &Path) -> std::path::PathBuf {
+    let dir = home.join("plugins/ptest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundled = &virtwasm_bundle::BUNDLED[0];
+    std::fs::write(dir.join("ptest.wasm"), bundled.wasm).unwrap();
+    let manifest = bundled
+        .manifest
+        .replace("name = \"test\"", "name = \"ptest\"")
+        .replace("schemes = [\"test\"]", "schemes = [\"ptest\"]")
+        .replace("state = \"per-process\"", "state = \"persistent\"")
+        .replace("node-files = true", "node-files = false");
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    home.join("plugins")
+}
+
+fn run_ptest(home: &Path, root: &Path, script: &str) -> Run {
+    let uri = format!("ptest:///embed?root={}", root.display());
+    let out = command(home)
+        .args([
+            "--plugin-dir",
+            persistent_test_driver(home).to_str().unwrap(),
+            "-c",
+            &uri,
+            script,
+        ])
+        .output()
+        .unwrap();
+    Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn pools_volumes_and_networks_survive_the_process() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("root");
+    let net = home.path().join("net1.xml");
+    std::fs::write(&net, "<network><name>net1</name><uuid>11111111-2222-3333-4444-555555555555</uuid><bridge name='virbr9'/><forward mode='nat'/><ip address='10.9.0.1' prefix='24'/></network>").unwrap();
+    let r = run_ptest(
+        home.path(),
+        &root,
+        &format!(
+            "pool-define-as p1 dir --target /srv/p1; pool-start p1; pool-autostart p1; vol-create-as p1 disk.qcow2 1G --format qcow2; net-define {}; net-start net1",
+            net.display()
+        ),
+    );
+    r.ok();
+    assert!(root.join("etc/virtwasm/ptest/storage/p1.xml").exists());
+    assert!(
+        root.join("etc/virtwasm/ptest/storage/autostart/p1")
+            .exists()
+    );
+    assert!(root.join("etc/virtwasm/ptest/networks/net1.xml").exists());
+    let net_xml =
+        std::fs::read_to_string(root.join("etc/virtwasm/ptest/networks/net1.xml")).unwrap();
+    assert!(net_xml.contains("<bridge name='virbr9'"), "{net_xml}");
+    // A new process finds them active, with the volume.
+    let r = run_ptest(
+        home.path(),
+        &root,
+        "pool-list --all; vol-list p1; net-list --all",
+    );
+    assert_eq!(
+        r.ok(),
+        concat!(
+            " Name   State    Autostart\n----------------------------\n p1     active   yes\n\n",
+            " Name         Path\n----------------------------------\n disk.qcow2   /srv/p1/disk.qcow2\n\n",
+            " Name   State    Autostart   Persistent\n-----------------------------------------\n net1   active   no          yes\n\n",
+        )
+    );
+    // Stopping and undefining remove their files.
+    let r = run_ptest(
+        home.path(),
+        &root,
+        "pool-destroy p1; pool-undefine p1; net-destroy net1; net-undefine net1",
+    );
+    r.ok();
+    assert!(!root.join("etc/virtwasm/ptest/storage/p1.xml").exists());
+    assert!(!root.join("run/virtwasm/ptest/storage/p1.json").exists());
+    assert!(!root.join("etc/virtwasm/ptest/networks/net1.xml").exists());
+    let r = run_ptest(
+        home.path(),
+        &root,
+        "pool-list --all --name; net-list --all --name",
+    );
+    assert_eq!(r.ok(), "\n\n");
+}

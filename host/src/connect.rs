@@ -216,6 +216,12 @@ impl Host {
                         }
                         o.domains.insert(rec.def.uuid.clone(), rec);
                     }
+                    for rec in store.load_pools()? {
+                        o.pools.insert(rec.def.uuid.clone(), rec);
+                    }
+                    for rec in store.load_networks()? {
+                        o.networks.insert(rec.def.uuid.clone(), rec);
+                    }
                 }
                 self.states
                     .lock()

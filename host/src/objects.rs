@@ -69,8 +69,22 @@ impl Connection {
             .ok_or_else(|| pool_not_found(key))
     }
 
-    fn put_pool(&self, rec: PoolRecord) {
+    /// Stores a pool record, on disk first for a persistent driver.
+    fn put_pool(&self, rec: PoolRecord) -> Result<()> {
+        if let Some(store) = &self.store {
+            store.save_pool(&rec)?;
+        }
         self.state.objects().pools.insert(rec.def.uuid.clone(), rec);
+        Ok(())
+    }
+
+    /// Forgets a pool entirely.
+    fn drop_pool(&self, rec: &PoolRecord) -> Result<()> {
+        if let Some(store) = &self.store {
+            store.forget_pool(&rec.def.name, false)?;
+        }
+        self.state.objects().pools.remove(&rec.def.uuid);
+        Ok(())
     }
 
     fn pool_event(&self, name: &str, event: ObjectEvent) {
@@ -177,6 +191,9 @@ impl Connection {
                 extras,
             },
         };
+        if let Some(store) = &self.store {
+            store.save_pool(&rec)?;
+        }
         o.pools.insert(def.uuid.clone(), rec);
         drop(o);
         self.pool_event(&def.name, ObjectEvent::Defined);
@@ -207,9 +224,11 @@ impl Connection {
             persistent: false,
             autostart: false,
             extras,
-        });
+        })?;
         if let Err(e) = self.pool_start(&def.uuid) {
-            self.state.objects().pools.remove(&def.uuid);
+            if let Ok(rec) = self.pool_record(&def.uuid) {
+                let _ = self.drop_pool(&rec);
+            }
             return Err(e);
         }
         Ok(def)
@@ -251,7 +270,7 @@ impl Connection {
         rec.info = Some(info);
         rec.volumes = volumes;
         let name = rec.def.name.clone();
-        self.put_pool(rec);
+        self.put_pool(rec)?;
         self.pool_event(&name, ObjectEvent::Started);
         Ok(name)
     }
@@ -271,9 +290,9 @@ impl Connection {
         let name = rec.def.name.clone();
         if rec.persistent {
             rec.info = None;
-            self.put_pool(rec);
+            self.put_pool(rec)?;
         } else {
-            self.state.objects().pools.remove(&rec.def.uuid);
+            self.drop_pool(&rec)?;
         }
         self.pool_event(&name, ObjectEvent::Stopped);
         Ok(name)
@@ -303,9 +322,13 @@ impl Connection {
         if rec.info.is_some() {
             rec.persistent = false;
             rec.autostart = false;
-            self.put_pool(rec);
+            // The definition goes; the status stays while the pool is active.
+            if let Some(store) = &self.store {
+                store.forget_pool(&rec.def.name, true)?;
+            }
+            self.put_pool(rec)?;
         } else {
-            self.state.objects().pools.remove(&rec.def.uuid);
+            self.drop_pool(&rec)?;
         }
         self.pool_event(&name, ObjectEvent::Undefined);
         Ok(name)
@@ -325,7 +348,7 @@ impl Connection {
             g.call_pool_refresh(s, &rec.def, &rec.volumes)
         })?;
         let name = rec.def.name.clone();
-        self.put_pool(rec);
+        self.put_pool(rec)?;
         Ok(name)
     }
 
@@ -340,7 +363,7 @@ impl Connection {
         }
         rec.autostart = on;
         let name = rec.def.name.clone();
-        self.put_pool(rec);
+        self.put_pool(rec)?;
         Ok(name)
     }
 
@@ -405,7 +428,7 @@ impl Connection {
             .plugin
             .storage("vol-create", |g, s| g.call_vol_create(s, &rec.def, &vol))?;
         rec.volumes.push(made.clone());
-        self.put_pool(rec);
+        self.put_pool(rec)?;
         Ok(made)
     }
 
@@ -442,7 +465,7 @@ impl Connection {
             g.call_vol_clone(s, &rec.def, &src, &wanted)
         })?;
         rec.volumes.push(made.clone());
-        self.put_pool(rec);
+        self.put_pool(rec)?;
         Ok(made)
     }
 
@@ -453,7 +476,7 @@ impl Connection {
         self.plugin
             .storage("vol-delete", |g, s| g.call_vol_delete(s, &rec.def, &vol))?;
         rec.volumes.retain(|v| v.name != vol.name);
-        self.put_pool(rec);
+        self.put_pool(rec)?;
         Ok(vol.name)
     }
 
@@ -495,11 +518,25 @@ impl Connection {
             .ok_or_else(|| network_not_found(key))
     }
 
-    fn put_network(&self, rec: NetworkRecord) {
+    /// Stores a network record, on disk first for a persistent driver.
+    fn put_network(&self, rec: NetworkRecord) -> Result<()> {
+        if let Some(store) = &self.store {
+            store.save_network(&rec)?;
+        }
         self.state
             .objects()
             .networks
             .insert(rec.def.uuid.clone(), rec);
+        Ok(())
+    }
+
+    /// Forgets a network entirely.
+    fn drop_network(&self, rec: &NetworkRecord) -> Result<()> {
+        if let Some(store) = &self.store {
+            store.forget_network(&rec.def.name, false)?;
+        }
+        self.state.objects().networks.remove(&rec.def.uuid);
+        Ok(())
     }
 
     fn network_event(&self, name: &str, event: ObjectEvent) {
@@ -559,7 +596,9 @@ impl Connection {
         }
         let def = self.network_define(parsed.def, parsed.extras, false)?;
         if let Err(e) = self.network_start(&def.uuid) {
-            self.state.objects().networks.remove(&def.uuid);
+            if let Ok(rec) = self.network(&def.uuid) {
+                let _ = self.drop_network(&rec);
+            }
             return Err(e);
         }
         Ok(def)
@@ -602,6 +641,9 @@ impl Connection {
                 extras,
             },
         };
+        if let Some(store) = &self.store {
+            store.save_network(&rec)?;
+        }
         o.networks.insert(def.uuid.clone(), rec);
         drop(o);
         if persistent {
@@ -624,7 +666,7 @@ impl Connection {
             .network("net-start", |g, s| g.call_net_start(s, &rec.def))?;
         rec.active = true;
         let name = rec.def.name.clone();
-        self.put_network(rec);
+        self.put_network(rec)?;
         self.network_event(&name, ObjectEvent::Started);
         Ok(name)
     }
@@ -639,9 +681,9 @@ impl Connection {
         let name = rec.def.name.clone();
         if rec.persistent {
             rec.active = false;
-            self.put_network(rec);
+            self.put_network(rec)?;
         } else {
-            self.state.objects().networks.remove(&rec.def.uuid);
+            self.drop_network(&rec)?;
         }
         self.network_event(&name, ObjectEvent::Stopped);
         Ok(name)
@@ -655,9 +697,12 @@ impl Connection {
         if rec.active {
             rec.persistent = false;
             rec.autostart = false;
-            self.put_network(rec);
+            if let Some(store) = &self.store {
+                store.forget_network(&rec.def.name, true)?;
+            }
+            self.put_network(rec)?;
         } else {
-            self.state.objects().networks.remove(&rec.def.uuid);
+            self.drop_network(&rec)?;
         }
         self.network_event(&name, ObjectEvent::Undefined);
         Ok(name)
@@ -674,7 +719,7 @@ impl Connection {
         }
         rec.autostart = on;
         let name = rec.def.name.clone();
-        self.put_network(rec);
+        self.put_network(rec)?;
         Ok(name)
     }
 

@@ -56,10 +56,25 @@ impl DiskStore {
     pub fn open(config: PathBuf, status: PathBuf, state: PathBuf) -> Result<DiskStore> {
         for dir in [
             config.join("domains/autostart"),
+            config.join("storage/autostart"),
+            config.join("networks/autostart"),
             status.join("domains"),
+            status.join("storage"),
+            status.join("networks"),
             state.join("save"),
         ] {
             create_private_dir(&dir)?;
+        }
+        // Writers killed mid-write leave temporary files; nothing reads them, so remove them.
+        for dir in [
+            config.join("domains"),
+            config.join("storage"),
+            config.join("networks"),
+            status.join("domains"),
+            status.join("storage"),
+            status.join("networks"),
+        ] {
+            crate::engine::sweep_stale_temps(&dir);
         }
         Ok(DiskStore {
             config,
@@ -197,6 +212,169 @@ impl DiskStore {
             rec.runtime = Some(status.runtime);
         }
         Ok(records)
+    }
+}
+
+/// What the status file of an active pool or network holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ObjectStatus {
+    active: bool,
+    #[serde(default)]
+    volumes: Vec<crate::bindings::types::VolumeDef>,
+}
+
+impl DiskStore {
+    fn object_paths(&self, kind: &str, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            self.config.join(kind).join(format!("{name}.xml")),
+            self.config.join(kind).join("autostart").join(name),
+            self.status.join(kind).join(format!("{name}.json")),
+        )
+    }
+
+    fn save_object(
+        &self,
+        kind: &str,
+        name: &str,
+        xml: Option<String>,
+        autostart: bool,
+        status: Option<ObjectStatus>,
+    ) -> Result<()> {
+        let (def, mark, stat) = self.object_paths(kind, name);
+        if let Some(xml) = xml {
+            write_atomically(&def, xml.as_bytes()).map_err(io("cannot write", &def))?;
+            if autostart {
+                write_atomically(&mark, b"").map_err(io("cannot write", &mark))?;
+            } else {
+                remove_if_present(&mark)?;
+            }
+        }
+        match status {
+            Some(s) => {
+                let body = serde_json::to_vec_pretty(&s)
+                    .map_err(|e| Error::internal(format!("encoding status of '{name}': {e}")))?;
+                write_atomically(&stat, &body).map_err(io("cannot write", &stat))?;
+            }
+            None => remove_if_present(&stat)?,
+        }
+        Ok(())
+    }
+
+    fn forget_object(&self, kind: &str, name: &str, keep_status: bool) -> Result<()> {
+        let (def, mark, stat) = self.object_paths(kind, name);
+        remove_if_present(&def)?;
+        remove_if_present(&mark)?;
+        if !keep_status {
+            remove_if_present(&stat)?;
+        }
+        Ok(())
+    }
+
+    fn read_status(path: &Path) -> Result<Option<ObjectStatus>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let body = std::fs::read(path).map_err(io("cannot read", path))?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes a pool's definition (when persistent), autostart mark and status.
+    pub fn save_pool(&self, rec: &crate::state::PoolRecord) -> Result<()> {
+        let xml = rec.persistent.then(|| {
+            xml::format_pool(
+                &xml::ParsedPool {
+                    def: rec.def.clone(),
+                    capacity: 0,
+                    allocation: 0,
+                    available: 0,
+                    extras: rec.extras.clone(),
+                },
+                &FormatOptions {
+                    id: None,
+                    inactive: true,
+                },
+            )
+        });
+        let status = rec.info.as_ref().map(|_| ObjectStatus {
+            active: true,
+            volumes: rec.volumes.clone(),
+        });
+        self.save_object("storage", &rec.def.name, xml, rec.autostart, status)
+    }
+
+    /// Removes a pool's files; `keep_status` while it is still active.
+    pub fn forget_pool(&self, name: &str, keep_status: bool) -> Result<()> {
+        self.forget_object("storage", name, keep_status)
+    }
+
+    /// Writes a network's definition (when persistent), autostart mark and status.
+    pub fn save_network(&self, rec: &crate::state::NetworkRecord) -> Result<()> {
+        let xml = rec.persistent.then(|| {
+            xml::format_network(
+                &xml::ParsedNetwork {
+                    def: rec.def.clone(),
+                    extras: rec.extras.clone(),
+                },
+                &FormatOptions::default(),
+            )
+        });
+        let status = rec.active.then(|| ObjectStatus {
+            active: true,
+            volumes: vec![],
+        });
+        self.save_object("networks", &rec.def.name, xml, rec.autostart, status)
+    }
+
+    /// Removes a network's files; `keep_status` while it is still active.
+    pub fn forget_network(&self, name: &str, keep_status: bool) -> Result<()> {
+        self.forget_object("networks", name, keep_status)
+    }
+
+    /// Reads every persistent pool back, with its active state and volumes.
+    pub fn load_pools(&self) -> Result<Vec<crate::state::PoolRecord>> {
+        let mut out = Vec::new();
+        for path in files_with(&self.config.join("storage"), "xml")? {
+            let text = std::fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+            let parsed = xml::parse_pool(&text)
+                .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message)))?;
+            let (_, mark, stat) = self.object_paths("storage", &parsed.def.name);
+            let status = Self::read_status(&stat)?;
+            out.push(crate::state::PoolRecord {
+                info: status.as_ref().map(|_| crate::bindings::types::PoolInfo {
+                    state: crate::bindings::types::PoolState::Running,
+                    capacity: 0,
+                    allocation: 0,
+                    available: 0,
+                }),
+                volumes: status.map(|s| s.volumes).unwrap_or_default(),
+                persistent: true,
+                autostart: mark.exists(),
+                extras: parsed.extras,
+                def: parsed.def,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads every persistent network back, with its active state.
+    pub fn load_networks(&self) -> Result<Vec<crate::state::NetworkRecord>> {
+        let mut out = Vec::new();
+        for path in files_with(&self.config.join("networks"), "xml")? {
+            let text = std::fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+            let parsed = xml::parse_network(&text)
+                .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message)))?;
+            let (_, mark, stat) = self.object_paths("networks", &parsed.def.name);
+            out.push(crate::state::NetworkRecord {
+                active: Self::read_status(&stat)?.is_some(),
+                persistent: true,
+                autostart: mark.exists(),
+                extras: parsed.extras,
+                def: parsed.def,
+            });
+        }
+        Ok(out)
     }
 }
 

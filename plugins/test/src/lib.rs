@@ -183,22 +183,29 @@ fn current_state(dom: &DomainRef) -> DomainState {
 
 impl Hypervisor for TestDriver {
     fn open(path: String, _params: Vec<(String, String)>) -> VerbResult<InitialObjects> {
-        if path != "/default" {
-            return Err(error(
+        match path.as_str() {
+            "/default" => Ok(InitialObjects {
+                domains: vec![(
+                    default_domain(),
+                    Some(runtime(DomainState::Running(RunningReason::Unknown))),
+                )],
+                pools: vec![(default_pool(), vec![])],
+                networks: vec![default_network()],
+            }),
+            // Installed with `state = "persistent"` the host keeps the objects on disk; the
+            // mock backend starts empty.
+            "/system" | "/session" | "/embed" => Ok(InitialObjects {
+                domains: vec![],
+                pools: vec![],
+                networks: vec![],
+            }),
+            other => Err(error(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "the test driver serves 'test:///default'; '{path}' is not a known test connection"
+                    "the test driver serves 'test:///default' and node files; '{other}' is neither"
                 ),
-            ));
+            )),
         }
-        Ok(InitialObjects {
-            domains: vec![(
-                default_domain(),
-                Some(runtime(DomainState::Running(RunningReason::Unknown))),
-            )],
-            pools: vec![(default_pool(), vec![])],
-            networks: vec![default_network()],
-        })
     }
 
     fn get_node_info() -> VerbResult<NodeInfo> {
