@@ -477,6 +477,23 @@ const CASES: &[(&str, &str, bool)] = &[
         true,
     ),
     ("quiet_unknown_command", "nosuch", true),
+    // ---- added with the commands they cover
+    (
+        "vol_resize_wipe_unsupported",
+        "vol-create-as default-pool a.img 1M; vol-resize a.img 2M --pool default-pool; vol-resize a.img 512K --pool default-pool; vol-info a.img --pool default-pool; vol-wipe a.img --pool default-pool; vol-wipe nosuch --pool default-pool",
+        false,
+    ),
+    (
+        "event_and_domstats",
+        "event --all --timeout 1; domstats test; domstats; destroy test; domstats --state; domstats nosuch",
+        false,
+    ),
+    (
+        "hotplug_unsupported_and_missing",
+        "detach-disk test vdz; detach-interface test network --mac 52:54:00:11:22:33; domblklist test; domiflist test",
+        false,
+    ),
+    ("domcapabilities_unsupported", "domcapabilities", false),
 ];
 
 const TIMED_OUT: &str = "timed out after";

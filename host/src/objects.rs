@@ -480,6 +480,35 @@ impl Connection {
         Ok(vol.name)
     }
 
+    /// Changes a volume's capacity (bytes).
+    pub fn vol_resize(
+        &self,
+        key: &str,
+        pool: Option<&str>,
+        capacity: u64,
+        allow_shrink: bool,
+    ) -> Result<VolumeDef> {
+        self.writable()?;
+        let (mut rec, vol) = self.volume(key, pool)?;
+        let resized = self.plugin.storage("vol-resize", |g, s| {
+            g.call_vol_resize(s, &rec.def, &vol, capacity, allow_shrink)
+        })?;
+        if let Some(slot) = rec.volumes.iter_mut().find(|v| v.name == vol.name) {
+            *slot = resized.clone();
+        }
+        self.put_pool(rec)?;
+        Ok(resized)
+    }
+
+    /// Overwrites a volume's data with zeroes.
+    pub fn vol_wipe(&self, key: &str, pool: Option<&str>) -> Result<String> {
+        self.writable()?;
+        let (rec, vol) = self.volume(key, pool)?;
+        self.plugin
+            .storage("vol-wipe", |g, s| g.call_vol_wipe(s, &rec.def, &vol))?;
+        Ok(vol.name)
+    }
+
     /// Numbers behind `vol-info`.
     pub fn vol_info(&self, key: &str, pool: Option<&str>) -> Result<(VolumeDef, VolumeInfo)> {
         let (rec, vol) = self.volume(key, pool)?;

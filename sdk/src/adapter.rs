@@ -132,8 +132,13 @@ impl<T: crate::Storage> storage::Guest for Adapter<T> {
     fn vol_delete(pool: PoolDef, vol: VolumeDef) -> Result<(), Error> {
         T::vol_delete(pool, vol)
     }
-    fn vol_resize(pool: PoolDef, vol: VolumeDef, capacity: u64) -> Result<VolumeDef, Error> {
-        T::vol_resize(pool, vol, capacity)
+    fn vol_resize(
+        pool: PoolDef,
+        vol: VolumeDef,
+        capacity: u64,
+        allow_shrink: bool,
+    ) -> Result<VolumeDef, Error> {
+        T::vol_resize(pool, vol, capacity, allow_shrink)
     }
     fn vol_wipe(pool: PoolDef, vol: VolumeDef) -> Result<(), Error> {
         T::vol_wipe(pool, vol)

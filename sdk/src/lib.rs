@@ -281,7 +281,12 @@ pub trait Storage {
         Err(unsupported("vol-delete"))
     }
     /// Resizes a volume.
-    fn vol_resize(pool: PoolDef, vol: VolumeDef, capacity: u64) -> VerbResult<VolumeDef> {
+    fn vol_resize(
+        pool: PoolDef,
+        vol: VolumeDef,
+        capacity: u64,
+        allow_shrink: bool,
+    ) -> VerbResult<VolumeDef> {
         Err(unsupported("vol-resize"))
     }
     /// Zeroes a volume.

@@ -3,6 +3,7 @@
 
 mod devices;
 mod domain;
+mod edit;
 mod monitor;
 mod network;
 mod node;
@@ -162,6 +163,7 @@ pub fn all() -> Vec<&'static Command> {
     v.extend(snapshot::COMMANDS.iter());
     v.extend(monitor::COMMANDS.iter());
     v.extend(devices::COMMANDS.iter());
+    v.extend(edit::COMMANDS.iter());
     v.extend(node::COMMANDS.iter());
     v.extend(storage::COMMANDS.iter());
     v.extend(storage::LIFECYCLE.iter());

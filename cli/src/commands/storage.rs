@@ -450,6 +450,40 @@ pub static LIFECYCLE: &[Command] = &[
         run: vol_dumpxml,
     },
     Command {
+        name: "vol-resize",
+        group: "Storage Volume",
+        help: "resize a vol",
+        opts: &[
+            arg("vol", "vol name, key or path"),
+            arg(
+                "capacity",
+                "new capacity for the vol, as scaled integer (default bytes)",
+            ),
+            value("pool", "pool name or uuid"),
+            flag(
+                "allocate",
+                "allocate the new capacity, rather than leaving it sparse",
+            ),
+            flag(
+                "delta",
+                "use capacity as a delta to current size, rather than the new size",
+            ),
+            flag("shrink", "allow the resize to shrink the volume"),
+        ],
+        run: vol_resize,
+    },
+    Command {
+        name: "vol-wipe",
+        group: "Storage Volume",
+        help: "wipe a vol",
+        opts: &[
+            arg("vol", "vol name, key or path"),
+            value("pool", "pool name or uuid"),
+            value("algorithm", "perform selected wiping algorithm"),
+        ],
+        run: vol_wipe,
+    },
+    Command {
         name: "vol-path",
         group: "Storage Volume",
         help: "returns the volume path for a given volume name or key",
@@ -832,4 +866,40 @@ mod tests {
         assert_eq!(super::pretty(1536), "1.50 KiB");
         assert_eq!(super::pretty(100 * 1024 * 1024 * 1024), "100.00 GiB");
     }
+}
+
+fn vol_resize(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("vol");
+    let text = a.req("capacity");
+    let conn = sess.conn()?;
+    let (_, vol) = conn
+        .volume(key, a.get("pool"))
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
+    let mut capacity = bytes(text, "capacity")?;
+    if a.flag("delta") {
+        capacity = vol.capacity.saturating_add(capacity);
+    }
+    let fail = |e: virtwasm_host::Error| {
+        Failure(vec![
+            format!("Failed to change size of volume '{key}' to {text}"),
+            e.message,
+        ])
+    };
+    conn.vol_resize(key, a.get("pool"), capacity, a.flag("shrink"))
+        .map_err(fail)?;
+    sess.extra(&format!(
+        "Size of volume '{key}' successfully changed to {text}\n"
+    ));
+    Ok(())
+}
+
+fn vol_wipe(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("vol");
+    let conn = sess.conn()?;
+    conn.volume(key, a.get("pool"))
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
+    conn.vol_wipe(key, a.get("pool"))
+        .map_err(|e| Failure(vec![format!("Failed to wipe vol {key}"), e.message]))?;
+    sess.extra(&format!("Vol {key} wiped\n"));
+    Ok(())
 }

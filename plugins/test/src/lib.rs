@@ -413,13 +413,6 @@ impl Storage for TestDriver {
     fn vol_delete(_pool: PoolDef, _vol: VolumeDef) -> VerbResult<()> {
         Ok(())
     }
-    fn vol_resize(_pool: PoolDef, mut vol: VolumeDef, capacity: u64) -> VerbResult<VolumeDef> {
-        vol.capacity = capacity;
-        Ok(vol)
-    }
-    fn vol_wipe(_pool: PoolDef, _vol: VolumeDef) -> VerbResult<()> {
-        Ok(())
-    }
     fn vol_info(_pool: PoolDef, vol: VolumeDef) -> VerbResult<VolumeInfo> {
         Ok(VolumeInfo {
             volume_type: VolumeType::File,
