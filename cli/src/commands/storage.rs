@@ -857,17 +857,6 @@ fn vol_path(sess: &mut Session, a: &Args) -> Outcome {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn capacities_print_as_virsh_does() {
-        assert_eq!(super::pretty(0), "0.00 B");
-        assert_eq!(super::pretty(1023), "1023.00 B");
-        assert_eq!(super::pretty(1536), "1.50 KiB");
-        assert_eq!(super::pretty(100 * 1024 * 1024 * 1024), "100.00 GiB");
-    }
-}
-
 fn vol_resize(sess: &mut Session, a: &Args) -> Outcome {
     let key = a.req("vol");
     let text = a.req("capacity");
@@ -902,4 +891,15 @@ fn vol_wipe(sess: &mut Session, a: &Args) -> Outcome {
         .map_err(|e| Failure(vec![format!("Failed to wipe vol {key}"), e.message]))?;
     sess.extra(&format!("Vol {key} wiped\n"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capacities_print_as_virsh_does() {
+        assert_eq!(super::pretty(0), "0.00 B");
+        assert_eq!(super::pretty(1023), "1023.00 B");
+        assert_eq!(super::pretty(1536), "1.50 KiB");
+        assert_eq!(super::pretty(100 * 1024 * 1024 * 1024), "100.00 GiB");
+    }
 }
