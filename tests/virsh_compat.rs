@@ -81,6 +81,24 @@ const FILES: &[(&str, &str)] = &[
 ",
     ),
     (
+        "vv.xml",
+        "<domain type='test'>
+  <name>vv</name>
+  <uuid>bbbbbbbb-cccc-dddd-eeee-ffffffffffff</uuid>
+  <memory unit='KiB'>1024</memory>
+  <os>
+    <type>hvm</type>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='/default-pool/v.img'/>
+      <target dev='vda'/>
+    </disk>
+  </devices>
+</domain>
+",
+    ),
+    (
         "net1.xml",
         "<network>
   <name>net1</name>
@@ -494,6 +512,26 @@ const CASES: &[(&str, &str, bool)] = &[
         false,
     ),
     ("domcapabilities_unsupported", "domcapabilities", false),
+    (
+        "undefine_with_snapshots_and_managed_save",
+        "destroy test; snapshot-create-as test s1; undefine test; undefine test --snapshots-metadata; list --all",
+        false,
+    ),
+    (
+        "undefine_refuses_managed_save_image",
+        "managedsave test; undefine test; undefine test --managed-save; list --all",
+        false,
+    ),
+    (
+        "undefine_remove_all_storage",
+        "vol-create-as default-pool v.img 1M; define {dir}/vv.xml; undefine vv --remove-all-storage; vol-list default-pool; destroy test; undefine test --remove-all-storage",
+        false,
+    ),
+    (
+        "start_console_without_tty",
+        "destroy test; start test --console",
+        false,
+    ),
 ];
 
 const TIMED_OUT: &str = "timed out after";

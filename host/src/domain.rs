@@ -428,7 +428,30 @@ impl Connection {
 
     /// Removes a domain's persistent definition. A running domain keeps running, transient.
     pub fn undefine(&self, key: &str) -> Result<String> {
+        self.undefine_with(key, false)
+    }
+
+    /// Undefines, dropping snapshot metadata when `drop_snapshots`; an inactive domain with
+    /// snapshots is refused otherwise, as libvirt refuses it.
+    pub fn undefine_with(&self, key: &str, drop_snapshots: bool) -> Result<String> {
         self.writable()?;
+        let rec = self.domain(key)?;
+        if !rec.snapshots.is_empty() && !rec.is_active() && !drop_snapshots {
+            return Err(Error::invalid_state(format!(
+                "Requested operation is not valid: cannot delete inactive domain with {} snapshots",
+                rec.snapshots.len()
+            )));
+        }
+        if drop_snapshots && !rec.snapshots.is_empty() {
+            let mut now = rec.clone();
+            now.snapshots.clear();
+            now.current_snapshot = None;
+            self.replace_record(now)?;
+        }
+        self.undefine_inner(key)
+    }
+
+    fn undefine_inner(&self, key: &str) -> Result<String> {
         let rec = self.domain(key)?;
         let _job = self.lock(&rec, "undefine")?;
         let mut o = self.state.objects();

@@ -122,14 +122,40 @@ pub static COMMANDS: &[Command] = &[
         name: "undefine",
         group: "Domain Management",
         help: "undefine a domain",
-        opts: &[DOMAIN],
+        opts: &[
+            DOMAIN,
+            flag("managed-save", "remove domain managed state file"),
+            flag(
+                "snapshots-metadata",
+                "remove all domain snapshot metadata (vm must be inactive)",
+            ),
+            flag(
+                "remove-all-storage",
+                "remove all associated storage volumes (use with caution)",
+            ),
+            flag("nvram", "remove nvram file"),
+            flag("keep-nvram", "keep nvram file"),
+        ],
         run: undefine,
     },
     Command {
         name: "start",
         group: "Domain Management",
         help: "start a (previously defined) inactive domain",
-        opts: &[DOMAIN, flag("paused", "leave the guest paused after start")],
+        opts: &[
+            DOMAIN,
+            flag("paused", "leave the guest paused after start"),
+            flag("console", "attach to console after creation"),
+            flag(
+                "autodestroy",
+                "automatically destroy the guest when virsh disconnects",
+            ),
+            flag("bypass-cache", "avoid file system cache when loading"),
+            flag(
+                "force-boot",
+                "force fresh boot by discarding any managed save",
+            ),
+        ],
         run: start,
     },
     Command {
@@ -526,19 +552,68 @@ fn verb(
 }
 
 fn undefine(sess: &mut Session, a: &Args) -> Outcome {
-    verb(
-        sess,
-        a,
-        "Failed to undefine domain '{}'",
-        "Domain '{}' has been undefined",
-        |c, d| c.undefine(d).map(|_| ()),
-    )
+    let rec = lookup(sess, a.req("domain"))?;
+    if rec.managed_save && !a.flag("managed-save") {
+        return Err(Failure::msg(
+            "Refusing to undefine while domain managed save image exists",
+        ));
+    }
+    let conn = sess.conn()?;
+    if a.flag("managed-save") && rec.managed_save {
+        conn.managed_save_remove(&rec.def.uuid)?;
+    }
+    let drop_snapshots = a.flag("snapshots-metadata");
+    // Volumes to remove are the disks' sources that a pool manages; others are reported.
+    let mut doomed = Vec::new();
+    let mut unmanaged = Vec::new();
+    if a.flag("remove-all-storage") {
+        for d in &rec.def.disks {
+            let Some(path) = d.source.clone() else {
+                continue;
+            };
+            match conn.volume(&path, None) {
+                Ok(_) => doomed.push((d.target_dev.clone(), path)),
+                Err(_) => unmanaged.push(format!(
+                    "Storage volume '{}'({path}) is not managed by libvirt. Remove it manually.",
+                    d.target_dev
+                )),
+            }
+        }
+    }
+    let name = rec.def.name.clone();
+    conn.undefine_with(&rec.def.uuid, drop_snapshots)
+        .map_err(|e| {
+            Failure(vec![
+                format!("Failed to undefine domain '{name}'"),
+                e.message,
+            ])
+        })?;
+    // virsh reports unmanaged storage on stderr but still undefines.
+    for line in &unmanaged {
+        // virsh follows this report with an empty line on stderr.
+        eprintln!("error: {line}\n");
+    }
+    let mut out = format!("Domain '{name}' has been undefined\n");
+    for (target, path) in doomed {
+        match conn.vol_delete(&path, None) {
+            Ok(_) => out.push_str(&format!("Volume '{target}'({path}) removed.\n")),
+            Err(e) => eprintln!(
+                "error: Failed to remove storage volume '{target}'({path})\nerror: {}",
+                e.message
+            ),
+        }
+    }
+    sess.extra(&out);
+    Ok(())
 }
 
 fn start(sess: &mut Session, a: &Args) -> Outcome {
     let rec = lookup(sess, a.req("domain"))?;
     if rec.is_active() {
         return Err(Failure::msg("Domain is already active"));
+    }
+    if a.flag("force-boot") && rec.managed_save {
+        sess.conn()?.managed_save_remove(&rec.def.uuid)?;
     }
     let paused = a.flag("paused");
     verb(
@@ -547,7 +622,20 @@ fn start(sess: &mut Session, a: &Args) -> Outcome {
         "Failed to start domain '{}'",
         "Domain '{}' started",
         |c, d| c.start(d, paused),
-    )
+    )?;
+    if a.flag("console") {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+            return Err(Failure::msg(
+                "Cannot run interactive console without a controlling TTY",
+            ));
+        }
+        let endpoint = sess.conn()?.console_endpoint(&rec.def.uuid, None)?;
+        return Err(Failure::msg(format!(
+            "the console is at {endpoint}; streaming it arrives with the daemon (virtwasmd)"
+        )));
+    }
+    Ok(())
 }
 
 fn modes(a: &Args) -> Result<ShutdownModes, Failure> {
