@@ -443,7 +443,7 @@ impl Connection {
             )));
         }
         if drop_snapshots && !rec.snapshots.is_empty() {
-            let mut now = rec.clone();
+            let mut now = rec;
             now.snapshots.clear();
             now.current_snapshot = None;
             self.replace_record(now)?;
