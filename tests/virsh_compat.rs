@@ -532,6 +532,20 @@ const CASES: &[(&str, &str, bool)] = &[
         "destroy test; start test --console",
         false,
     ),
+    (
+        "net_update_dhcp_hosts_and_ranges",
+        "net-update default add ip-dhcp-host \"<host mac='52:54:00:00:00:01' name='h1' ip='192.168.122.10'/>\"; net-dumpxml default; \
+         net-update default add ip-dhcp-host \"<host mac='52:54:00:00:00:01' name='h1' ip='192.168.122.10'/>\"; \
+         net-update default delete ip-dhcp-host \"<host mac='52:54:00:00:00:01'/>\"; \
+         net-update default add ip-dhcp-range \"<range start='192.168.122.100' end='192.168.122.110'/>\" --config; \
+         net-dumpxml default; net-update default add bogus-section '<x/>'; net-update nosuch add ip-dhcp-host '<host/>'",
+        false,
+    ),
+    (
+        "vol_upload_download_unsupported",
+        "vol-create-as default-pool a.img 1M; vol-upload a.img {dir}/vm1.xml --pool default-pool; vol-download a.img {dir}/out.img --pool default-pool; vol-upload nosuch {dir}/vm1.xml --pool default-pool",
+        false,
+    ),
 ];
 
 const TIMED_OUT: &str = "timed out after";

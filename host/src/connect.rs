@@ -350,6 +350,7 @@ fn initial_network(def: crate::bindings::types::NetworkDef) -> NetworkRecord {
         persistent: true,
         autostart: false,
         extras: Default::default(),
+        next: None,
     }
 }
 

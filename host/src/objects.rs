@@ -509,6 +509,61 @@ impl Connection {
         Ok(vol.name)
     }
 
+    /// Copies `file` into a volume (`upload`) or a volume into `file` (download), the host
+    /// moving the bytes between the two paths itself.
+    pub fn vol_transfer(
+        &self,
+        key: &str,
+        pool: Option<&str>,
+        file: &std::path::Path,
+        upload: bool,
+    ) -> Result<u64> {
+        if upload {
+            self.writable()?;
+        }
+        let (rec, vol) = self.volume(key, pool)?;
+        let verb = if upload { "vol-upload" } else { "vol-download" };
+        let path = self
+            .plugin
+            .storage(verb, |g, s| g.call_vol_data_path(s, &rec.def, &vol, upload))?;
+        let path = crate::capabilities::socket::normalize(std::path::Path::new(&path));
+        let inside = rec
+            .def
+            .target_path
+            .as_deref()
+            .map(|t| {
+                path.starts_with(crate::capabilities::socket::normalize(
+                    std::path::Path::new(t),
+                ))
+            })
+            .unwrap_or(false);
+        if !inside {
+            return Err(Error::denied(format!(
+                "plugin '{}' named '{}' for volume '{}', outside the pool's directory",
+                self.plugin.name(),
+                path.display(),
+                vol.name
+            )));
+        }
+        let (from, to) = if upload {
+            (file.to_path_buf(), path)
+        } else {
+            (path, file.to_path_buf())
+        };
+        let mut src = std::fs::File::open(&from).map_err(|e| Error::io("cannot open", &from, e))?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create(!upload)
+            .truncate(!upload)
+            .open(&to)
+            .map_err(|e| Error::io("cannot open", &to, e))?;
+        let n =
+            std::io::copy(&mut src, &mut dst).map_err(|e| Error::io("cannot copy into", &to, e))?;
+        dst.sync_all()
+            .map_err(|e| Error::io("cannot sync", &to, e))?;
+        Ok(n)
+    }
+
     /// Numbers behind `vol-info`.
     pub fn vol_info(&self, key: &str, pool: Option<&str>) -> Result<(VolumeDef, VolumeInfo)> {
         let (rec, vol) = self.volume(key, pool)?;
@@ -576,11 +631,16 @@ impl Connection {
     }
 
     /// A network's libvirt XML.
-    pub fn network_xml(&self, key: &str) -> Result<String> {
+    pub fn network_xml(&self, key: &str, inactive: bool) -> Result<String> {
         let rec = self.network(key)?;
+        let def = if inactive {
+            rec.next.unwrap_or(rec.def)
+        } else {
+            rec.def
+        };
         Ok(xml::format_network(
             &xml::ParsedNetwork {
-                def: rec.def,
+                def,
                 extras: rec.extras,
             },
             &FormatOptions::default(),
@@ -656,6 +716,13 @@ impl Connection {
             ));
         }
         let rec = match o.networks.get(&def.uuid) {
+            // Redefining a running network changes what its next start uses, not what runs.
+            Some(existing) if existing.active => NetworkRecord {
+                next: Some(def.clone()),
+                persistent: persistent || existing.persistent,
+                extras,
+                ..existing.clone()
+            },
             Some(existing) => NetworkRecord {
                 def: def.clone(),
                 persistent: persistent || existing.persistent,
@@ -668,6 +735,7 @@ impl Connection {
                 persistent,
                 autostart: false,
                 extras,
+                next: None,
             },
         };
         if let Some(store) = &self.store {
@@ -710,6 +778,10 @@ impl Connection {
         let name = rec.def.name.clone();
         if rec.persistent {
             rec.active = false;
+            // A stopped network's definition is the persistent one.
+            if let Some(next) = rec.next.take() {
+                rec.def = next;
+            }
             self.put_network(rec)?;
         } else {
             self.drop_network(&rec)?;
@@ -752,11 +824,259 @@ impl Connection {
         Ok(name)
     }
 
+    /// Changes one part of a network's definition in place (`virsh net-update`): `command`
+    /// is `add`, `add-first`, `add-last`, `delete` or `modify`; `section` is `ip-dhcp-host`,
+    /// `ip-dhcp-range` or `dns-host`; `snippet` is that element's XML.
+    /// `live` and `config` choose the running definition, the persistent one, or both.
+    #[allow(clippy::too_many_arguments)]
+    pub fn network_update(
+        &self,
+        key: &str,
+        command: &str,
+        section: &str,
+        snippet: &str,
+        parent_index: usize,
+        live: bool,
+        config: bool,
+    ) -> Result<String> {
+        self.writable()?;
+        let mut rec = self.network(key)?;
+        let mut next = rec.next.clone().unwrap_or_else(|| rec.def.clone());
+        if live && rec.active {
+            Self::update_network_def(&mut rec.def, command, section, snippet, parent_index)?;
+        }
+        if config || !rec.active {
+            Self::update_network_def(&mut next, command, section, snippet, parent_index)?;
+        }
+        // The running definition and the next start's stay one until they differ.
+        if rec.active {
+            rec.next = (next != rec.def).then_some(next);
+        } else {
+            rec.def = next;
+            rec.next = None;
+        }
+        let name = rec.def.name.clone();
+        self.put_network(rec)?;
+        Ok(name)
+    }
+
+    fn update_network_def(
+        def: &mut NetworkDef,
+        command: &str,
+        section: &str,
+        snippet: &str,
+        parent_index: usize,
+    ) -> Result<()> {
+        use crate::bindings::types::DhcpHost;
+        let network = def.name.clone();
+        let invalid =
+            |m: String| Error::invalid_state(format!("Requested operation is not valid: {m}"));
+        let quoted = snippet.trim();
+        match section {
+            "ip-dhcp-host" | "ip-dhcp-range" => {
+                let attrs = element_attributes(
+                    quoted,
+                    if section == "ip-dhcp-host" {
+                        "host"
+                    } else {
+                        "range"
+                    },
+                )?;
+                let ip = def.ips.get_mut(parent_index).ok_or_else(|| {
+                    Error::invalid(format!("invalid argument: couldn't update dhcp host entry - no <ip> element found at index {parent_index} in network '{network}'"))
+                })?;
+                if section == "ip-dhcp-host" {
+                    let host = DhcpHost {
+                        mac: attrs.get("mac").cloned(),
+                        name: attrs.get("name").cloned(),
+                        ip: attrs.get("ip").cloned().unwrap_or_default(),
+                    };
+                    let matches = |h: &DhcpHost| {
+                        (host.mac.is_some() && h.mac == host.mac)
+                            || (host.name.is_some() && h.name == host.name)
+                            || (!host.ip.is_empty() && h.ip == host.ip)
+                    };
+                    match command {
+                        "add" | "add-last" | "add-first" => {
+                            if host.ip.is_empty() {
+                                return Err(Error::invalid(format!(
+                                    "invalid argument: missing IP address in network '{network}' dhcp host"
+                                )));
+                            }
+                            if ip.dhcp_hosts.iter().any(matches) {
+                                return Err(invalid(format!(
+                                    "there is an existing dhcp host entry in network '{network}' that matches \"{quoted}\""
+                                )));
+                            }
+                            if command == "add-first" {
+                                ip.dhcp_hosts.insert(0, host)
+                            } else {
+                                ip.dhcp_hosts.push(host)
+                            }
+                        }
+                        "delete" => {
+                            let before = ip.dhcp_hosts.len();
+                            ip.dhcp_hosts.retain(|h| !matches(h));
+                            if ip.dhcp_hosts.len() == before {
+                                return Err(invalid(format!(
+                                    "couldn't locate a matching dhcp host entry in network '{network}'"
+                                )));
+                            }
+                        }
+                        "modify" => {
+                            let slot = ip
+                                .dhcp_hosts
+                                .iter_mut()
+                                .find(|h| (host.mac.is_some() && h.mac == host.mac) || (host.name.is_some() && h.name == host.name))
+                                .ok_or_else(|| invalid(format!("couldn't locate an existing dhcp host entry with \"mac='{}'\" in network '{network}'", host.mac.clone().unwrap_or_default())))?;
+                            *slot = host;
+                        }
+                        other => {
+                            return Err(Error::invalid(format!(
+                                "invalid argument: unrecognized command '{other}'"
+                            )));
+                        }
+                    }
+                } else {
+                    let (Some(start), Some(end)) =
+                        (attrs.get("start").cloned(), attrs.get("end").cloned())
+                    else {
+                        return Err(Error::invalid(format!(
+                            "invalid argument: missing 'start' or 'end' attribute in dhcp range for network '{network}'"
+                        )));
+                    };
+                    let range = (start, end);
+                    match command {
+                        "add" | "add-last" | "add-first" => {
+                            if ip.dhcp_ranges.contains(&range) {
+                                return Err(invalid(format!(
+                                    "there is an existing dhcp range entry in network '{network}' that matches \"{quoted}\""
+                                )));
+                            }
+                            if command == "add-first" {
+                                ip.dhcp_ranges.insert(0, range)
+                            } else {
+                                ip.dhcp_ranges.push(range)
+                            }
+                        }
+                        "delete" => {
+                            let before = ip.dhcp_ranges.len();
+                            ip.dhcp_ranges.retain(|r| *r != range);
+                            if ip.dhcp_ranges.len() == before {
+                                return Err(invalid(format!(
+                                    "couldn't locate a matching dhcp range entry in network '{network}'"
+                                )));
+                            }
+                        }
+                        other => {
+                            return Err(Error::invalid(format!(
+                                "invalid argument: dhcp ranges cannot be '{other}'ed"
+                            )));
+                        }
+                    }
+                }
+            }
+            "dns-host" => {
+                let wrapped = format!("<network><name>u</name><dns>{quoted}</dns></network>");
+                let parsed = xml::parse_network_with(
+                    &wrapped,
+                    &ParseOptions {
+                        strict: true,
+                        fill_defaults: false,
+                    },
+                )?;
+                let host =
+                    parsed.def.dns_hosts.first().cloned().ok_or_else(|| {
+                        Error::invalid("invalid argument: no <host> element given")
+                    })?;
+                match command {
+                    "add" | "add-last" | "add-first" => {
+                        if def.dns_hosts.iter().any(|h| h.0 == host.0) {
+                            return Err(invalid(format!(
+                                "there is already at least one DNS HOST record with a matching field in network {network}"
+                            )));
+                        }
+                        if command == "add-first" {
+                            def.dns_hosts.insert(0, host)
+                        } else {
+                            def.dns_hosts.push(host)
+                        }
+                    }
+                    "delete" => {
+                        let before = def.dns_hosts.len();
+                        def.dns_hosts.retain(|h| h.0 != host.0);
+                        if def.dns_hosts.len() == before {
+                            return Err(invalid(format!(
+                                "couldn't locate a matching DNS HOST record in network {network}"
+                            )));
+                        }
+                    }
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "invalid argument: DNS hosts cannot be '{other}'ed"
+                        )));
+                    }
+                }
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "this function is not supported by the connection driver: can't update '{other}' section of network '{network}'"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A network's DHCP leases.
     pub fn network_dhcp_leases(&self, key: &str) -> Result<Vec<crate::bindings::types::DhcpLease>> {
         let rec = self.network(key)?;
         self.plugin.network("net-dhcp-leases", |g, s| {
             g.call_net_dhcp_leases(s, &rec.def)
         })
+    }
+}
+
+/// The attributes of a single `<name .../>` element given as text (`net-update`'s snippets).
+fn element_attributes(text: &str, name: &str) -> Result<std::collections::HashMap<String, String>> {
+    use quick_xml::events::Event as XmlEvent;
+    let mut reader = quick_xml::Reader::from_str(text);
+    loop {
+        match reader.read_event() {
+            Ok(XmlEvent::Empty(e)) | Ok(XmlEvent::Start(e)) => {
+                if e.name().as_ref() != name {
+                    return Err(Error::invalid(format!(
+                        "invalid argument: expected a <{name}> element, got <{}>",
+                        e.name().as_ref()
+                    )));
+                }
+                let mut out = std::collections::HashMap::new();
+                for a in e.attributes() {
+                    let a = a.map_err(|err| {
+                        Error::invalid(format!("invalid argument: <{name}>: {err}"))
+                    })?;
+                    let v = a
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map_err(|err| {
+                            Error::invalid(format!("invalid argument: <{name}>: {err}"))
+                        })?;
+                    out.insert(a.key.as_ref().to_string(), v.into_owned());
+                }
+                return Ok(out);
+            }
+            Ok(XmlEvent::Eof) => {
+                return Err(Error::invalid(format!(
+                    "invalid argument: no <{name}> element given"
+                )));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                return Err(Error::invalid(format!(
+                    "invalid argument: malformed XML: {err}"
+                )));
+            }
+        }
     }
 }

@@ -519,6 +519,8 @@ fn libvirt_api(verb: &str) -> Option<&'static str> {
         "vol-resize" => "virStorageVolResize",
         "vol-wipe" => "virStorageVolWipe",
         "vol-info" => "virStorageVolGetInfo",
+        "vol-upload" => "virStorageVolUpload",
+        "vol-download" => "virStorageVolDownload",
         "net-start" => "virNetworkCreate",
         "net-stop" => "virNetworkDestroy",
         "net-dhcp-leases" => "virNetworkGetDHCPLeases",

@@ -122,6 +122,10 @@ pub struct NetworkRecord {
     pub persistent: bool,
     /// Started with the host.
     pub autostart: bool,
+    /// The persistent definition for the next start, when a change was made to it alone
+    /// while the network runs (`net-update --config`).
+    #[serde(default)]
+    pub next: Option<NetworkDef>,
     /// What its XML held beyond the model.
     #[serde(default)]
     pub extras: crate::xml::Extras,

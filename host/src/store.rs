@@ -312,9 +312,11 @@ impl DiskStore {
     /// Writes a network's definition (when persistent), autostart mark and status.
     pub fn save_network(&self, rec: &crate::state::NetworkRecord) -> Result<()> {
         let xml = rec.persistent.then(|| {
+            // The file holds what the next start uses.
+            let def = rec.next.clone().unwrap_or_else(|| rec.def.clone());
             xml::format_network(
                 &xml::ParsedNetwork {
-                    def: rec.def.clone(),
+                    def,
                     extras: rec.extras.clone(),
                 },
                 &FormatOptions::default(),
@@ -372,6 +374,7 @@ impl DiskStore {
                 autostart: mark.exists(),
                 extras: parsed.extras,
                 def: parsed.def,
+                next: None,
             });
         }
         Ok(out)

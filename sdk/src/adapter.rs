@@ -146,6 +146,9 @@ impl<T: crate::Storage> storage::Guest for Adapter<T> {
     fn vol_info(pool: PoolDef, vol: VolumeDef) -> Result<VolumeInfo, Error> {
         T::vol_info(pool, vol)
     }
+    fn vol_data_path(pool: PoolDef, vol: VolumeDef, writable: bool) -> Result<String, Error> {
+        T::vol_data_path(pool, vol, writable)
+    }
 }
 
 impl<T: crate::Network> network::Guest for Adapter<T> {

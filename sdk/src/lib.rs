@@ -297,6 +297,10 @@ pub trait Storage {
     fn vol_info(pool: PoolDef, vol: VolumeDef) -> VerbResult<VolumeInfo> {
         Err(unsupported("vol-info"))
     }
+    /// Where the volume's bytes are, for the host to stream.
+    fn vol_data_path(pool: PoolDef, vol: VolumeDef, writable: bool) -> VerbResult<String> {
+        Err(unsupported("vol-data-path"))
+    }
 }
 
 /// The network verbs (WIT interface `virtwasm:plugin/network`), all `unsupported` by default.

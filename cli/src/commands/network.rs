@@ -119,6 +119,31 @@ fn net_info(sess: &mut Session, a: &Args) -> Outcome {
 /// Network lifecycle commands.
 pub static LIFECYCLE: &[Command] = &[
     Command {
+        name: "net-update",
+        group: "Networking",
+        help: "update parts of an existing network's configuration",
+        opts: &[
+            arg("network", "network name or uuid"),
+            arg(
+                "command",
+                "type of update (add-first, add-last (add), delete, or modify)",
+            ),
+            arg(
+                "section",
+                "which section of network configuration to update",
+            ),
+            arg(
+                "xml",
+                "name of file containing xml (or, if it starts with '<', the complete text of the xml element to add/modify, or to be matched for search)",
+            ),
+            super::value("parent-index", "which parent object to search through"),
+            flag("config", "affect next network startup"),
+            flag("live", "affect running network"),
+            flag("current", "affect current state of network"),
+        ],
+        run: net_update,
+    },
+    Command {
         name: "net-dumpxml",
         group: "Networking",
         help: "network information in XML",
@@ -201,7 +226,7 @@ fn lookup(sess: &mut Session, key: &str) -> Result<String, Failure> {
 
 fn net_dumpxml(sess: &mut Session, a: &Args) -> Outcome {
     let uuid = lookup(sess, a.req("network"))?;
-    let xml = sess.conn()?.network_xml(&uuid)?;
+    let xml = sess.conn()?.network_xml(&uuid, a.flag("inactive"))?;
     sess.print(&xml);
     Ok(())
 }
@@ -314,5 +339,70 @@ fn net_dhcp_leases(sess: &mut Session, a: &Args) -> Outcome {
     }
     let quiet = sess.settings.quiet;
     sess.print(&t.render(quiet));
+    Ok(())
+}
+
+fn net_update(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("network");
+    let uuid = lookup(sess, key)?;
+    let xml_arg = a.req("xml");
+    let snippet = if xml_arg.trim_start().starts_with('<') {
+        xml_arg.to_string()
+    } else {
+        super::domain::read_file(xml_arg)?
+    };
+    let index = match a.get("parent-index") {
+        Some(i) => i.parse::<usize>().map_err(|_| {
+            Failure::msg(format!(
+                "Numeric value '{i}' for <parent-index> option is malformed or out of range"
+            ))
+        })?,
+        None => 0,
+    };
+    const SECTIONS: &[&str] = &[
+        "bridge",
+        "domain",
+        "ip",
+        "ip-dhcp-host",
+        "ip-dhcp-range",
+        "forward",
+        "forward-interface",
+        "forward-pf",
+        "portgroup",
+        "dns-host",
+        "dns-txt",
+        "dns-srv",
+    ];
+    let section = a.req("section");
+    if !SECTIONS.contains(&section) {
+        return Err(Failure::msg(format!(
+            "unrecognized section name '{section}'"
+        )));
+    }
+    let conn = sess.conn()?;
+    let active = conn.network(&uuid).map(|n| n.active).unwrap_or(false);
+    let (live, config) = if a.flag("live") || a.flag("config") {
+        (a.flag("live"), a.flag("config"))
+    } else {
+        (active, !active)
+    };
+    let name = conn
+        .network_update(
+            &uuid,
+            a.req("command"),
+            section,
+            &snippet,
+            index,
+            live,
+            config,
+        )
+        .map_err(|e| Failure(vec![format!("Failed to update network {key}"), e.message]))?;
+    let what = match (live, config) {
+        (true, true) => "live state and persistent config",
+        (true, false) => "live state",
+        _ => "persistent config",
+    };
+    // virsh ends this line without a newline; its blank line after the command ends it.
+    sess.extra(&format!("Updated network {name} {what}"));
     Ok(())
 }

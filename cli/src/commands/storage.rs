@@ -484,6 +484,34 @@ pub static LIFECYCLE: &[Command] = &[
         run: vol_wipe,
     },
     Command {
+        name: "vol-upload",
+        group: "Storage Volume",
+        help: "upload file contents to a volume",
+        opts: &[
+            arg("vol", "vol name, key or path"),
+            arg("file", "file"),
+            value("pool", "pool name or uuid"),
+            value("offset", "volume offset to upload to"),
+            value("length", "amount of data to upload"),
+            flag("sparse", "preserve sparseness of volume"),
+        ],
+        run: vol_upload,
+    },
+    Command {
+        name: "vol-download",
+        group: "Storage Volume",
+        help: "download volume contents to a file",
+        opts: &[
+            arg("vol", "vol name, key or path"),
+            arg("file", "file"),
+            value("pool", "pool name or uuid"),
+            value("offset", "volume offset to download from"),
+            value("length", "amount of data to download"),
+            flag("sparse", "preserve sparseness of volume"),
+        ],
+        run: vol_download,
+    },
+    Command {
         name: "vol-path",
         group: "Storage Volume",
         help: "returns the volume path for a given volume name or key",
@@ -890,6 +918,48 @@ fn vol_wipe(sess: &mut Session, a: &Args) -> Outcome {
     conn.vol_wipe(key, a.get("pool"))
         .map_err(|e| Failure(vec![format!("Failed to wipe vol {key}"), e.message]))?;
     sess.extra(&format!("Vol {key} wiped\n"));
+    Ok(())
+}
+
+fn vol_upload(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("vol");
+    let conn = sess.conn()?;
+    let (_, vol) = conn
+        .volume(key, a.get("pool"))
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
+    conn.vol_transfer(
+        key,
+        a.get("pool"),
+        std::path::Path::new(a.req("file")),
+        true,
+    )
+    .map_err(|e| {
+        Failure(vec![
+            format!("cannot upload to volume {}", vol.name),
+            e.message,
+        ])
+    })?;
+    Ok(())
+}
+
+fn vol_download(sess: &mut Session, a: &Args) -> Outcome {
+    let key = a.req("vol");
+    let conn = sess.conn()?;
+    let (_, vol) = conn
+        .volume(key, a.get("pool"))
+        .map_err(vol_lookup_failure(key, a.get("pool")))?;
+    conn.vol_transfer(
+        key,
+        a.get("pool"),
+        std::path::Path::new(a.req("file")),
+        false,
+    )
+    .map_err(|e| {
+        Failure(vec![
+            format!("cannot download from volume {}", vol.name),
+            e.message,
+        ])
+    })?;
     Ok(())
 }
 
