@@ -11,7 +11,10 @@ use std::process::Command;
 /// First-party plugins compiled into the binary: (directory under plugins/, crate name).
 const BUNDLED: &[(&str, &str)] = &[("test", "virtwasm_plugin_test")];
 /// Plugins built only for the test suite: (directory, crate name).
-const FIXTURES: &[(&str, &str)] = &[("hostile", "virtwasm_plugin_hostile")];
+const FIXTURES: &[(&str, &str)] = &[
+    ("hostile", "virtwasm_plugin_hostile"),
+    ("example", "virtwasm_plugin_example"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

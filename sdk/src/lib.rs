@@ -7,32 +7,66 @@
 //!
 //! Implement [`Hypervisor`], [`Storage`] and [`Network`] for one type (every verb has a
 //! default that answers `unsupported`, so implement only what your backend does), then call
-//! [`export_driver!`]. The first-party test driver (`plugins/test`) is a complete example;
-//! the smallest useful driver looks like this:
+//! [`export_driver!`]. This is `plugins/example/src/lib.rs` from the repository, a complete
+//! driver that the build compiles and the test suite loads:
 //!
 //! ```ignore
-//! use virtwasm_sdk::{export_driver, types::*, Hypervisor, Network, Storage};
+//! use virtwasm_sdk::types::*;
+//! use virtwasm_sdk::{Hypervisor, Network, Storage, VerbResult, error, export_driver, log};
 //!
-//! struct Echo;
+//! struct Example;
 //!
-//! impl Hypervisor for Echo {
-//!     fn open(_path: String, _params: Vec<(String, String)>) -> Result<InitialObjects, Error> {
+//! fn now(state: DomainState) -> VerbResult<DomainRuntime> {
+//!     Ok(DomainRuntime { state, driver_data: String::new() })
+//! }
+//!
+//! fn state_of(dom: &DomainRef) -> DomainState {
+//!     dom.runtime.as_ref().map(|r| r.state).unwrap_or(DomainState::Shutoff(ShutoffReason::Unknown))
+//! }
+//!
+//! impl Hypervisor for Example {
+//!     fn open(_path: String, _params: Vec<(String, String)>) -> VerbResult<InitialObjects> {
 //!         Ok(InitialObjects { domains: vec![], pools: vec![], networks: vec![] })
 //!     }
-//!     fn start(_dom: DomainRef, paused: bool) -> Result<DomainRuntime, Error> {
-//!         virtwasm_sdk::log::info("starting");
-//!         Ok(DomainRuntime {
-//!             state: if paused { DomainState::Paused(PausedReason::User) }
-//!                    else { DomainState::Running(RunningReason::Booted) },
-//!             driver_data: String::new(),
-//!         })
+//!
+//!     fn start(dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
+//!         log::info(&format!("starting {}", dom.def.name));
+//!         now(if paused { DomainState::Paused(PausedReason::User) } else { DomainState::Running(RunningReason::Booted) })
+//!     }
+//!
+//!     fn shutdown(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+//!         match state_of(&dom) {
+//!             DomainState::Running(_) => now(DomainState::Shutoff(ShutoffReason::Shutdown)),
+//!             _ => Err(error(ErrorKind::InvalidState, "domain is not running")),
+//!         }
+//!     }
+//!
+//!     fn destroy(_dom: DomainRef, _graceful: bool) -> VerbResult<DomainRuntime> {
+//!         now(DomainState::Shutoff(ShutoffReason::Destroyed))
+//!     }
+//!
+//!     fn suspend(dom: DomainRef) -> VerbResult<DomainRuntime> {
+//!         match state_of(&dom) {
+//!             DomainState::Running(_) => now(DomainState::Paused(PausedReason::User)),
+//!             _ => Err(error(ErrorKind::InvalidState, "domain is not running")),
+//!         }
+//!     }
+//!
+//!     fn resume(dom: DomainRef) -> VerbResult<DomainRuntime> {
+//!         match state_of(&dom) {
+//!             DomainState::Paused(_) => now(DomainState::Running(RunningReason::Unpaused)),
+//!             _ => Err(error(ErrorKind::InvalidState, "domain is not paused")),
+//!         }
 //!     }
 //! }
-//! impl Storage for Echo {}
-//! impl Network for Echo {}
 //!
-//! export_driver!(Echo);
+//! impl Storage for Example {}
+//! impl Network for Example {}
+//!
+//! export_driver!(Example);
 //! ```
+//!
+//! `plugins/test` (libvirt's `test:///default`) is a fuller one.
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` and put the `.wasm` next to a
 //! `plugin.toml` manifest in the host's plugin directory (see the repository's
