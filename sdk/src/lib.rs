@@ -17,21 +17,35 @@
 //! struct Example;
 //!
 //! fn now(state: DomainState) -> VerbResult<DomainRuntime> {
-//!     Ok(DomainRuntime { state, driver_data: String::new() })
+//!     Ok(DomainRuntime {
+//!         state,
+//!         driver_data: String::new(),
+//!     })
 //! }
 //!
 //! fn state_of(dom: &DomainRef) -> DomainState {
-//!     dom.runtime.as_ref().map(|r| r.state).unwrap_or(DomainState::Shutoff(ShutoffReason::Unknown))
+//!     dom.runtime
+//!         .as_ref()
+//!         .map(|r| r.state)
+//!         .unwrap_or(DomainState::Shutoff(ShutoffReason::Unknown))
 //! }
 //!
 //! impl Hypervisor for Example {
 //!     fn open(_path: String, _params: Vec<(String, String)>) -> VerbResult<InitialObjects> {
-//!         Ok(InitialObjects { domains: vec![], pools: vec![], networks: vec![] })
+//!         Ok(InitialObjects {
+//!             domains: vec![],
+//!             pools: vec![],
+//!             networks: vec![],
+//!         })
 //!     }
 //!
 //!     fn start(dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
 //!         log::info(&format!("starting {}", dom.def.name));
-//!         now(if paused { DomainState::Paused(PausedReason::User) } else { DomainState::Running(RunningReason::Booted) })
+//!         now(if paused {
+//!             DomainState::Paused(PausedReason::User)
+//!         } else {
+//!             DomainState::Running(RunningReason::Booted)
+//!         })
 //!     }
 //!
 //!     fn shutdown(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
