@@ -174,6 +174,8 @@ impl HostState {
 
     /// Starts a call: a fresh budget, and output counted from here.
     pub(crate) fn begin_call(&mut self, budget: std::time::Duration) {
+        // A refused growth belongs to the call that asked; a reused instance starts clean.
+        self.limiter.refused_growth = None;
         self.host_time = std::time::Duration::ZERO;
         self.call_started = std::time::Instant::now();
         self.budget = budget;
