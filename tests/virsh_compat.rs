@@ -528,6 +528,12 @@ const CASES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "dumpxml_xpath",
+        "dumpxml test --xpath //name; dumpxml test --xpath //disk/target; dumpxml test --xpath //devices/interface --wrap; \
+         dumpxml test --xpath 'string(//name)'; dumpxml test --xpath //nosuch; dumpxml test --xpath //devices; dumpxml test --inactive --xpath //os",
+        false,
+    ),
+    (
         "start_console_without_tty",
         "destroy test; start test --console",
         false,

@@ -9,6 +9,7 @@ mod docs;
 mod session;
 mod shell;
 mod table;
+mod xpath;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;

@@ -115,6 +115,8 @@ pub static COMMANDS: &[Command] = &[
             ),
             flag("update-cpu", "update guest CPU according to host CPU"),
             flag("migratable", "provide XML suitable for migrations"),
+            value("xpath", "xpath expression to filter the XML document"),
+            flag("wrap", "wrap xpath results in an common root element"),
         ],
         run: dumpxml,
     },
@@ -787,6 +789,13 @@ fn create(sess: &mut Session, a: &Args) -> Outcome {
 fn dumpxml(sess: &mut Session, a: &Args) -> Outcome {
     let rec = lookup(sess, a.req("domain"))?;
     let xml = sess.conn()?.domain_xml(&rec.def.uuid, a.flag("inactive"))?;
-    sess.print(&xml);
+    match a.get("xpath") {
+        Some(expr) => {
+            let selected =
+                crate::xpath::select(&xml, expr, a.flag("wrap")).map_err(Failure::msg)?;
+            sess.print(&selected);
+        }
+        None => sess.print(&xml),
+    }
     Ok(())
 }
