@@ -534,6 +534,12 @@ const CASES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "domifaddr_sources_and_states",
+        "domifaddr test; domifaddr test --full; domifaddr test --interface vnet7; domifaddr test --source agent; \
+         domifaddr test --source bogus; destroy test; domifaddr test; domifaddr nosuch",
+        false,
+    ),
+    (
         "start_console_without_tty",
         "destroy test; start test --console",
         false,

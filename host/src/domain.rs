@@ -282,6 +282,22 @@ impl Connection {
             .collect())
     }
 
+    /// The running guest's interfaces and addresses, learned from `source`.
+    pub fn interface_addresses(
+        &self,
+        key: &str,
+        source: &str,
+    ) -> Result<Vec<crate::bindings::hypervisor::GuestInterface>> {
+        let rec = self.domain(key)?;
+        if !rec.is_active() {
+            return Err(not_running());
+        }
+        let dom = rec.as_ref();
+        self.plugin.hypervisor("interface-addresses", |g, s| {
+            g.call_interface_addresses(s, &dom, source)
+        })
+    }
+
     /// Where the driver serves a domain's console, for the host to stream.
     pub fn console_endpoint(&self, key: &str, device: Option<&str>) -> Result<String> {
         use crate::bindings::hypervisor::ConsoleEndpoint;

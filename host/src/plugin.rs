@@ -492,6 +492,7 @@ fn libvirt_api(verb: &str) -> Option<&'static str> {
         "resume" => "virDomainResume",
         "info" => "virDomainGetInfo",
         "stats" => "virConnectGetAllDomainStats",
+        "interface-addresses" => "virDomainInterfaceAddresses",
         "save" => "virDomainSaveFlags",
         "restore" => "virDomainRestoreFlags",
         "snapshot-create" => "virDomainSnapshotCreateXML",

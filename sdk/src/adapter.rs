@@ -102,6 +102,9 @@ impl<T: crate::Hypervisor> hypervisor::Guest for Adapter<T> {
     fn migrate_confirm(dom: DomainRef, success: bool) -> Result<DomainRuntime, Error> {
         T::migrate_confirm(dom, success)
     }
+    fn interface_addresses(dom: DomainRef, source: String) -> Result<Vec<GuestInterface>, Error> {
+        T::interface_addresses(dom, source)
+    }
 }
 
 impl<T: crate::Storage> storage::Guest for Adapter<T> {

@@ -102,8 +102,8 @@ pub mod bindings {
 /// The shared model: definitions, states, errors (WIT interface `virtwasm:plugin/types`).
 pub mod types {
     pub use crate::bindings::exports::virtwasm::plugin::hypervisor::{
-        ConsoleEndpoint, DriverCapabilities, GuestCapability, MigrationProgress, MigrationTarget,
-        StatValue,
+        ConsoleEndpoint, DriverCapabilities, GuestCapability, GuestInterface, InterfaceAddress,
+        MigrationProgress, MigrationTarget, StatValue,
     };
     pub use crate::bindings::virtwasm::plugin::types::*;
 }
@@ -217,6 +217,10 @@ pub trait Hypervisor {
     /// Statistics behind `domstats`.
     fn stats(dom: DomainRef) -> VerbResult<Vec<(String, StatValue)>> {
         Err(unsupported("stats"))
+    }
+    /// The guest's interfaces and addresses, from `source` (`lease`, `agent`, `arp`).
+    fn interface_addresses(dom: DomainRef, source: String) -> VerbResult<Vec<GuestInterface>> {
+        Err(unsupported("interface-addresses"))
     }
     /// Saves memory to `path` and stops.
     fn save(dom: DomainRef, path: String) -> VerbResult<DomainRuntime> {

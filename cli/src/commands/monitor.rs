@@ -42,6 +42,19 @@ pub static COMMANDS: &[Command] = &[
         run: domstats,
     },
     Command {
+        name: "domifaddr",
+        group: "Domain Monitoring",
+        help: "Get network interfaces' addresses for a running domain",
+        opts: &[
+            arg("domain", "domain name, id or uuid"),
+            value("interface", "network interface name"),
+            flag("full", "always display names and MACs of interfaces"),
+            value("source", "address source: 'lease', 'agent', or 'arp'"),
+            flag("json", "print as JSON"),
+        ],
+        run: domifaddr,
+    },
+    Command {
         name: "console",
         group: "Domain Management",
         help: "connect to the guest console",
@@ -209,4 +222,52 @@ fn console(sess: &mut Session, a: &Args) -> Outcome {
         "the console of '{}' is at {endpoint}; streaming it arrives with the daemon (virtwasmd)",
         rec.def.name
     )))
+}
+
+fn domifaddr(sess: &mut Session, a: &Args) -> Outcome {
+    let source = a.get("source").unwrap_or("lease");
+    if !["lease", "agent", "arp"].contains(&source) {
+        return Err(Failure::msg(format!("Unknown data source '{source}'")));
+    }
+    let rec = lookup(sess, a.req("domain"))?;
+    let ifaces = sess
+        .conn()?
+        .interface_addresses(&rec.def.uuid, source)
+        .map_err(|e| {
+            Failure(vec![
+                "Failed to query for interfaces addresses".into(),
+                e.message,
+            ])
+        })?;
+    let ifaces: Vec<_> = ifaces
+        .into_iter()
+        .filter(|i| a.get("interface").is_none_or(|n| n == i.name))
+        .collect();
+    if a.flag("json") {
+        return sess.print_json(&ifaces);
+    }
+    // virsh prints this table with fixed widths, not its table renderer.
+    let mut out = format!(
+        " {:<10} {:<17}    {:<12} {}\n{}\n",
+        "Name",
+        "MAC address",
+        "Protocol",
+        "Address",
+        "-".repeat(79)
+    );
+    for i in &ifaces {
+        for (n, addr) in i.addresses.iter().enumerate() {
+            let (name, mac) = if n == 0 || a.flag("full") {
+                (i.name.clone(), i.mac.clone().unwrap_or_else(|| "-".into()))
+            } else {
+                ("-".to_string(), "-".to_string())
+            };
+            out.push_str(&format!(
+                " {:<10} {:<17}    {:<12} {}/{}\n",
+                name, mac, addr.family, addr.address, addr.prefix
+            ));
+        }
+    }
+    sess.print(&out);
+    Ok(())
 }

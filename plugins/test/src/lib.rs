@@ -320,6 +320,34 @@ impl Hypervisor for TestDriver {
         })
     }
 
+    fn interface_addresses(dom: DomainRef, _source: String) -> VerbResult<Vec<GuestInterface>> {
+        // libvirt's test driver makes addresses up the same way: NAT'd interfaces get
+        // 192.168.122.(3 + 20 * (id - 1) + n), others 192.168.0.(1 + n), all named testnetN.
+        let id = dom.id.unwrap_or(1).max(1) as u32;
+        Ok(dom
+            .def
+            .interfaces
+            .iter()
+            .enumerate()
+            .map(|(n, iface)| {
+                let n = n as u32;
+                let address = match iface.interface_type {
+                    InterfaceType::Network => format!("192.168.122.{}", 3 + 20 * (id - 1) + n),
+                    _ => format!("192.168.0.{}", 1 + n),
+                };
+                GuestInterface {
+                    name: format!("testnet{n}"),
+                    mac: iface.mac.clone(),
+                    addresses: vec![InterfaceAddress {
+                        family: "ipv4".into(),
+                        address,
+                        prefix: 24,
+                    }],
+                }
+            })
+            .collect())
+    }
+
     fn save(_dom: DomainRef, _path: String) -> VerbResult<DomainRuntime> {
         // The mock guest has no memory to stream: the host's header (its XML) is the image.
         Ok(runtime(DomainState::Shutoff(ShutoffReason::Saved)))
