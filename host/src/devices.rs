@@ -45,6 +45,29 @@ fn add(def: &mut DomainDef, dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `dev` with libvirt's generic defaults filled, as a definition's devices get them: the
+/// device is filled inside a minimal definition by the same function the XML layer uses.
+fn with_defaults(dev: Device) -> Device {
+    let minimal =
+        "<domain type='kvm'><name>d</name><memory>1</memory><os><type>hvm</type></os></domain>";
+    let Ok(mut probe) = crate::xml::parse_domain(minimal).map(|p| p.def) else {
+        return dev;
+    };
+    match dev {
+        Device::Disk(d) => {
+            probe.disks.push(d);
+            crate::xml::fill_domain_defaults(&mut probe);
+            Device::Disk(probe.disks.remove(0))
+        }
+        Device::Interface(i) => {
+            probe.interfaces.push(i);
+            crate::xml::fill_domain_defaults(&mut probe);
+            Device::Interface(probe.interfaces.remove(0))
+        }
+        other => other,
+    }
+}
+
 /// Removes the selected device from `def`, returning it.
 fn remove(def: &mut DomainDef, sel: &DeviceSelector) -> Option<Device> {
     match sel {
@@ -109,6 +132,9 @@ impl Connection {
             live: true,
             config: false,
         });
+        // The same defaults a definition gets (bus from the target name, a generated MAC),
+        // filled once so the live and persistent copies describe the same device.
+        let dev = with_defaults(dev);
         let mut new = rec.clone();
         if scope.config {
             if !rec.persistent {
