@@ -359,3 +359,47 @@ fn a_reused_instance_gets_a_fresh_budget_for_every_call() {
     );
     still_serving(&conn);
 }
+
+#[test]
+fn a_spawned_child_outlives_the_call_and_only_its_plugin_can_adopt_it() {
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    // /bin/true is the only granted program; sleep is refused even as a long-lived child.
+    let (def, _) = conn
+        .define(domain("sleeper", "spawn:/bin/sleep 60"))
+        .unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert_eq!(
+        e.message,
+        "plugin 'hostile': program '/bin/sleep' is not in the plugin's allowlist (allowed: /bin/true)"
+    );
+
+    // A granted child: its pid is the driver's record, kept by the host between calls.
+    let (def, _) = conn.define(domain("child", "spawn:/bin/true")).unwrap();
+    conn.start(&def.uuid, false).unwrap();
+    let rec = conn.domain(&def.uuid).unwrap();
+    let pid: u32 = rec.runtime.as_ref().unwrap().driver_data.parse().unwrap();
+    assert!(pid > 1);
+    assert!(
+        f.host
+            .registry()
+            .runtime()
+            .children()
+            .pids_of("hostile")
+            .contains(&pid),
+        "the host owns the child"
+    );
+    // A later call (a new or reused instance) adopts it by pid, kills and reaps it.
+    conn.destroy(&def.uuid, false).unwrap();
+
+    // Adopting a process the plugin did not start is refused, naming it.
+    let (def, _) = conn.define(domain("thief", "adopt:1")).unwrap();
+    conn.start(&def.uuid, false).unwrap();
+    let e = conn.destroy(&def.uuid, false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(
+        e.message,
+        "plugin 'hostile': process 1 was not started by this plugin"
+    );
+    still_serving(&conn);
+}

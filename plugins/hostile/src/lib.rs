@@ -10,6 +10,8 @@
 //! | `suspend`  | loops forever                                                 |
 //! | `reset`    | allocates and touches 512 MiB (past its memory cap)           |
 //! | `reboot`   | panics in the middle of the verb                              |
+//! | `start`    | with `spawn:PROGRAM ARG`, starts a long-lived child and keeps its pid |
+//! | `destroy`  | adopts the recorded child (or, with `adopt:PID`, a process that is not its own), kills and reaps it |
 //!
 //! Every other verb behaves, so a test can show that the host still answers afterwards.
 
@@ -61,6 +63,17 @@ impl Hypervisor for Hostile {
     }
 
     fn start(dom: DomainRef, _paused: bool) -> VerbResult<DomainRuntime> {
+        if let Some(command) = target(&dom, "spawn:") {
+            // A guest-like child: the host owns it; the pid goes into the runtime record.
+            let mut words = command.split_whitespace();
+            let program = words.next().unwrap_or_default().to_string();
+            let args: Vec<String> = words.map(str::to_string).collect();
+            let child = process::spawn(&program, &args)?;
+            return Ok(DomainRuntime {
+                state: DomainState::Running(RunningReason::Booted),
+                driver_data: child.pid().to_string(),
+            });
+        }
         let Some(path) = target(&dom, "read:") else {
             return Ok(running());
         };
@@ -114,7 +127,25 @@ impl Hypervisor for Hostile {
         panic!("hostile plugin panicked while rebooting '{}'", dom.def.name);
     }
 
-    fn destroy(_dom: DomainRef, _graceful: bool) -> VerbResult<DomainRuntime> {
+    fn destroy(dom: DomainRef, _graceful: bool) -> VerbResult<DomainRuntime> {
+        let pid = match target(&dom, "adopt:") {
+            Some(pid) => pid.parse::<u32>().ok(),
+            None => dom
+                .runtime
+                .as_ref()
+                .and_then(|r| r.driver_data.parse::<u32>().ok()),
+        };
+        if let Some(pid) = pid {
+            let child = process::adopt(pid)?;
+            child.kill(9)?;
+            let status = child
+                .wait(5000)?
+                .ok_or_else(|| error(ErrorKind::Timeout, format!("process {pid} did not end")))?;
+            log::info(&format!(
+                "process {pid} ended by signal {:?}",
+                status.signal
+            ));
+        }
         Ok(DomainRuntime {
             state: DomainState::Shutoff(ShutoffReason::Destroyed),
             driver_data: String::new(),
