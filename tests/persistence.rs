@@ -385,3 +385,79 @@ fn pools_volumes_and_networks_survive_the_process() {
     );
     assert_eq!(r.ok(), "\n\n");
 }
+
+/// A save image in virtwasm's format carrying `xml` (no memory stream: the test driver's).
+fn image(path: &Path, xml: &str) {
+    let mut head = Vec::new();
+    head.extend_from_slice(b"VirtwasmSaveImg\0");
+    head.extend_from_slice(&1u32.to_le_bytes());
+    head.extend_from_slice(&(xml.len() as u32).to_le_bytes());
+    head.extend_from_slice(&[0u8; 8]);
+    head.extend_from_slice(xml.as_bytes());
+    head.resize(head.len().div_ceil(4096) * 4096, 0);
+    std::fs::write(path, head).unwrap();
+}
+
+#[test]
+fn a_save_image_cannot_name_a_path() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("root");
+    let img = home.path().join("evil.sav");
+    image(
+        &img,
+        &VM.replace("<name>web1</name>", "<name>../../../../tmp/escape</name>"),
+    );
+    let r = run(home.path(), &root, &format!("restore {}", img.display()));
+    let err = r.failed();
+    assert!(err.starts_with(&format!("error: Failed to restore domain from {}\nerror: invalid domain name '../../../../tmp/escape'", img.display())), "{err}");
+    assert!(!Path::new("/tmp/escape.json").exists());
+    // A well-formed image restores (through the persistent test driver, which restores).
+    image(&img, &VM.replace("type='qemu'", "type='test'"));
+    let r = run_ptest(
+        home.path(),
+        &root,
+        &format!("restore {}; domstate web1 --reason", img.display()),
+    );
+    assert_eq!(
+        r.ok(),
+        format!(
+            "Domain restored from {}\n\nrunning (restored)\n\n",
+            img.display()
+        )
+    );
+}
+
+#[test]
+fn edit_passes_the_file_name_as_data() {
+    // A domain name with shell syntax must not run anything when the editor is started.
+    let home = tempfile::tempdir().unwrap();
+    let work = home.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let xml = home.path().join("odd.xml");
+    std::fs::write(
+        &xml,
+        VM.replace("<name>web1</name>", "<name>x;touch${IFS}pwned;</name>")
+            .replace("type='qemu'", "type='test'"),
+    )
+    .unwrap();
+    let out = command(home.path())
+        .current_dir(&work)
+        .env("EDITOR", "true")
+        .args([
+            "-c",
+            "test:///default",
+            &format!("define {}; edit 'x;touch${{IFS}}pwned;'", xml.display()),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Domain 'x;touch${IFS}pwned;' XML configuration not changed."),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !work.join("pwned").exists(),
+        "the name was executed by the shell"
+    );
+}

@@ -403,3 +403,30 @@ fn a_spawned_child_outlives_the_call_and_only_its_plugin_can_adopt_it() {
     );
     still_serving(&conn);
 }
+
+#[test]
+fn a_plugin_directory_others_can_write_is_ignored() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = install(&tmp.path().join("plugins"), "hostile", &hostile_manifest());
+    std::fs::set_permissions(&plugins, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let host = Host::new(config_in(tmp.path(), plugins.clone(), None)).unwrap();
+    let problem = host
+        .registry()
+        .problems()
+        .iter()
+        .map(|p| p.message.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        problem.contains(&format!(
+            "ignoring plugin directory {}: writable by others (mode 777)",
+            plugins.display()
+        )),
+        "{problem}"
+    );
+    assert!(
+        host.open("hostile:///session", false).is_err(),
+        "its plugins are not loaded"
+    );
+}

@@ -87,22 +87,40 @@ impl HostConfig {
         let runtime = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("virtwasm-run"));
+        let session_dirs = Dirs {
+            config: xdg("XDG_CONFIG_HOME", ".config").join("virtwasm"),
+            status: runtime.join("virtwasm"),
+            state: xdg("XDG_DATA_HOME", ".local/share").join("virtwasm"),
+        };
+        let system_dirs = Dirs {
+            config: PathBuf::from("/etc/virtwasm"),
+            status: PathBuf::from("/run/virtwasm"),
+            state: PathBuf::from("/var/lib/virtwasm"),
+        };
+        // Manifests name host directories as {config_dir}, {runtime_dir}, {state_dir} and
+        // {cache_dir}: root's are the system ones, a user's the session ones.
+        // SAFETY: geteuid has no preconditions.
+        let mine = if unsafe { libc::geteuid() } == 0 {
+            &system_dirs
+        } else {
+            &session_dirs
+        };
+        let path_vars = PathVars {
+            vars: vec![
+                ("config_dir".into(), mine.config.clone()),
+                ("runtime_dir".into(), mine.status.clone()),
+                ("state_dir".into(), mine.state.clone()),
+                ("cache_dir".into(), cache_dir.clone()),
+            ],
+        };
         HostConfig {
             cache_dir: Some(cache_dir),
             plugin_dirs,
             bundled,
-            path_vars: PathVars::default(),
+            path_vars,
             job_timeout: Duration::from_secs(30),
-            system_dirs: Dirs {
-                config: PathBuf::from("/etc/virtwasm"),
-                status: PathBuf::from("/run/virtwasm"),
-                state: PathBuf::from("/var/lib/virtwasm"),
-            },
-            session_dirs: Dirs {
-                config: xdg("XDG_CONFIG_HOME", ".config").join("virtwasm"),
-                status: runtime.join("virtwasm"),
-                state: xdg("XDG_DATA_HOME", ".local/share").join("virtwasm"),
-            },
+            system_dirs,
+            session_dirs,
         }
     }
 }
@@ -199,6 +217,23 @@ impl Host {
                 };
                 // As libvirt's test driver: any path but /default names a node file.
                 let node_file = plugin.manifest.plugin.node_files && parsed.path != "/default";
+                // Names become file names and lookups: whatever a plugin or a node file
+                // says, refuse what could not have been defined by hand.
+                let check = |initial: &crate::bindings::types::InitialObjects,
+                             origin: &str|
+                 -> Result<()> {
+                    let names = initial
+                        .domains
+                        .iter()
+                        .map(|(d, _)| d.name.as_str())
+                        .chain(initial.pools.iter().map(|(p, _)| p.name.as_str()))
+                        .chain(initial.networks.iter().map(|n| n.name.as_str()));
+                    for name in names {
+                        crate::domain::validate_name(name)
+                            .map_err(|e| Error::invalid(format!("{origin}: {}", e.message)))?;
+                    }
+                    Ok(())
+                };
                 if node_file {
                     let (initial, extras) =
                         crate::nodefile::load(std::path::Path::new(&parsed.path))?;
@@ -206,6 +241,7 @@ impl Host {
                 } else {
                     let initial = plugin
                         .hypervisor("open", |g, s| g.call_open(s, &parsed.path, &parsed.params))?;
+                    check(&initial, &format!("plugin '{}'", plugin.name()))?;
                     populate(&state, initial);
                 }
                 if let Some(store) = &store {

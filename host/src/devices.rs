@@ -146,18 +146,24 @@ impl Connection {
             new.def = self
                 .plugin
                 .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &new.def))?;
+            if new.def.name != rec.def.name || new.def.uuid != rec.def.uuid {
+                return Err(Error::internal(format!(
+                    "internal error: plugin '{}' changed the domain's name or uuid while filling defaults",
+                    self.plugin.name()
+                )));
+            }
         }
         if scope.live {
-            let mut live = rec.live.clone().unwrap_or_else(|| rec.def.clone());
-            add(&mut live, &dev)?;
-            let runtime = self
-                .plugin
-                .hypervisor(verb, |g, s| g.call_attach_device(s, &rec.as_ref(), &dev))?;
             if !rec.is_active() {
                 return Err(Error::invalid_state(
                     "Requested operation is not valid: domain is not running",
                 ));
             }
+            let mut live = rec.live.clone().unwrap_or_else(|| rec.def.clone());
+            add(&mut live, &dev)?;
+            let runtime = self
+                .plugin
+                .hypervisor(verb, |g, s| g.call_attach_device(s, &rec.as_ref(), &dev))?;
             new.live = Some(live);
             new.runtime = Some(runtime);
         }

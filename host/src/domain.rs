@@ -398,6 +398,10 @@ impl Connection {
                         format!("operation failed: domain '{}' is already active", def.name),
                     ));
                 }
+                // The given XML is what runs; the persistent definition stays as it was.
+                if let Some(rec) = o.domains.get_mut(&def.uuid) {
+                    rec.live = Some(def.clone());
+                }
             } else {
                 let mut rec = DomainRecord::inactive(def.clone(), false);
                 rec.extras = extras;
@@ -414,6 +418,8 @@ impl Connection {
                     .unwrap_or(false)
                 {
                     o.domains.remove(&def.uuid);
+                } else if let Some(rec) = o.domains.get_mut(&def.uuid).filter(|d| !d.is_active()) {
+                    rec.live = None;
                 }
                 Err(e)
             }

@@ -526,37 +526,48 @@ impl Connection {
         let path = self
             .plugin
             .storage(verb, |g, s| g.call_vol_data_path(s, &rec.def, &vol, upload))?;
-        let path = crate::capabilities::socket::normalize(std::path::Path::new(&path));
-        let inside = rec
+        // Resolve symlinks before the check: a link in a pool directory must not lead the
+        // host (which may be root) to another file.
+        let pool_dir = rec
             .def
             .target_path
             .as_deref()
-            .map(|t| {
-                path.starts_with(crate::capabilities::socket::normalize(
-                    std::path::Path::new(t),
-                ))
-            })
-            .unwrap_or(false);
-        if !inside {
+            .and_then(|t| std::fs::canonicalize(t).ok());
+        let real = std::fs::canonicalize(&path)
+            .map_err(|e| Error::io("cannot resolve volume path", std::path::Path::new(&path), e))?;
+        if pool_dir.as_ref().is_none_or(|dir| !real.starts_with(dir)) {
             return Err(Error::denied(format!(
-                "plugin '{}' named '{}' for volume '{}', outside the pool's directory",
+                "plugin '{}' named '{}' for volume '{}', which resolves outside the pool's directory",
                 self.plugin.name(),
-                path.display(),
+                path,
                 vol.name
             )));
         }
-        let (from, to) = if upload {
-            (file.to_path_buf(), path)
+        use std::os::unix::fs::OpenOptionsExt;
+        let nofollow = libc::O_NOFOLLOW;
+        let (mut src, mut dst) = if upload {
+            let src = std::fs::File::open(file).map_err(|e| Error::io("cannot open", file, e))?;
+            let dst = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nofollow)
+                .open(&real)
+                .map_err(|e| Error::io("cannot open", &real, e))?;
+            (src, dst)
         } else {
-            (path, file.to_path_buf())
+            let src = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nofollow)
+                .open(&real)
+                .map_err(|e| Error::io("cannot open", &real, e))?;
+            let dst = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(file)
+                .map_err(|e| Error::io("cannot open", file, e))?;
+            (src, dst)
         };
-        let mut src = std::fs::File::open(&from).map_err(|e| Error::io("cannot open", &from, e))?;
-        let mut dst = std::fs::OpenOptions::new()
-            .write(true)
-            .create(!upload)
-            .truncate(!upload)
-            .open(&to)
-            .map_err(|e| Error::io("cannot open", &to, e))?;
+        let to = if upload { real } else { file.to_path_buf() };
         let n =
             std::io::copy(&mut src, &mut dst).map_err(|e| Error::io("cannot copy into", &to, e))?;
         dst.sync_all()

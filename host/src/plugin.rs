@@ -1,9 +1,10 @@
 //! A loaded plugin: its manifest, its compiled component, and the machinery that runs one
-//! verb in a fresh, limited, sandboxed instance.
+//! verb in a limited, sandboxed instance.
 //!
-//! Each call gets its own instance (`InstancePre::instantiate` from the pooling allocator, a
-//! few microseconds), so calls on different domains run in parallel, and a trap poisons only
-//! the instance that trapped. The next call simply gets a new one.
+//! Each call gets an instance of its own while it runs: an idle one that finished its last
+//! call normally, or a new one from the pooling allocator (`InstancePre::instantiate`, a few
+//! microseconds); see docs/adr/0003. Calls on different domains run in parallel, and a trap
+//! poisons only the instance that trapped, which is dropped: the next call gets another.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -256,7 +257,7 @@ impl Plugin {
         &self.grants
     }
 
-    /// Runs `verb` of the hypervisor interface in a fresh instance.
+    /// Runs `verb` of the hypervisor interface in an instance of its own.
     pub fn hypervisor<R>(
         &self,
         verb: &str,
@@ -275,7 +276,7 @@ impl Plugin {
         })
     }
 
-    /// Runs `verb` of the storage interface in a fresh instance.
+    /// Runs `verb` of the storage interface in an instance of its own.
     pub fn storage<R>(
         &self,
         verb: &str,
@@ -294,7 +295,7 @@ impl Plugin {
         })
     }
 
-    /// Runs `verb` of the network interface in a fresh instance.
+    /// Runs `verb` of the network interface in an instance of its own.
     pub fn network<R>(
         &self,
         verb: &str,

@@ -89,6 +89,18 @@ impl Registry {
             }
         }
         for dir in dirs {
+            if !dir.exists() {
+                continue;
+            }
+            // A plugin's files are code and grants: only trust what this user (or root)
+            // owns and nobody else can change.
+            if let Err(why) = trusted(dir) {
+                problems.push(Error::new(
+                    ErrorKind::PluginLoad,
+                    format!("ignoring plugin directory {}: {why}", dir.display()),
+                ));
+                continue;
+            }
             let Ok(read) = std::fs::read_dir(dir) else {
                 continue;
             };
@@ -100,6 +112,16 @@ impl Registry {
             subdirs.sort();
             for sub in subdirs {
                 let path = sub.join("plugin.toml");
+                if !path.exists() {
+                    continue;
+                }
+                if let Err(why) = trusted(&sub).and_then(|_| trusted(&path)) {
+                    problems.push(Error::new(
+                        ErrorKind::PluginLoad,
+                        format!("ignoring plugin {}: {why}", sub.display()),
+                    ));
+                    continue;
+                }
                 let Ok(text) = std::fs::read_to_string(&path) else {
                     continue;
                 };
@@ -229,6 +251,7 @@ impl Registry {
                             ));
                         }
                         let path: PathBuf = Path::new(dir).join(file);
+                        trusted(&path).map_err(|why| Error::new(ErrorKind::PluginLoad, format!("refusing {}: {why}", path.display())))?;
                         let wasm = std::fs::read(&path).map_err(|e| Error::io("cannot read plugin component", &path, e))?;
                         Plugin::load(self.runtime.clone(), entry.manifest.clone(), &wasm, None, source).map(Arc::new)
                     }
@@ -236,6 +259,27 @@ impl Registry {
             })
             .clone()
     }
+}
+
+/// Whether `path` is owned by this user or root and not writable by group or others.
+fn trusted(path: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "owned by uid {}, neither this user ({me}) nor root",
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by others (mode {:o})",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 fn source_of(origin: &Origin) -> PluginSource {

@@ -144,6 +144,8 @@ impl Connection {
         let parsed = crate::xml::parse_domain(&xml).map_err(|e| {
             Error::invalid(format!("save image '{}': {}", path.display(), e.message))
         })?;
+        // The image's XML is input like any other: its name becomes file names.
+        crate::domain::validate_name(&parsed.def.name)?;
         let uuid = parsed.def.uuid.clone();
         let name = parsed.def.name.clone();
         {
@@ -213,7 +215,13 @@ impl Connection {
 
     /// Saves a running domain to its managed-save image; `start` resumes from it.
     pub fn managed_save(&self, key: &str) -> Result<String> {
+        self.writable()?;
         let rec = self.domain(key)?;
+        if !rec.is_active() {
+            return Err(Error::invalid_state(
+                "Requested operation is not valid: domain is not running",
+            ));
+        }
         if !rec.persistent {
             return Err(Error::invalid_state(
                 "Requested operation is not valid: cannot do managed save for transient domain",

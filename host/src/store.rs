@@ -41,6 +41,13 @@ fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error
     move |e| Error::io(what, path, e)
 }
 
+/// Refuses a name that is not a plain file name. Every path below is built from an object's
+/// name, so this is checked here too, whatever the caller already checked: a name from a
+/// save image, a plugin or a node file must never reach outside the store's directories.
+pub fn check_file_name(name: &str) -> Result<()> {
+    crate::domain::validate_name(name)
+}
+
 fn create_private_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -109,6 +116,7 @@ impl DiskStore {
     /// Writes what `rec` needs on disk: its definition when persistent, its autostart mark,
     /// and its status file while it runs (removed when it stops).
     pub fn save_domain(&self, rec: &DomainRecord) -> Result<()> {
+        check_file_name(&rec.def.name)?;
         let name = &rec.def.name;
         if rec.persistent {
             let xml = xml::format_domain(
@@ -159,6 +167,7 @@ impl DiskStore {
 
     /// Removes a domain's definition and autostart mark (its status stays while it runs).
     pub fn remove_definition(&self, name: &str) -> Result<()> {
+        check_file_name(name)?;
         remove_if_present(&self.def_path(name))?;
         remove_if_present(&self.snapshots_path(name))?;
         remove_if_present(&self.autostart_path(name))
@@ -166,6 +175,7 @@ impl DiskStore {
 
     /// Removes every file of a domain.
     pub fn forget(&self, name: &str) -> Result<()> {
+        check_file_name(name)?;
         self.remove_definition(name)?;
         remove_if_present(&self.status_path(name))
     }
@@ -240,6 +250,7 @@ impl DiskStore {
         autostart: bool,
         status: Option<ObjectStatus>,
     ) -> Result<()> {
+        check_file_name(name)?;
         let (def, mark, stat) = self.object_paths(kind, name);
         if let Some(xml) = xml {
             write_atomically(&def, xml.as_bytes()).map_err(io("cannot write", &def))?;
@@ -261,6 +272,7 @@ impl DiskStore {
     }
 
     fn forget_object(&self, kind: &str, name: &str, keep_status: bool) -> Result<()> {
+        check_file_name(name)?;
         let (def, mark, stat) = self.object_paths(kind, name);
         remove_if_present(&def)?;
         remove_if_present(&mark)?;

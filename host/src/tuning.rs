@@ -82,15 +82,20 @@ impl Connection {
                 ));
             }
         } else {
-            let max = if scope.live {
-                rec.live.as_ref().unwrap_or(&rec.def).vcpus
-            } else {
-                rec.def.vcpus
-            };
-            if count > max {
-                return Err(Error::invalid(format!(
-                    "invalid argument: requested cpu amount exceeds maximum ({count} > {max})"
-                )));
+            // Both copies that change must allow it: --live --config checks each maximum.
+            let live_max = rec.live.as_ref().unwrap_or(&rec.def).vcpus;
+            for max in [
+                scope.live.then_some(live_max),
+                scope.config.then_some(rec.def.vcpus),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if count > max {
+                    return Err(Error::invalid(format!(
+                        "invalid argument: requested cpu amount exceeds maximum ({count} > {max})"
+                    )));
+                }
             }
         }
         let mut new = rec.clone();
@@ -129,10 +134,11 @@ impl Connection {
         if scope.live && !rec.is_active() {
             return Err(not_running());
         }
-        let max = if scope.live {
-            rec.live.as_ref().unwrap_or(&rec.def).memory_kib
-        } else {
-            rec.def.memory_kib
+        let live_max = rec.live.as_ref().unwrap_or(&rec.def).memory_kib;
+        let max = match (scope.live, scope.config) {
+            (true, true) => live_max.min(rec.def.memory_kib),
+            (true, false) => live_max,
+            _ => rec.def.memory_kib,
         };
         if kib > max {
             return Err(Error::invalid(

@@ -59,15 +59,17 @@ pub static COMMANDS: &[Command] = &[
     },
 ];
 
-/// Runs `$VISUAL`/`$EDITOR` (default `vi`) on `path` through the shell, as virsh does.
+/// Runs `$VISUAL`/`$EDITOR` (default `vi`) on `path` through the shell, as virsh does. The
+/// path goes in as `$1`, never pasted into the command line: a domain name is data.
 fn run_editor(path: &std::path::Path) -> Result<(), Failure> {
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
-    let line = format!("{editor} {}", path.display());
     let status = std::process::Command::new("/bin/sh")
         .arg("-c")
-        .arg(&line)
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(path)
         .status()
         .map_err(|e| Failure::msg(format!("cannot run the editor '{editor}': {e}")))?;
     if !status.success() {
@@ -76,28 +78,57 @@ fn run_editor(path: &std::path::Path) -> Result<(), Failure> {
             .map(|c| c.to_string())
             .unwrap_or_else(|| "signal".into());
         return Err(Failure::msg(format!(
-            "internal error: Child process (sh -c '{line}') unexpected exit status {code}"
+            "internal error: Child process (sh -c '{editor} {}') unexpected exit status {code}",
+            path.display()
         )));
     }
     Ok(())
 }
 
+/// A new 0600 file in a fresh 0700 directory: nobody else can read the XML or plant a
+/// symlink where it is written.
+fn private_file(name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), Failure> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let dir = base.join(format!("virtwasm-edit-{}-{attempt}", std::process::id()));
+        if std::fs::DirBuilder::new().mode(0o700).create(&dir).is_err() {
+            continue;
+        }
+        // The domain name only names the file, inside our own directory.
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{safe}.xml"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Failure::msg(format!("cannot create '{}': {e}", path.display())))?;
+        return Ok((dir, path));
+    }
+    Err(Failure::msg("cannot create a private temporary directory"))
+}
+
 fn edit(sess: &mut Session, a: &Args) -> Outcome {
     let rec = lookup(sess, a.req("domain"))?;
     let original = sess.conn()?.domain_xml(&rec.def.uuid, true)?;
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!(
-        "virtwasm-edit-{}-{}.xml",
-        rec.def.name,
-        std::process::id()
-    ));
+    let (dir, path) = private_file(&rec.def.name)?;
     std::fs::write(&path, &original)
         .map_err(|e| Failure::msg(format!("cannot write '{}': {e}", path.display())))?;
     run_editor(&path)?;
     let edited = std::fs::read_to_string(&path)
         .map_err(|e| Failure::msg(format!("cannot read '{}': {e}", path.display())))?;
     if edited == original {
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir_all(&dir);
         sess.extra(&format!(
             "Domain '{}' XML configuration not changed.\n",
             rec.def.name
@@ -106,7 +137,7 @@ fn edit(sess: &mut Session, a: &Args) -> Outcome {
     }
     match sess.conn()?.define_xml(&edited, false) {
         Ok((def, _)) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&dir);
             sess.extra(&format!(
                 "Domain '{}' XML configuration edited.\n",
                 def.name

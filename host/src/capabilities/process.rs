@@ -47,7 +47,8 @@ impl ProgramAllowlist {
         &self.entries
     }
 
-    /// Resolves `requested` to the file to execute, or says why it is not allowed.
+    /// Resolves `requested` to the file to execute (symlinks resolved: what was checked is
+    /// what runs), or says why it is not allowed.
     ///
     /// A bare name is looked up in [`CHILD_PATH`]. It is allowed when an absolute entry names
     /// the same file (after resolving symlinks), or when its file name matches a bare entry
@@ -92,10 +93,10 @@ impl ProgramAllowlist {
                         .map(|e| e == real)
                         .unwrap_or(false);
                 if same {
-                    return Ok(path);
+                    return Ok(real);
                 }
             } else if in_search_path && name_matches(entry, name) {
-                return Ok(path);
+                return Ok(real);
             }
         }
         Err(format!(
@@ -182,8 +183,12 @@ fn wit_status(s: ExitStatus) -> WitExitStatus {
     }
 }
 
-fn base_command(path: &Path, args: &[String]) -> Command {
+/// A child with a clean environment. `path` is the resolved file (what the allowlist
+/// checked); `argv0` the name the plugin asked for, which multi-call binaries look at.
+fn base_command(path: &Path, argv0: &str, args: &[String]) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(path);
+    cmd.arg0(argv0);
     cmd.args(args)
         .env_clear()
         .env("PATH", CHILD_PATH)
@@ -241,6 +246,7 @@ impl Host for HostState {
         Ok(self.timed(|_| {
             run_to_completion(
                 &path,
+                &program,
                 &args,
                 stdin,
                 Duration::from_millis(timeout_ms.into()),
@@ -257,7 +263,7 @@ impl Host for HostState {
             Ok(p) => p,
             Err(why) => return Ok(Err(self.denied(why))),
         };
-        let mut cmd = base_command(&path, &args);
+        let mut cmd = base_command(&path, &program, &args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -317,11 +323,12 @@ impl Host for HostState {
 
 fn run_to_completion(
     path: &Path,
+    argv0: &str,
     args: &[String],
     stdin: Vec<u8>,
     timeout: Duration,
 ) -> Result<Output, WitError> {
-    let mut cmd = base_command(path, args);
+    let mut cmd = base_command(path, argv0, args);
     cmd.stdin(if stdin.is_empty() {
         Stdio::null()
     } else {
@@ -524,6 +531,7 @@ mod tests {
     fn run_collects_output_and_enforces_the_timeout() {
         let out = run_to_completion(
             Path::new("/bin/sh"),
+            "sh",
             &["-c".into(), "echo out; echo err >&2; exit 3".into()],
             vec![],
             Duration::from_secs(5),
@@ -534,6 +542,7 @@ mod tests {
         assert_eq!(out.status.code, Some(3));
         let env = run_to_completion(
             Path::new("/usr/bin/env"),
+            "env",
             &[],
             vec![],
             Duration::from_secs(5),
@@ -548,6 +557,7 @@ mod tests {
         );
         let e = run_to_completion(
             Path::new("/bin/sleep"),
+            "sleep",
             &["5".into()],
             vec![],
             Duration::from_millis(100),

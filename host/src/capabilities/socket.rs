@@ -62,6 +62,14 @@ pub fn allowed(path: &Path, prefixes: &[PathBuf]) -> Result<PathBuf, String> {
             }
         ));
     }
+    // The last component must not be a symlink (connect would follow it), and the directory
+    // must resolve under a granted prefix too.
+    if std::fs::symlink_metadata(&lexical).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!(
+            "socket '{}' is a symbolic link; connect to its target directly",
+            path.display()
+        ));
+    }
     if let (Some(dir), Some(name)) = (lexical.parent(), lexical.file_name())
         && let Ok(real_dir) = std::fs::canonicalize(dir)
     {
@@ -77,6 +85,7 @@ pub fn allowed(path: &Path, prefixes: &[PathBuf]) -> Result<PathBuf, String> {
                 real.display()
             ));
         }
+        return Ok(real);
     }
     Ok(lexical)
 }
@@ -200,6 +209,10 @@ mod tests {
         std::os::unix::fs::symlink("/etc", granted.join("link")).unwrap();
         let e = allowed(&granted.join("link/x.sock"), &prefixes).unwrap_err();
         assert!(e.contains("resolves to"), "{e}");
+        // A symlink as the last component would be followed by connect: refused.
+        std::os::unix::fs::symlink("/run/anything.sock", granted.join("q.sock")).unwrap();
+        let e = allowed(&granted.join("q.sock"), &prefixes).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
         let e = allowed(Path::new("/run/x.sock"), &[]).unwrap_err();
         assert!(e.contains("none granted"), "{e}");
     }
