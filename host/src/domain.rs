@@ -450,22 +450,42 @@ impl Connection {
 
     /// Removes a domain's persistent definition. A running domain keeps running, transient.
     pub fn undefine(&self, key: &str) -> Result<String> {
-        self.undefine_with(key, false)
+        self.undefine_with(key, false, false)
     }
 
     /// Undefines, dropping snapshot metadata when `drop_snapshots`; an inactive domain with
     /// snapshots is refused otherwise, as libvirt refuses it.
-    pub fn undefine_with(&self, key: &str, drop_snapshots: bool) -> Result<String> {
+    /// With `drop_managed_save` a managed-save image goes too (else its presence refuses).
+    /// Every check comes before anything is removed.
+    pub fn undefine_with(
+        &self,
+        key: &str,
+        drop_snapshots: bool,
+        drop_managed_save: bool,
+    ) -> Result<String> {
         self.writable()?;
         let rec = self.domain(key)?;
+        if !rec.persistent {
+            return Err(Error::invalid_state(
+                "Requested operation is not valid: cannot undefine transient domain",
+            ));
+        }
+        if rec.managed_save && !drop_managed_save {
+            return Err(Error::invalid_state(
+                "Refusing to undefine while domain managed save image exists",
+            ));
+        }
         if !rec.snapshots.is_empty() && !rec.is_active() && !drop_snapshots {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: cannot delete inactive domain with {} snapshots",
                 rec.snapshots.len()
             )));
         }
+        if rec.managed_save {
+            self.managed_save_remove(&rec.def.uuid)?;
+        }
         if drop_snapshots && !rec.snapshots.is_empty() {
-            let mut now = rec;
+            let mut now = self.domain(&rec.def.uuid)?;
             now.snapshots.clear();
             now.current_snapshot = None;
             self.replace_record(now)?;
@@ -728,7 +748,10 @@ impl Connection {
     pub(crate) fn apply(&self, uuid: &str, runtime: DomainRuntime) -> Result<()> {
         let mut o = self.state.objects();
         let Some(rec) = o.domains.get(uuid).cloned() else {
-            return Ok(());
+            // Only undefine removes records, and it takes the job lock the caller holds.
+            return Err(Error::internal(format!(
+                "internal error: domain {uuid} vanished while a job held its lock"
+            )));
         };
         let before = rec.state();
         let after = runtime.state;

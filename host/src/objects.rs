@@ -69,6 +69,40 @@ impl Connection {
             .ok_or_else(|| pool_not_found(key))
     }
 
+    /// Takes `pool`'s job lock, then reads its record again under it.
+    fn locked_pool(
+        &self,
+        key: &str,
+        job: &str,
+    ) -> Result<(crate::state::JobGuard<'_>, PoolRecord)> {
+        let first = self.pool_record(key)?;
+        let guard = self.state.jobs.acquire(
+            &format!("pool:{}", first.def.uuid),
+            &first.def.name,
+            job,
+            self.job_timeout,
+        )?;
+        let rec = self.pool_record(&first.def.uuid)?;
+        Ok((guard, rec))
+    }
+
+    /// Takes `network`'s job lock, then reads its record again under it.
+    fn locked_network(
+        &self,
+        key: &str,
+        job: &str,
+    ) -> Result<(crate::state::JobGuard<'_>, NetworkRecord)> {
+        let first = self.network(key)?;
+        let guard = self.state.jobs.acquire(
+            &format!("net:{}", first.def.uuid),
+            &first.def.name,
+            job,
+            self.job_timeout,
+        )?;
+        let rec = self.network(&first.def.uuid)?;
+        Ok((guard, rec))
+    }
+
     /// Stores a pool record, on disk first for a persistent driver.
     fn put_pool(&self, rec: PoolRecord) -> Result<()> {
         if let Some(store) = &self.store {
@@ -237,7 +271,7 @@ impl Connection {
     /// Builds a pool's underlying storage.
     pub fn pool_build(&self, key: &str, overwrite: bool) -> Result<String> {
         self.writable()?;
-        let rec = self.pool_record(key)?;
+        let (_job, rec) = self.locked_pool(key, "pool-build")?;
         if rec.info.is_some() {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: storage pool '{}' is already active",
@@ -254,7 +288,7 @@ impl Connection {
     /// Starts a pool and reads its volumes.
     pub fn pool_start(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let mut rec = self.pool_record(key)?;
+        let (_job, mut rec) = self.locked_pool(key, "pool-start")?;
         if rec.info.is_some() {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: storage pool '{}' is active",
@@ -278,7 +312,7 @@ impl Connection {
     /// Stops a pool; a transient one vanishes.
     pub fn pool_destroy(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let mut rec = self.pool_record(key)?;
+        let (_job, mut rec) = self.locked_pool(key, "pool-destroy")?;
         if rec.info.is_none() {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: storage pool '{}' is not active",
@@ -301,7 +335,7 @@ impl Connection {
     /// Deletes an inactive pool's underlying storage.
     pub fn pool_delete(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let rec = self.pool_record(key)?;
+        let (_job, rec) = self.locked_pool(key, "pool-delete")?;
         if rec.info.is_some() {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: storage pool '{}' is still active",
@@ -317,7 +351,7 @@ impl Connection {
     /// Removes a pool's definition (an active one stays, transient).
     pub fn pool_undefine(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let mut rec = self.pool_record(key)?;
+        let (_job, mut rec) = self.locked_pool(key, "pool-undefine")?;
         let name = rec.def.name.clone();
         if rec.info.is_some() {
             rec.persistent = false;
@@ -337,7 +371,7 @@ impl Connection {
     /// Re-reads a pool's volumes from the driver.
     pub fn pool_refresh(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let mut rec = self.pool_record(key)?;
+        let (_job, mut rec) = self.locked_pool(key, "pool-refresh")?;
         if rec.info.is_none() {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: storage pool '{}' is not active",
@@ -355,7 +389,7 @@ impl Connection {
     /// Sets whether a persistent pool starts with the host.
     pub fn pool_set_autostart(&self, key: &str, on: bool) -> Result<String> {
         self.writable()?;
-        let mut rec = self.pool_record(key)?;
+        let (_job, mut rec) = self.locked_pool(key, "pool-autostart")?;
         if !rec.persistent {
             return Err(Error::invalid_state(
                 "Requested operation is not valid: cannot set autostart for transient pool",
@@ -411,7 +445,7 @@ impl Connection {
     pub fn vol_create(&self, pool: &str, vol: VolumeDef) -> Result<VolumeDef> {
         self.writable()?;
         validate_object_name("volume", &vol.name)?;
-        let mut rec = self.pool_record(pool)?;
+        let (_job, mut rec) = self.locked_pool(pool, "vol-create")?;
         if rec.info.is_none() {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: storage pool '{}' is not active",
@@ -448,7 +482,9 @@ impl Connection {
     pub fn vol_clone(&self, source: &str, name: &str, pool: Option<&str>) -> Result<VolumeDef> {
         self.writable()?;
         validate_object_name("volume", name)?;
-        let (mut rec, src) = self.volume(source, pool)?;
+        let (found, src) = self.volume(source, pool)?;
+        // Lock the pool, then read its record again: a concurrent volume change must not be lost.
+        let (_job, mut rec) = self.locked_pool(&found.def.uuid, "vol-clone")?;
         if rec.volumes.iter().any(|v| v.name == name) {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -472,7 +508,9 @@ impl Connection {
     /// Deletes a volume.
     pub fn vol_delete(&self, key: &str, pool: Option<&str>) -> Result<String> {
         self.writable()?;
-        let (mut rec, vol) = self.volume(key, pool)?;
+        let (found, vol) = self.volume(key, pool)?;
+        // Lock the pool, then read its record again: a concurrent volume change must not be lost.
+        let (_job, mut rec) = self.locked_pool(&found.def.uuid, "vol-delete")?;
         self.plugin
             .storage("vol-delete", |g, s| g.call_vol_delete(s, &rec.def, &vol))?;
         rec.volumes.retain(|v| v.name != vol.name);
@@ -489,7 +527,9 @@ impl Connection {
         allow_shrink: bool,
     ) -> Result<VolumeDef> {
         self.writable()?;
-        let (mut rec, vol) = self.volume(key, pool)?;
+        let (found, vol) = self.volume(key, pool)?;
+        // Lock the pool, then read its record again: a concurrent volume change must not be lost.
+        let (_job, mut rec) = self.locked_pool(&found.def.uuid, "vol-resize")?;
         let resized = self.plugin.storage("vol-resize", |g, s| {
             g.call_vol_resize(s, &rec.def, &vol, capacity, allow_shrink)
         })?;
@@ -763,7 +803,7 @@ impl Connection {
     /// Brings a network up.
     pub fn network_start(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let mut rec = self.network(key)?;
+        let (_job, mut rec) = self.locked_network(key, "net-start")?;
         if rec.active {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: Network '{}' is already running",
@@ -783,7 +823,7 @@ impl Connection {
     /// an inactive network is an error (libvirt's test driver accepts it).
     pub fn network_destroy(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let mut rec = self.network(key)?;
+        let (_job, mut rec) = self.locked_network(key, "net-destroy")?;
         self.plugin
             .network("net-stop", |g, s| g.call_net_stop(s, &rec.def))?;
         let name = rec.def.name.clone();
@@ -804,7 +844,7 @@ impl Connection {
     /// Removes a network's definition (an active one stays, transient).
     pub fn network_undefine(&self, key: &str) -> Result<String> {
         self.writable()?;
-        let mut rec = self.network(key)?;
+        let (_job, mut rec) = self.locked_network(key, "net-undefine")?;
         let name = rec.def.name.clone();
         if rec.active {
             rec.persistent = false;
@@ -823,7 +863,7 @@ impl Connection {
     /// Sets whether a persistent network starts with the host.
     pub fn network_set_autostart(&self, key: &str, on: bool) -> Result<String> {
         self.writable()?;
-        let mut rec = self.network(key)?;
+        let (_job, mut rec) = self.locked_network(key, "net-autostart")?;
         if !rec.persistent {
             return Err(Error::invalid_state(
                 "Requested operation is not valid: cannot set autostart for transient network",
@@ -851,7 +891,7 @@ impl Connection {
         config: bool,
     ) -> Result<String> {
         self.writable()?;
-        let mut rec = self.network(key)?;
+        let (_job, mut rec) = self.locked_network(key, "net-update")?;
         let mut next = rec.next.clone().unwrap_or_else(|| rec.def.clone());
         if live && rec.active {
             Self::update_network_def(&mut rec.def, command, section, snippet, parent_index)?;

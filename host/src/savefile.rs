@@ -131,9 +131,18 @@ impl Connection {
                 return Err(e);
             }
         };
-        std::fs::rename(&partial, &path)
-            .map_err(|e| Error::io("cannot finish save image", &path, e))?;
-        self.apply(&rec.def.uuid, runtime)
+        // The guest has stopped: record that first, whatever happens to the file's name.
+        self.apply(&rec.def.uuid, runtime)?;
+        std::fs::rename(&partial, &path).map_err(|e| {
+            Error::io(
+                &format!(
+                    "the domain was saved to '{}', but naming it failed:",
+                    partial.display()
+                ),
+                &path,
+                e,
+            )
+        })
     }
 
     /// Starts the domain saved in `path`; returns its name.
@@ -182,11 +191,17 @@ impl Connection {
                 }
             }
         }
-        let rec = self.domain(&uuid)?;
         let _job = self
             .state
             .jobs
             .acquire(&uuid, &name, "restore", self.job_timeout)?;
+        // Read again under the job lock: a concurrent start may have won the race.
+        let rec = self.domain(&uuid)?;
+        if rec.is_active() {
+            return Err(Error::invalid_state(format!(
+                "Requested operation is not valid: domain '{name}' is already active"
+            )));
+        }
         let mut dom = rec.as_ref();
         dom.def = parsed.def.clone();
         let path_text = path.to_string_lossy().into_owned();

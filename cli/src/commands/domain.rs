@@ -555,15 +555,13 @@ fn verb(
 
 fn undefine(sess: &mut Session, a: &Args) -> Outcome {
     let rec = lookup(sess, a.req("domain"))?;
+    // virsh refuses this one itself, with no "Failed to undefine" line.
     if rec.managed_save && !a.flag("managed-save") {
         return Err(Failure::msg(
             "Refusing to undefine while domain managed save image exists",
         ));
     }
     let conn = sess.conn()?;
-    if a.flag("managed-save") && rec.managed_save {
-        conn.managed_save_remove(&rec.def.uuid)?;
-    }
     let drop_snapshots = a.flag("snapshots-metadata");
     // Volumes to remove are the disks' sources that a pool manages; others are reported.
     let mut doomed = Vec::new();
@@ -583,7 +581,7 @@ fn undefine(sess: &mut Session, a: &Args) -> Outcome {
         }
     }
     let name = rec.def.name.clone();
-    conn.undefine_with(&rec.def.uuid, drop_snapshots)
+    conn.undefine_with(&rec.def.uuid, drop_snapshots, a.flag("managed-save"))
         .map_err(|e| {
             Failure(vec![
                 format!("Failed to undefine domain '{name}'"),

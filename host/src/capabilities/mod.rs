@@ -131,6 +131,11 @@ pub struct HostState {
     output_mark: usize,
 }
 
+/// The longest a single host-capability wait may last. Time blocked in the host does not count
+/// against a call's guest budget, so without this cap a plugin could hold a domain's job lock
+/// indefinitely by waiting; 30 minutes covers the slowest real operation (a large image copy).
+pub const MAX_HOST_WAIT_MS: u32 = 30 * 60 * 1000;
+
 /// How much of a plugin's stdout/stderr one call keeps (for panic messages).
 const STDIO_CAPTURE: usize = 64 * 1024;
 

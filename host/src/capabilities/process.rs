@@ -249,7 +249,7 @@ impl Host for HostState {
                 &program,
                 &args,
                 stdin,
-                Duration::from_millis(timeout_ms.into()),
+                Duration::from_millis(timeout_ms.min(super::MAX_HOST_WAIT_MS).into()),
             )
         }))
     }
@@ -410,7 +410,8 @@ impl HostChild for HostState {
                 format!("process {pid} is gone"),
             )));
         };
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms.into());
+        let deadline =
+            Instant::now() + Duration::from_millis(timeout_ms.min(super::MAX_HOST_WAIT_MS).into());
         Ok(self.timed(|_| {
             loop {
                 match entry.try_status() {

@@ -106,7 +106,8 @@ impl Host for HostState {
                 )));
             }
         };
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms.into());
+        let deadline =
+            Instant::now() + Duration::from_millis(timeout_ms.min(super::MAX_HOST_WAIT_MS).into());
         let start = Instant::now();
         let result = loop {
             match UnixStream::connect(&target) {
@@ -159,9 +160,9 @@ impl HostConnection for HostState {
         let start = Instant::now();
         let handle = self.table.get_mut(&conn)?;
         let mut buf = vec![0u8; max_bytes.clamp(1, MAX_RECV) as usize];
-        let _ = handle
-            .stream
-            .set_read_timeout(Some(Duration::from_millis(timeout_ms.max(1).into())));
+        let _ = handle.stream.set_read_timeout(Some(Duration::from_millis(
+            timeout_ms.clamp(1, super::MAX_HOST_WAIT_MS).into(),
+        )));
         let r = match handle.stream.read(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
