@@ -127,7 +127,9 @@ pub struct ChildEntry {
     program: String,
     child: Mutex<Child>,
     status: Mutex<Option<ExitStatus>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    /// The child's stderr: an unlinked private file, so the child can write after the host
+    /// exits (a pipe would kill it with SIGPIPE) and the host can still read its last lines.
+    stderr: Mutex<std::fs::File>,
 }
 
 impl ChildEntry {
@@ -173,6 +175,43 @@ impl ChildRegistry {
 #[derive(Debug)]
 pub struct ChildHandle {
     pid: u32,
+}
+
+/// A new private (0600) file in the temp directory, unlinked at once: only the host and the
+/// child hold it open.
+fn unlinked_file() -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let path = dir.join(format!(".virtwasm-stderr-{}-{attempt}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => {
+                std::fs::remove_file(&path)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free temporary name"))
+}
+
+/// The last `max` bytes written to `file`.
+fn read_tail(file: &mut std::fs::File, max: u32) -> String {
+    use std::io::{Seek, SeekFrom};
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(u64::from(max));
+    let mut buf = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = file.take(u64::from(max)).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 fn wit_status(s: ExitStatus) -> WitExitStatus {
@@ -263,11 +302,31 @@ impl Host for HostState {
             Ok(p) => p,
             Err(why) => return Ok(Err(self.denied(why))),
         };
+        let log = match unlinked_file() {
+            Ok(f) => f,
+            Err(e) => {
+                return Ok(Err(wit_error(
+                    WitKind::OperationFailed,
+                    format!("cannot create a stderr file for '{}': {e}", path.display()),
+                )));
+            }
+        };
+        let child_err = match log.try_clone() {
+            Ok(f) => f,
+            Err(e) => {
+                return Ok(Err(wit_error(
+                    WitKind::OperationFailed,
+                    format!("cannot share a stderr file with '{}': {e}", path.display()),
+                )));
+            }
+        };
         let mut cmd = base_command(&path, &program, &args);
+        // Its own process group: a terminal's ^C or hangup reaches the CLI, not the guests.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = match cmd.spawn() {
+            .stderr(Stdio::from(child_err));
+        let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 return Ok(Err(wit_error(
@@ -277,31 +336,13 @@ impl Host for HostState {
             }
         };
         let pid = child.id();
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut err) = child.stderr.take() {
-            let tail = tail.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut t = tail.lock().unwrap();
-                    t.extend_from_slice(&buf[..n]);
-                    if t.len() > STDERR_TAIL {
-                        let excess = t.len() - STDERR_TAIL;
-                        t.drain(..excess);
-                    }
-                }
-            });
-        }
         tracing::info!(plugin = %self.grants.plugin, pid, "spawned {} {:?}", path.display(), args);
         let entry = ChildEntry {
             plugin: self.grants.plugin.clone(),
             program: path.display().to_string(),
             child: Mutex::new(child),
             status: Mutex::new(None),
-            stderr: tail,
+            stderr: Mutex::new(log),
         };
         self.children
             .children
@@ -481,9 +522,10 @@ impl HostChild for HostState {
         let Some(entry) = self.children.get(&self.grants.plugin, pid) else {
             return Ok(String::new());
         };
-        let tail = entry.stderr.lock().unwrap();
-        let start = tail.len().saturating_sub(max_bytes as usize);
-        Ok(String::from_utf8_lossy(&tail[start..]).into_owned())
+        Ok(read_tail(
+            &mut entry.stderr.lock().unwrap(),
+            max_bytes.min(STDERR_TAIL as u32),
+        ))
     }
 
     fn drop(&mut self, handle: Resource<ChildHandle>) -> wasmtime::Result<()> {
@@ -516,6 +558,44 @@ mod tests {
         assert!(name_matches("qemu-system-*", "qemu-system-x86_64"));
         assert!(!name_matches("qemu-system-*", "qemu-system-"));
         assert!(!name_matches("qemu-img", "qemu-img2"));
+    }
+
+    #[test]
+    fn a_childs_stderr_survives_in_an_unlinked_file_and_its_tail_is_readable() {
+        let log = unlinked_file().unwrap();
+        let mut cmd = base_command(
+            Path::new("/bin/sh"),
+            "sh",
+            &[
+                "-c".into(),
+                "printf 'early\\nqemu: could not open disk\\n' >&2".into(),
+            ],
+        );
+        cmd.stderr(Stdio::from(log.try_clone().unwrap()))
+            .stdout(Stdio::null());
+        assert!(cmd.status().unwrap().success());
+        let mut log = log;
+        assert_eq!(
+            read_tail(&mut log, 1024),
+            "early\nqemu: could not open disk\n"
+        );
+        assert_eq!(
+            read_tail(&mut log, 24),
+            "qemu: could not open disk\n"
+                .chars()
+                .skip(2)
+                .collect::<String>()
+        );
+        let dir_entries: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!(".virtwasm-stderr-{}-", std::process::id()))
+            })
+            .collect();
+        assert!(dir_entries.is_empty(), "the file has no name left to find");
     }
 
     #[test]
