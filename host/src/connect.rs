@@ -225,11 +225,16 @@ impl Host {
                     let names = initial
                         .domains
                         .iter()
-                        .map(|(d, _)| d.name.as_str())
-                        .chain(initial.pools.iter().map(|(p, _)| p.name.as_str()))
-                        .chain(initial.networks.iter().map(|n| n.name.as_str()));
-                    for name in names {
-                        crate::domain::validate_name(name)
+                        .map(|(d, _)| ("domain", d.name.as_str()))
+                        .chain(initial.pools.iter().map(|(p, _)| ("pool", p.name.as_str())))
+                        .chain(
+                            initial
+                                .networks
+                                .iter()
+                                .map(|n| ("network", n.name.as_str())),
+                        );
+                    for (kind, name) in names {
+                        crate::domain::validate_object_name(kind, name)
                             .map_err(|e| Error::invalid(format!("{origin}: {}", e.message)))?;
                     }
                     Ok(())

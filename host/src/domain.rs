@@ -815,9 +815,15 @@ pub const MAX_NAME_LEN: usize = 200;
 /// Refuses names that cannot be file names or would be misread: no path separators, no
 /// control characters, not `.`/`..` or hidden, at most [`MAX_NAME_LEN`] bytes.
 pub fn validate_name(name: &str) -> Result<()> {
+    validate_object_name("domain", name)
+}
+
+/// The same rules for any object (`kind`: domain, pool, volume, network): names become file
+/// names, so every object's name is checked alike.
+pub fn validate_object_name(kind: &str, name: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::invalid(format!(
-            "invalid domain name '{}': {why}",
+            "invalid {kind} name '{}': {why}",
             name.escape_default()
         )))
     };

@@ -4,6 +4,7 @@
 
 use crate::bindings::types::{NetworkDef, PoolDef, PoolInfo, PoolState, VolumeDef, VolumeInfo};
 use crate::connect::Connection;
+use crate::domain::validate_object_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, ObjectEvent};
 use crate::state::{NetworkRecord, PoolRecord};
@@ -34,21 +35,6 @@ fn vol_not_found(key: &str) -> Error {
     Error::not_found(format!(
         "Storage volume not found: no storage vol with matching path '{key}'"
     ))
-}
-
-fn validate_object_name(kind: &str, name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.contains('/')
-        || name.starts_with('.')
-        || name.chars().any(char::is_control)
-        || name.len() > 200
-    {
-        return Err(Error::invalid(format!(
-            "invalid {kind} name '{}': names are 1 to 200 bytes without '/', control characters or a leading '.'",
-            name.escape_default()
-        )));
-    }
-    Ok(())
 }
 
 const INACTIVE: PoolInfo = PoolInfo {

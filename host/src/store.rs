@@ -45,7 +45,7 @@ fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error
 /// name, so this is checked here too, whatever the caller already checked: a name from a
 /// save image, a plugin or a node file must never reach outside the store's directories.
 pub fn check_file_name(name: &str) -> Result<()> {
-    crate::domain::validate_name(name)
+    crate::domain::validate_object_name("object", name)
 }
 
 fn create_private_dir(path: &Path) -> Result<()> {
