@@ -115,14 +115,7 @@ impl Connection {
     /// Adds `dev`. `scope` `None` is virsh's flagless form: the running domain only.
     pub fn attach_device(&self, key: &str, dev: Device, scope: Option<Scope>) -> Result<()> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job = self.state.jobs.acquire(
-            &rec.def.uuid,
-            &rec.def.name,
-            "attach-device",
-            self.job_timeout,
-        )?;
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, "attach-device")?;
         let verb = if scope.is_some() {
             "attach-device"
         } else {
@@ -178,14 +171,7 @@ impl Connection {
         scope: Option<Scope>,
     ) -> Result<Option<Device>> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job = self.state.jobs.acquire(
-            &rec.def.uuid,
-            &rec.def.name,
-            "detach-device",
-            self.job_timeout,
-        )?;
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, "detach-device")?;
         let verb = if scope.is_some() {
             "detach-device"
         } else {

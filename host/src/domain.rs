@@ -494,8 +494,7 @@ impl Connection {
     }
 
     fn undefine_inner(&self, key: &str) -> Result<String> {
-        let rec = self.domain(key)?;
-        let _job = self.lock(&rec, "undefine")?;
+        let (_job, rec) = self.locked_domain(key, "undefine")?;
         let mut o = self.state.objects();
         let Some(cur) = o.domains.get(&rec.def.uuid).cloned() else {
             return Err(not_found(key));
@@ -711,10 +710,21 @@ impl Connection {
         }
     }
 
-    fn lock(&self, rec: &DomainRecord, job: &str) -> Result<crate::state::JobGuard<'_>> {
-        self.state
-            .jobs
-            .acquire(&rec.def.uuid, &rec.def.name, job, self.job_timeout)
+    /// Takes the domain's job lock for `job` (waiting at most the job timeout, and naming the
+    /// holder if it times out), then reads its record again: another job may have changed it
+    /// while this one waited.
+    pub(crate) fn locked_domain(
+        &self,
+        key: &str,
+        job: &str,
+    ) -> Result<(crate::state::JobGuard<'_>, DomainRecord)> {
+        let first = self.domain(key)?;
+        let guard =
+            self.state
+                .jobs
+                .acquire(&first.def.uuid, &first.def.name, job, self.job_timeout)?;
+        let rec = self.domain(&first.def.uuid)?;
+        Ok((guard, rec))
     }
 
     fn emit(&self, def: &DomainDef, event: DomainEvent) {
@@ -734,10 +744,7 @@ impl Connection {
         check: impl FnOnce(&DomainRecord) -> Result<()>,
         call: impl FnOnce(&Connection, DomainRef) -> Result<DomainRuntime>,
     ) -> Result<()> {
-        let rec = self.domain(key)?;
-        let _job = self.lock(&rec, job)?;
-        // Re-read under the job lock: another job may have changed it while we waited.
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, job)?;
         check(&rec)?;
         let runtime = call(self, rec.as_ref())?;
         self.apply(&rec.def.uuid, runtime)

@@ -96,12 +96,7 @@ impl Connection {
     /// Saves a running domain's memory to `path` and stops it.
     pub fn save(&self, key: &str, path: &Path) -> Result<()> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job =
-            self.state
-                .jobs
-                .acquire(&rec.def.uuid, &rec.def.name, "save", self.job_timeout)?;
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, "save")?;
         if !rec.is_active() {
             return Err(Error::invalid_state(
                 "Requested operation is not valid: domain is not running",
@@ -191,12 +186,8 @@ impl Connection {
                 }
             }
         }
-        let _job = self
-            .state
-            .jobs
-            .acquire(&uuid, &name, "restore", self.job_timeout)?;
-        // Read again under the job lock: a concurrent start may have won the race.
-        let rec = self.domain(&uuid)?;
+        // Locked and read again: a concurrent start may have won the race.
+        let (_job, rec) = self.locked_domain(&uuid, "restore")?;
         if rec.is_active() {
             return Err(Error::invalid_state(format!(
                 "Requested operation is not valid: domain '{name}' is already active"

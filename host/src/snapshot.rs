@@ -6,6 +6,15 @@ use crate::connect::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::state::SnapshotRecord;
 
+/// The domain's snapshot named `name`.
+fn find(rec: &crate::state::DomainRecord, name: &str) -> Result<SnapshotRecord> {
+    rec.snapshots
+        .iter()
+        .find(|s| s.def.name == name)
+        .cloned()
+        .ok_or_else(|| not_found(name))
+}
+
 fn not_found(name: &str) -> Error {
     Error::not_found(format!(
         "Domain snapshot not found: no domain snapshot with matching name '{name}'"
@@ -21,14 +30,7 @@ impl Connection {
         description: Option<&str>,
     ) -> Result<SnapshotDef> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job = self.state.jobs.acquire(
-            &rec.def.uuid,
-            &rec.def.name,
-            "snapshot-create",
-            self.job_timeout,
-        )?;
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, "snapshot-create")?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -75,20 +77,8 @@ impl Connection {
     /// Reverts a domain to snapshot `name`: its definition and the state it captured.
     pub fn snapshot_revert(&self, key: &str, name: &str) -> Result<()> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job = self.state.jobs.acquire(
-            &rec.def.uuid,
-            &rec.def.name,
-            "snapshot-revert",
-            self.job_timeout,
-        )?;
-        let rec = self.domain(&rec.def.uuid)?;
-        let snap = rec
-            .snapshots
-            .iter()
-            .find(|s| s.def.name == name)
-            .cloned()
-            .ok_or_else(|| not_found(name))?;
+        let (_job, rec) = self.locked_domain(key, "snapshot-revert")?;
+        let snap = find(&rec, name)?;
         let runtime = self.plugin.hypervisor("snapshot-revert", |g, s| {
             g.call_snapshot_revert(s, &rec.as_ref(), &snap.def)
         })?;
@@ -105,20 +95,8 @@ impl Connection {
     /// Deletes snapshot `name`; its children take its parent.
     pub fn snapshot_delete(&self, key: &str, name: &str) -> Result<()> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job = self.state.jobs.acquire(
-            &rec.def.uuid,
-            &rec.def.name,
-            "snapshot-delete",
-            self.job_timeout,
-        )?;
-        let rec = self.domain(&rec.def.uuid)?;
-        let snap = rec
-            .snapshots
-            .iter()
-            .find(|s| s.def.name == name)
-            .cloned()
-            .ok_or_else(|| not_found(name))?;
+        let (_job, rec) = self.locked_domain(key, "snapshot-delete")?;
+        let snap = find(&rec, name)?;
         self.plugin.hypervisor("snapshot-delete", |g, s| {
             g.call_snapshot_delete(s, &rec.as_ref(), &snap.def)
         })?;

@@ -60,12 +60,7 @@ impl Connection {
         maximum: bool,
     ) -> Result<()> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job =
-            self.state
-                .jobs
-                .acquire(&rec.def.uuid, &rec.def.name, "setvcpus", self.job_timeout)?;
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, "setvcpus")?;
         let scope = scope.unwrap_or_else(|| Scope::current(rec.is_active()));
         if count == 0 {
             return Err(Error::invalid(
@@ -124,12 +119,7 @@ impl Connection {
     /// Sets the current memory, in KiB.
     pub fn set_memory(&self, key: &str, kib: u64, scope: Option<Scope>) -> Result<()> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job =
-            self.state
-                .jobs
-                .acquire(&rec.def.uuid, &rec.def.name, "setmem", self.job_timeout)?;
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, "setmem")?;
         let scope = scope.unwrap_or_else(|| Scope::current(rec.is_active()));
         if scope.live && !rec.is_active() {
             return Err(not_running());
@@ -169,12 +159,7 @@ impl Connection {
     /// Sets the maximum memory, in KiB (persistent definition only: no driver hot-plugs it).
     pub fn set_max_memory(&self, key: &str, kib: u64, scope: Option<Scope>) -> Result<()> {
         self.writable()?;
-        let rec = self.domain(key)?;
-        let _job =
-            self.state
-                .jobs
-                .acquire(&rec.def.uuid, &rec.def.name, "setmaxmem", self.job_timeout)?;
-        let rec = self.domain(&rec.def.uuid)?;
+        let (_job, rec) = self.locked_domain(key, "setmaxmem")?;
         let scope = scope.unwrap_or_else(|| Scope::current(rec.is_active()));
         if scope.live {
             return Err(Error::invalid_state(
