@@ -922,44 +922,31 @@ fn vol_wipe(sess: &mut Session, a: &Args) -> Outcome {
 }
 
 fn vol_upload(sess: &mut Session, a: &Args) -> Outcome {
-    let key = a.req("vol");
-    let conn = sess.conn()?;
-    let (_, vol) = conn
-        .volume(key, a.get("pool"))
-        .map_err(vol_lookup_failure(key, a.get("pool")))?;
-    conn.vol_transfer(
-        key,
-        a.get("pool"),
-        std::path::Path::new(a.req("file")),
-        true,
-    )
-    .map_err(|e| {
-        Failure(vec![
-            format!("cannot upload to volume {}", vol.name),
-            e.message,
-        ])
-    })?;
-    Ok(())
+    vol_transfer(sess, a, true)
 }
 
 fn vol_download(sess: &mut Session, a: &Args) -> Outcome {
+    vol_transfer(sess, a, false)
+}
+
+/// `vol-upload` and `vol-download`: the same lookup and transfer, in
+/// either direction, with virsh's wording for each.
+fn vol_transfer(sess: &mut Session, a: &Args, upload: bool) -> Outcome {
     let key = a.req("vol");
     let conn = sess.conn()?;
     let (_, vol) = conn
         .volume(key, a.get("pool"))
         .map_err(vol_lookup_failure(key, a.get("pool")))?;
-    conn.vol_transfer(
-        key,
-        a.get("pool"),
-        std::path::Path::new(a.req("file")),
-        false,
-    )
-    .map_err(|e| {
-        Failure(vec![
-            format!("cannot download from volume {}", vol.name),
-            e.message,
-        ])
-    })?;
+    let file = std::path::Path::new(a.req("file"));
+    conn.vol_transfer(key, a.get("pool"), file, upload)
+        .map_err(|e| {
+            let what = if upload {
+                format!("cannot upload to volume {}", vol.name)
+            } else {
+                format!("cannot download from volume {}", vol.name)
+            };
+            Failure(vec![what, e.message])
+        })?;
     Ok(())
 }
 
