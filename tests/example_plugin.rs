@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Run, command};
+use common::{Run, with_plugin};
 
 fn install(home: &Path) -> std::path::PathBuf {
     let dir = home.join("plugins/example");
@@ -17,21 +17,7 @@ fn install(home: &Path) -> std::path::PathBuf {
 
 fn run(home: &Path, script: &str) -> Run {
     let uri = format!("example:///embed?root={}", home.join("root").display());
-    let out = command(home)
-        .args([
-            "--plugin-dir",
-            install(home).to_str().unwrap(),
-            "-c",
-            &uri,
-            script,
-        ])
-        .output()
-        .unwrap();
-    Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code().unwrap_or(-1),
-    }
+    with_plugin(home, &install(home), &uri, script)
 }
 
 #[test]

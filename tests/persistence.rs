@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Run, command};
+use common::{Run, command, with_plugin};
 
 fn plugin_dir(home: &Path) -> std::path::PathBuf {
     let dir = home.join("plugins/hostile");
@@ -19,21 +19,7 @@ fn plugin_dir(home: &Path) -> std::path::PathBuf {
 
 fn run(home: &Path, root: &Path, script: &str) -> Run {
     let uri = format!("hostile:///embed?root={}", root.display());
-    let out = command(home)
-        .args([
-            "--plugin-dir",
-            plugin_dir(home).to_str().unwrap(),
-            "-c",
-            &uri,
-            script,
-        ])
-        .output()
-        .unwrap();
-    Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code().unwrap_or(-1),
-    }
+    with_plugin(home, &plugin_dir(home), &uri, script)
 }
 
 const VM: &str = "<domain type='qemu'>\n  <name>web1</name>\n  <uuid>0b5c0d67-5a56-4b0e-9b52-3c1d8a6e0f11</uuid>\n  <memory unit='MiB'>256</memory>\n  <vcpu>2</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>\n</domain>\n";
@@ -313,21 +299,7 @@ fn persistent_test_driver(home: &Path) -> std::path::PathBuf {
 
 fn run_ptest(home: &Path, root: &Path, script: &str) -> Run {
     let uri = format!("ptest:///embed?root={}", root.display());
-    let out = command(home)
-        .args([
-            "--plugin-dir",
-            persistent_test_driver(home).to_str().unwrap(),
-            "-c",
-            &uri,
-            script,
-        ])
-        .output()
-        .unwrap();
-    Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code().unwrap_or(-1),
-    }
+    with_plugin(home, &persistent_test_driver(home), &uri, script)
 }
 
 #[test]

@@ -77,6 +77,21 @@ pub fn virtwasm(home: &Path, args: &[&str]) -> Run {
     Run::from(command(home).args(args).output().expect("run virtwasm"))
 }
 
+/// Runs `virtwasm --plugin-dir DIR -c URI "SCRIPT"`: a script against a plugin installed
+/// in a directory, as a third party's would be.
+pub fn with_plugin(home: &Path, plugin_dir: &Path, uri: &str, script: &str) -> Run {
+    virtwasm(
+        home,
+        &[
+            "--plugin-dir",
+            plugin_dir.to_str().expect("utf-8 path"),
+            "-c",
+            uri,
+            script,
+        ],
+    )
+}
+
 /// Runs `virtwasm -c test:///default "SCRIPT"`.
 pub fn test_driver(script: &str) -> Run {
     let home = tempfile::tempdir().unwrap();
