@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::tuning::Scope;
 
 /// Which device to remove.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DeviceSelector {
     /// A disk by target (`vdb`) or source path.
     Disk(String),

@@ -13,7 +13,7 @@ use crate::state::{DomainRecord, Objects};
 use crate::xml::{Extras, FormatOptions, ParseOptions, ParsedDomain};
 
 /// One row of `list`, with what scripts usually loop for (memory, vCPUs) in the same answer.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DomainSummary {
     /// Id while running.
     pub id: Option<i32>,

@@ -4,7 +4,7 @@ use crate::bindings::types;
 
 /// What went wrong, in terms a caller can act on. Mirrors the WIT `error-kind`, plus the
 /// failures only the host can see (a plugin that trapped, a malformed manifest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     /// The driver does not implement the verb.
@@ -32,7 +32,7 @@ pub enum ErrorKind {
 }
 
 /// An error with its kind and a human message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{message}")]
 pub struct Error {
     /// What kind of failure.

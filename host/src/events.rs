@@ -45,8 +45,83 @@ impl DomainEvent {
     }
 }
 
+/// libvirt's detail words, so an event read back from JSON (from a daemon) keeps the
+/// `&'static str` details the host's own events carry.
+const DETAILS: &[&str] = &[
+    "Added",
+    "Updated",
+    "Renamed",
+    "FromSnapshot",
+    "Removed",
+    "Booted",
+    "Migrated",
+    "Restored",
+    "Snapshot",
+    "Wakeup",
+    "Paused",
+    "IOError",
+    "Watchdog",
+    "APIError",
+    "PostCopy",
+    "PostCopyFailed",
+    "Unpaused",
+    "Shutdown",
+    "Destroyed",
+    "Crashed",
+    "Saved",
+    "Failed",
+    "Finished",
+    "Guest",
+    "Host",
+    "Memory",
+    "Disk",
+    "Panicked",
+    "Crashloaded",
+];
+
+/// [`DomainEvent`] as it arrives in JSON, before its detail is matched to libvirt's words.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum DomainEventWire {
+    Defined(String),
+    Undefined(String),
+    Started(String),
+    Suspended(String),
+    Resumed(String),
+    Stopped(String),
+    Shutdown(String),
+    PmSuspended(String),
+    Crashed(String),
+}
+
+// By hand: a derived impl would borrow the details from the input (`'de: 'static`).
+impl<'de> serde::Deserialize<'de> for DomainEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = <DomainEventWire as serde::Deserialize>::deserialize(d)?;
+        use DomainEventWire as W;
+        let known = |d: String| {
+            DETAILS
+                .iter()
+                .find(|k| **k == d)
+                .copied()
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown event detail '{d}'")))
+        };
+        Ok(match w {
+            W::Defined(d) => DomainEvent::Defined(known(d)?),
+            W::Undefined(d) => DomainEvent::Undefined(known(d)?),
+            W::Started(d) => DomainEvent::Started(known(d)?),
+            W::Suspended(d) => DomainEvent::Suspended(known(d)?),
+            W::Resumed(d) => DomainEvent::Resumed(known(d)?),
+            W::Stopped(d) => DomainEvent::Stopped(known(d)?),
+            W::Shutdown(d) => DomainEvent::Shutdown(known(d)?),
+            W::PmSuspended(d) => DomainEvent::PmSuspended(known(d)?),
+            W::Crashed(d) => DomainEvent::Crashed(known(d)?),
+        })
+    }
+}
+
 /// Pool and network lifecycle events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ObjectEvent {
     /// Defined.
@@ -64,7 +139,7 @@ pub enum ObjectEvent {
 }
 
 /// One event.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "object", rename_all = "kebab-case")]
 pub enum Event {
     /// A domain's lifecycle changed.

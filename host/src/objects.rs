@@ -11,7 +11,7 @@ use crate::state::{NetworkRecord, PoolRecord};
 use crate::xml::{self, FormatOptions, ParseOptions};
 
 /// A pool with its current numbers.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PoolStatus {
     /// The record.
     pub record: PoolRecord,

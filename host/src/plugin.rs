@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{self, Manifest, World};
 
 /// Where a plugin came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "path")]
 pub enum PluginSource {
     /// Built from `plugins/` and compiled into the binary.

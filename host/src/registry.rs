@@ -32,7 +32,7 @@ struct Entry {
 }
 
 /// What `plugin-list` shows about one plugin.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PluginSummary {
     /// Name.
     pub name: String,

@@ -6,7 +6,7 @@ use crate::connect::Connection;
 use crate::error::{Error, Result};
 
 /// Which definition a change applies to (`--live`, `--config`, `--current`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Scope {
     /// The running domain.
     pub live: bool,
@@ -25,7 +25,7 @@ impl Scope {
 }
 
 /// What `vcpucount` shows.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VcpuCount {
     /// Maximum and current in the persistent definition.
     pub config: (u32, u32),
