@@ -1,0 +1,232 @@
+//! The dispatch layer: a validated [`Request`] becomes one host call, and its answer a JSON
+//! value. It knows nothing of HTTP, so the daemon's HTTP front end, the in-process client
+//! and a future libvirt-protocol front end all run the same code.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+use virtwasm_host::{Connection, Error, Result};
+
+use crate::ops::{ObjectKind, Request};
+
+fn json(value: impl Serialize) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| Error::internal(format!("cannot encode answer: {e}")))
+}
+
+/// Runs `req` on `conn`. `files` decides which paths a client may name (save images):
+/// the in-process client allows any, the daemon only its own directories.
+pub fn dispatch(
+    conn: &Connection,
+    req: Request,
+    files: &dyn Fn(&str) -> Result<()>,
+) -> Result<Value> {
+    use Request as R;
+    match req {
+        R::NodeInfo => json(conn.node_info()?),
+        R::Capabilities => json(conn.capabilities()?),
+        R::DriverVersion => json(conn.driver_version()),
+        R::ListPlugins => Err(Error::internal(
+            "list-plugins is answered by the front end, which owns the registry",
+        )),
+        R::ListDomains => json(conn.list_domains()),
+        R::Domain { key } => json(conn.domain(&key)?),
+        R::DomainInfo { key } => json(conn.domain_info(&key)?),
+        R::DomainStats { key } => json(conn.domain_stats(&key)?),
+        R::InterfaceAddresses { key, source } => json(conn.interface_addresses(&key, &source)?),
+        R::DomainXml { key, inactive } => json(conn.domain_xml(&key, inactive)?),
+        R::DefineXml { xml, validate } => json(conn.define_xml(&xml, validate)?),
+        R::CreateXml {
+            xml,
+            validate,
+            paused,
+        } => json(conn.create_xml(&xml, validate, paused)?),
+        R::Undefine {
+            key,
+            snapshots,
+            managed_save,
+        } => json(conn.undefine_with(&key, snapshots, managed_save)?),
+        R::Start { key, paused } => json(conn.start(&key, paused)?),
+        R::Shutdown { key, modes } => json(conn.shutdown(&key, modes.unwrap_or_default())?),
+        R::Reboot { key, modes } => json(conn.reboot(&key, modes.unwrap_or_default())?),
+        R::Reset { key } => json(conn.reset(&key)?),
+        R::Destroy { key, graceful } => json(conn.destroy(&key, graceful)?),
+        R::Suspend { key } => json(conn.suspend(&key)?),
+        R::Resume { key } => json(conn.resume(&key)?),
+        R::SetAutostart { key, on } => json(conn.set_autostart(&key, on)?),
+        R::VcpuCount { key } => json(conn.vcpu_count(&key)?),
+        R::SetVcpus {
+            key,
+            count,
+            scope,
+            maximum,
+        } => json(conn.set_vcpus(&key, count, scope, maximum)?),
+        R::SetMemory { key, kib, scope } => json(conn.set_memory(&key, kib, scope)?),
+        R::SetMaxMemory { key, kib, scope } => json(conn.set_max_memory(&key, kib, scope)?),
+        R::AttachDevice { key, device, scope } => json(conn.attach_device(&key, device, scope)?),
+        R::DetachDevice {
+            key,
+            selector,
+            scope,
+        } => json(conn.detach_device(&key, &selector, scope)?),
+        R::SnapshotCreate {
+            key,
+            name,
+            description,
+        } => json(conn.snapshot_create(&key, name.as_deref(), description.as_deref())?),
+        R::Snapshots { key } => json(conn.snapshots(&key)?),
+        R::SnapshotRevert { key, name } => json(conn.snapshot_revert(&key, &name)?),
+        R::SnapshotDelete { key, name } => json(conn.snapshot_delete(&key, &name)?),
+        R::Save { key, path } => {
+            files(&path)?;
+            json(conn.save(&key, Path::new(&path))?)
+        }
+        R::Restore { path, paused } => {
+            files(&path)?;
+            json(conn.restore(Path::new(&path), paused)?)
+        }
+        R::ManagedSave { key } => json(conn.managed_save(&key)?),
+        R::ManagedSaveRemove { key } => json(conn.managed_save_remove(&key)?),
+        R::ListPools => json(conn.list_pools()?),
+        R::Pool { key } => json(conn.pool(&key)?),
+        R::PoolXml { key } => json(conn.pool_xml(&key)?),
+        R::PoolDefineXml { xml, validate } => json(conn.pool_define_xml(&xml, validate)?),
+        R::PoolDefine { def, extras } => json(conn.pool_define(def, extras)?),
+        R::PoolCreate { def, extras } => json(conn.pool_create(def, extras)?),
+        R::PoolBuild { key, overwrite } => json(conn.pool_build(&key, overwrite)?),
+        R::PoolStart { key } => json(conn.pool_start(&key)?),
+        R::PoolDestroy { key } => json(conn.pool_destroy(&key)?),
+        R::PoolDelete { key } => json(conn.pool_delete(&key)?),
+        R::PoolUndefine { key } => json(conn.pool_undefine(&key)?),
+        R::PoolRefresh { key } => json(conn.pool_refresh(&key)?),
+        R::PoolSetAutostart { key, on } => json(conn.pool_set_autostart(&key, on)?),
+        R::ListVolumes { pool } => json(conn.list_volumes(&pool)?),
+        R::Volume { key, pool } => json(conn.volume(&key, pool.as_deref())?),
+        R::VolCreate { pool, vol } => json(conn.vol_create(&pool, vol)?),
+        R::VolCreateXml {
+            pool,
+            xml,
+            validate,
+        } => json(conn.vol_create_xml(&pool, &xml, validate)?),
+        R::VolClone { key, name, pool } => json(conn.vol_clone(&key, &name, pool.as_deref())?),
+        R::VolDelete { key, pool } => json(conn.vol_delete(&key, pool.as_deref())?),
+        R::VolResize {
+            key,
+            pool,
+            capacity,
+            allow_shrink,
+        } => json(conn.vol_resize(&key, pool.as_deref(), capacity, allow_shrink)?),
+        R::VolWipe { key, pool } => json(conn.vol_wipe(&key, pool.as_deref())?),
+        R::VolInfo { key, pool } => json(conn.vol_info(&key, pool.as_deref())?),
+        R::VolXml { key, pool } => json(conn.vol_xml(&key, pool.as_deref())?),
+        R::ListNetworks => json(conn.list_networks()),
+        R::Network { key } => json(conn.network(&key)?),
+        R::NetworkXml { key, inactive } => json(conn.network_xml(&key, inactive)?),
+        R::NetworkDefineXml { xml, validate } => json(conn.network_define_xml(&xml, validate)?),
+        R::NetworkCreateXml { xml, validate } => json(conn.network_create_xml(&xml, validate)?),
+        R::NetworkStart { key } => json(conn.network_start(&key)?),
+        R::NetworkDestroy { key } => json(conn.network_destroy(&key)?),
+        R::NetworkUndefine { key } => json(conn.network_undefine(&key)?),
+        R::NetworkSetAutostart { key, on } => json(conn.network_set_autostart(&key, on)?),
+        R::NetworkUpdate {
+            key,
+            command,
+            section,
+            xml,
+            parent_index,
+            live,
+            config,
+        } => {
+            json(conn.network_update(&key, &command, &section, &xml, parent_index, live, config)?)
+        }
+        R::NetworkDhcpLeases { key } => json(conn.network_dhcp_leases(&key)?),
+    }
+}
+
+/// The object a request acts on, by name, for access rules: a key given as a uuid or id is
+/// resolved, so a rule on `web-*` cannot be dodged by naming the domain by its uuid. `None`
+/// for operations on the host or on no existing object (define, create, list); those are
+/// checked against the kind alone.
+pub fn target_name(conn: &Connection, req: &Request) -> Result<Option<String>> {
+    use Request as R;
+    let kind = req.route().object;
+    let key = match req {
+        R::ListVolumes { pool } | R::VolCreate { pool, .. } | R::VolCreateXml { pool, .. } => {
+            return Ok(Some(conn.pool(pool)?.record.def.name));
+        }
+        R::Volume { key, pool }
+        | R::VolClone { key, pool, .. }
+        | R::VolDelete { key, pool }
+        | R::VolResize { key, pool, .. }
+        | R::VolWipe { key, pool }
+        | R::VolInfo { key, pool }
+        | R::VolXml { key, pool } => {
+            let (_, vol) = conn.volume(key, pool.as_deref())?;
+            return Ok(Some(vol.name));
+        }
+        R::PoolDefine { def, .. } | R::PoolCreate { def, .. } => {
+            return Ok(Some(def.name.clone()));
+        }
+        other => find_key(other),
+    };
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    Ok(Some(match kind {
+        ObjectKind::Domain => conn.domain(key)?.def.name,
+        ObjectKind::Pool => conn.pool(key)?.record.def.name,
+        ObjectKind::Network => conn.network(key)?.def.name,
+        ObjectKind::Volume | ObjectKind::Node => key.to_string(),
+    }))
+}
+
+fn find_key(req: &Request) -> Option<&str> {
+    use Request as R;
+    match req {
+        R::Domain { key }
+        | R::DomainInfo { key }
+        | R::DomainStats { key }
+        | R::InterfaceAddresses { key, .. }
+        | R::DomainXml { key, .. }
+        | R::Undefine { key, .. }
+        | R::Start { key, .. }
+        | R::Shutdown { key, .. }
+        | R::Reboot { key, .. }
+        | R::Reset { key }
+        | R::Destroy { key, .. }
+        | R::Suspend { key }
+        | R::Resume { key }
+        | R::SetAutostart { key, .. }
+        | R::VcpuCount { key }
+        | R::SetVcpus { key, .. }
+        | R::SetMemory { key, .. }
+        | R::SetMaxMemory { key, .. }
+        | R::AttachDevice { key, .. }
+        | R::DetachDevice { key, .. }
+        | R::SnapshotCreate { key, .. }
+        | R::Snapshots { key }
+        | R::SnapshotRevert { key, .. }
+        | R::SnapshotDelete { key, .. }
+        | R::Save { key, .. }
+        | R::ManagedSave { key }
+        | R::ManagedSaveRemove { key }
+        | R::Pool { key }
+        | R::PoolXml { key }
+        | R::PoolBuild { key, .. }
+        | R::PoolStart { key }
+        | R::PoolDestroy { key }
+        | R::PoolDelete { key }
+        | R::PoolUndefine { key }
+        | R::PoolRefresh { key }
+        | R::PoolSetAutostart { key, .. }
+        | R::Network { key }
+        | R::NetworkXml { key, .. }
+        | R::NetworkStart { key }
+        | R::NetworkDestroy { key }
+        | R::NetworkUndefine { key }
+        | R::NetworkSetAutostart { key, .. }
+        | R::NetworkUpdate { key, .. }
+        | R::NetworkDhcpLeases { key } => Some(key),
+        _ => None,
+    }
+}

@@ -1,0 +1,105 @@
+//! The OpenAPI 3.0 description of the API, generated from [`ROUTES`](crate::ops::ROUTES) so
+//! it cannot disagree with what the daemon serves. The daemon serves it at
+//! `/v1/openapi.json`; `docs/openapi.json` is the same document, kept equal by a test.
+
+use serde_json::{Map, Value, json};
+
+use crate::ops::{Method, ObjectKind, ROUTES};
+
+fn tag(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Node => "node",
+        ObjectKind::Domain => "domains",
+        ObjectKind::Pool => "pools",
+        ObjectKind::Volume => "volumes",
+        ObjectKind::Network => "networks",
+    }
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    let error = json!({
+        "description": "The error: its kind (not-found, invalid-state, permission-denied, ...) and a message naming the cause",
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    });
+    for r in ROUTES {
+        let params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } })
+            })
+            .collect();
+        let mut op = json!({
+            "operationId": r.op,
+            "tags": [tag(r.object)],
+            "x-permission": r.permission.name(),
+            "parameters": params,
+            "responses": {
+                "200": { "description": "The answer, as JSON", "content": { "application/json": {} } },
+                "default": error,
+            }
+        });
+        if r.method == Method::Post {
+            op["requestBody"] = json!({
+                "description": format!("The arguments of '{}' other than those in the path, as a JSON object", r.op),
+                "required": false,
+                "content": { "application/json": { "schema": { "type": "object" } } }
+            });
+        }
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        entry[r.method.as_str().to_ascii_lowercase()] = op;
+    }
+    paths.insert(
+        "/v1".into(),
+        json!({ "get": { "operationId": "server-info", "tags": ["node"],
+            "responses": { "200": { "description": "API version, daemon mode, the caller's identity and role" } } } }),
+    );
+    paths.insert(
+        "/v1/events".into(),
+        json!({ "get": { "operationId": "events", "tags": ["events"], "x-permission": "search",
+            "responses": { "200": { "description": "Server-Sent Events: `event: domain|pool|network`, `data:` one JSON event",
+                "content": { "text/event-stream": {} } }, "default": error } } }),
+    );
+    paths.insert(
+        "/v1/openapi.json".into(),
+        json!({ "get": { "operationId": "openapi", "tags": ["node"],
+            "responses": { "200": { "description": "This document" } } } }),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "virtwasm API",
+            "version": "1",
+            "description": "virtwasmd's management API. Every request may name the driver URI in the x-virtwasm-uri header (default: the daemon's default_uri). See docs/api.md."
+        },
+        "paths": paths,
+        "components": { "schemas": { "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": { "error": { "type": "object", "required": ["kind", "message"], "properties": {
+                "kind": { "type": "string", "enum": ["unsupported", "invalid-argument", "not-found", "invalid-state",
+                    "already-exists", "permission-denied", "operation-failed", "timeout", "plugin-crashed", "plugin-load", "internal"] },
+                "message": { "type": "string" } } } }
+        } } }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_repository_copy_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        let generated = serde_json::to_string_pretty(&super::document()).unwrap() + "\n";
+        if std::env::var_os("VIRTWASM_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let stored = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            stored == generated,
+            "docs/openapi.json is stale: run `VIRTWASM_WRITE_OPENAPI=1 cargo test -p virtwasm-api openapi`"
+        );
+    }
+}

@@ -1,0 +1,730 @@
+//! `virtwasm pki`: one call each for a CA, a server and a client certificate, written in the
+//! layout [`crate::tls`] reads (libvirt's, so `DIR/cacert.pem`, `DIR/servercert.pem`,
+//! `DIR/private/serverkey.pem`, ...). Enough for a private deployment without `certtool` or
+//! `openssl`; a site with its own CA drops its files into the same places instead.
+//!
+//! Keys are ECDSA P-256. Every file is written atomically, so an interrupted run leaves the
+//! old file or the whole new one, and a key is never readable by group or others, even for an
+//! instant, because its temporary file is created 0600.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use virtwasm_host::{Error, ErrorKind, Result};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::time::ASN1Time;
+
+/// The CA certificate, relative to a PKI directory.
+pub const CA_CERT: &str = "cacert.pem";
+/// The CA's private key, relative to a PKI directory.
+pub const CA_KEY: &str = "private/cakey.pem";
+/// The daemon's certificate, relative to a PKI directory.
+pub const SERVER_CERT: &str = "servercert.pem";
+/// The daemon's private key, relative to a PKI directory.
+pub const SERVER_KEY: &str = "private/serverkey.pem";
+/// A client's certificate, relative to a PKI directory.
+pub const CLIENT_CERT: &str = "clientcert.pem";
+/// A client's private key as `virtwasm pki client` writes it, relative to a PKI directory.
+pub const CLIENT_KEY: &str = "private/clientkey.pem";
+
+/// The organisation every subject carries, so `tls_allowed_dn_list` patterns such as
+/// `O=virtwasm,CN=*` select this PKI's clients.
+const ORGANIZATION: &str = "virtwasm";
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+const LEAF_LIFETIME: Duration = Duration::from_secs(2 * 365 * 24 * 60 * 60);
+/// Certificates start an hour in the past so that a peer whose clock runs a little behind
+/// does not reject a certificate made a minute ago as "not yet valid".
+const BACKDATE: Duration = Duration::from_secs(60 * 60);
+
+/// Creates a self-signed CA: `DIR/cacert.pem` and `DIR/private/cakey.pem`, subject
+/// `O=virtwasm,CN=<common_name>`, valid for 10 years. Returns the certificate's path.
+///
+/// Replacing a CA (`force`) orphans every certificate it signed: servers and clients need
+/// new ones from the new CA.
+pub fn create_ca(dir: &Path, common_name: &str, force: bool) -> Result<PathBuf> {
+    let common_name = non_empty(common_name, "CA name")?;
+    let cert_path = dir.join(CA_CERT);
+    let key_path = dir.join(CA_KEY);
+    refuse_existing(&[&cert_path, &key_path], force)?;
+    prepare_dirs(dir)?;
+
+    let key = generate_key()?;
+    let now = ASN1Time::now().to_datetime();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now - BACKDATE;
+    params.not_after = now + CA_LIFETIME;
+    params.serial_number = Some(random_serial()?);
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| Error::failed(format!("cannot sign the CA certificate: {e}")))?;
+
+    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600, force)?;
+    write_file(&cert_path, cert.pem().as_bytes(), 0o644, force)?;
+    Ok(cert_path)
+}
+
+/// Creates the daemon's certificate, signed by `DIR`'s CA: `DIR/servercert.pem` and
+/// `DIR/private/serverkey.pem`. Each host name becomes a subject alternative name (an IP
+/// address an IP one), since that is what clients check; the first is also the CN.
+/// Returns the certificate's path.
+pub fn create_server(dir: &Path, hostnames: &[String], force: bool) -> Result<PathBuf> {
+    let names: Vec<&str> = hostnames
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let Some(first) = names.first() else {
+        return Err(Error::invalid(
+            "a server certificate needs at least one host name or IP address",
+        ));
+    };
+    let mut sans = Vec::new();
+    for name in &names {
+        let san = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            // Clients check the name with the same rules rustls applies, so refuse here what
+            // no client could ever match.
+            Err(_) => match rustls::pki_types::DnsName::try_from(*name) {
+                Ok(_) => SanType::DnsName((*name).try_into().map_err(|e| {
+                    Error::invalid(format!("host name '{name}' cannot be encoded: {e}"))
+                })?),
+                Err(_) => {
+                    return Err(Error::invalid(format!(
+                        "'{name}' is neither a valid DNS host name nor an IP address"
+                    )));
+                }
+            },
+        };
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    let mut params = leaf_params(first, ExtendedKeyUsagePurpose::ServerAuth)?;
+    params.subject_alt_names = sans;
+    issue(
+        dir,
+        params,
+        &dir.join(SERVER_CERT),
+        &dir.join(SERVER_KEY),
+        force,
+    )
+}
+
+/// Creates a client certificate, signed by `DIR`'s CA: `DIR/clientcert.pem` and
+/// `DIR/private/clientkey.pem`, subject `O=virtwasm,CN=<common_name>` (the DN a daemon's
+/// `tls_allowed_dn_list` matches). Returns the certificate's path.
+pub fn create_client(dir: &Path, common_name: &str, force: bool) -> Result<PathBuf> {
+    let common_name = non_empty(common_name, "client name")?;
+    let params = leaf_params(common_name, ExtendedKeyUsagePurpose::ClientAuth)?;
+    issue(
+        dir,
+        params,
+        &dir.join(CLIENT_CERT),
+        &dir.join(CLIENT_KEY),
+        force,
+    )
+}
+
+fn non_empty<'a>(value: &'a str, what: &str) -> Result<&'a str> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::invalid(format!("the {what} must not be empty")));
+    }
+    Ok(value)
+}
+
+fn subject(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn leaf_params(common_name: &str, purpose: ExtendedKeyUsagePurpose) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject(common_name);
+    // An explicit CA:FALSE, as libvirt checks for, so a leaf can never sign certificates.
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![purpose];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    Ok(params)
+}
+
+/// Signs `params` with `dir`'s CA and writes the new key and certificate.
+fn issue(
+    dir: &Path,
+    mut params: CertificateParams,
+    cert_path: &Path,
+    key_path: &Path,
+    force: bool,
+) -> Result<PathBuf> {
+    let ca = load_ca(dir)?;
+    refuse_existing(&[cert_path, key_path], force)?;
+    prepare_dirs(dir)?;
+
+    let now = ASN1Time::now().to_datetime();
+    params.not_before = now - BACKDATE;
+    // A leaf outliving its CA would only fail later with a less obvious error.
+    params.not_after = (now + LEAF_LIFETIME).min(ca.not_after.to_datetime());
+    let key = generate_key()?;
+    let cert = params.signed_by(&key, &ca.issuer).map_err(|e| {
+        Error::failed(format!(
+            "cannot sign '{}' with the CA in '{}': {e}",
+            cert_path.display(),
+            dir.display()
+        ))
+    })?;
+    write_file(key_path, key.serialize_pem().as_bytes(), 0o600, force)?;
+    write_file(cert_path, cert.pem().as_bytes(), 0o644, force)?;
+    Ok(cert_path.to_path_buf())
+}
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    not_after: ASN1Time,
+}
+
+/// Loads `dir`'s CA as an issuer. The issuer's name is copied from the certificate with each
+/// attribute's string type kept, because verifiers compare the issuer name of a leaf with the
+/// CA's subject byte for byte; its key identifier is copied too, so the leaves' authority key
+/// identifier matches a CA made elsewhere.
+fn load_ca(dir: &Path) -> Result<Ca> {
+    let cert_path = dir.join(CA_CERT);
+    let key_path = dir.join(CA_KEY);
+    let pem = match fs::read(&cert_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::not_found(format!(
+                "no CA in '{}' (no '{}'): run `virtwasm pki ca --dir {}` first",
+                dir.display(),
+                cert_path.display(),
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(Error::io("cannot read CA certificate", &cert_path, e)),
+    };
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .and_then(|c| c.ok())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "'{}' holds no certificate: expected a PEM CA certificate",
+                cert_path.display()
+            ))
+        })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+        Error::invalid(format!(
+            "'{}' is not a valid X.509 certificate: {e}",
+            cert_path.display()
+        ))
+    })?;
+    if !cert.is_ca() {
+        return Err(Error::invalid(format!(
+            "'{}' is not a CA certificate (its basic constraints do not allow signing)",
+            cert_path.display()
+        )));
+    }
+    let not_after = cert.validity().not_after;
+    if not_after <= ASN1Time::now() {
+        return Err(Error::invalid(format!(
+            "the CA certificate '{}' expired on {}: create a new CA with `virtwasm pki ca --dir {} --force`",
+            cert_path.display(),
+            cert.validity().not_after,
+            dir.display()
+        )));
+    }
+
+    crate::tls::check_key_mode(&key_path)?;
+    let key_pem = match fs::read_to_string(&key_path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::not_found(format!(
+                "the CA in '{}' has no private key: expected it at '{}'",
+                dir.display(),
+                key_path.display()
+            )));
+        }
+        Err(e) => return Err(Error::io("cannot read CA private key", &key_path, e)),
+    };
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+        Error::invalid(format!(
+            "'{}' is not a usable CA private key (expected a PKCS#8 PEM key): {e}",
+            key_path.display()
+        ))
+    })?;
+    if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.public_key().raw {
+        return Err(Error::invalid(format!(
+            "CA private key '{}' does not match CA certificate '{}'",
+            key_path.display(),
+            cert_path.display()
+        )));
+    }
+
+    let mut params = CertificateParams::default();
+    params.distinguished_name = issuer_name(&cert).map_err(|why| {
+        Error::invalid(format!(
+            "cannot sign with the CA certificate '{}': its subject {why}",
+            cert_path.display()
+        ))
+    })?;
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.key_identifier_method =
+        match cert
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0),
+                _ => None,
+            }) {
+            Some(id) => KeyIdMethod::PreSpecified(id.to_vec()),
+            None => KeyIdMethod::Sha256,
+        };
+    Ok(Ca {
+        issuer: Issuer::new(params, key),
+        not_after,
+    })
+}
+
+/// The certificate's subject as rcgen's name, each attribute keeping its ASN.1 string type.
+fn issuer_name(cert: &X509Certificate<'_>) -> std::result::Result<DistinguishedName, String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let mut dn = DistinguishedName::new();
+    for rdn in cert.subject().iter() {
+        let mut attrs = rdn.iter();
+        let (Some(attr), None) = (attrs.next(), attrs.next()) else {
+            return Err("has a multi-valued RDN, which rcgen cannot reproduce".into());
+        };
+        let oid: Vec<u64> = attr
+            .attr_type()
+            .iter()
+            .ok_or("has an attribute type too large to encode")?
+            .collect();
+        let ty = DnType::from_oid(&oid);
+        if dn.get(&ty).is_some() {
+            return Err(format!("repeats attribute {}", attr.attr_type()));
+        }
+        let data = attr.attr_value().data;
+        let text = || std::str::from_utf8(data).map_err(|_| "has a malformed string".to_string());
+        let bad = |e: rcgen::Error| format!("has an attribute that cannot be re-encoded: {e}");
+        let value = match attr.attr_value().header.tag() {
+            Tag::Utf8String => DnValue::Utf8String(text()?.to_string()),
+            Tag::PrintableString => DnValue::PrintableString(text()?.try_into().map_err(bad)?),
+            Tag::Ia5String => DnValue::Ia5String(text()?.try_into().map_err(bad)?),
+            Tag::T61String => DnValue::TeletexString(text()?.try_into().map_err(bad)?),
+            Tag::BmpString => DnValue::BmpString(
+                rcgen::string::BmpString::from_utf16be(data.to_vec()).map_err(bad)?,
+            ),
+            Tag::UniversalString => DnValue::UniversalString(
+                rcgen::string::UniversalString::from_utf32be(data.to_vec()).map_err(bad)?,
+            ),
+            t => return Err(format!("has an attribute of unsupported type {t}")),
+        };
+        dn.push(ty, value);
+    }
+    Ok(dn)
+}
+
+fn generate_key() -> Result<KeyPair> {
+    KeyPair::generate().map_err(|e| Error::failed(format!("cannot generate a private key: {e}")))
+}
+
+/// A random positive 128-bit serial: RFC 5280 wants serials unique per CA, and rcgen's
+/// default (a hash of the public key) would repeat if a key were ever reused.
+fn random_serial() -> Result<SerialNumber> {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| Error::failed("cannot get random bytes for a certificate serial number"))?;
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// Refuses before anything is written, so a refused run leaves no half-made pair behind.
+fn refuse_existing(paths: &[&Path], force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    for path in paths {
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(exists(path));
+        }
+    }
+    Ok(())
+}
+
+fn exists(path: &Path) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        format!(
+            "'{}' already exists: pass --force to replace it",
+            path.display()
+        ),
+    )
+}
+
+/// Creates `dir` and `dir/private`, the latter 0700 whatever the umask.
+fn prepare_dirs(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create PKI directory", dir, e))?;
+    let private = dir.join("private");
+    match fs::DirBuilder::new().mode(0o700).create(&private) {
+        Ok(()) => fs::set_permissions(&private, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("cannot set the mode of", &private, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && private.is_dir() => Ok(()),
+        Err(e) => Err(Error::io(
+            "cannot create private key directory",
+            &private,
+            e,
+        )),
+    }
+}
+
+/// Writes `bytes` to `path` with `mode`: a temporary file in the same directory, fsync, then
+/// a rename (`force`) or a hard link, which fails rather than replace a file that appeared
+/// since [`refuse_existing`] looked.
+fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut attempt = 0u32;
+    let (tmp, mut file) = loop {
+        // The name matches the host's temporary files, which its sweeper cleans up.
+        let tmp = dir.join(format!(".{base}.tmp-{}-{attempt}", std::process::id()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(Error::io("cannot create a temporary file in", dir, e)),
+        }
+    };
+    let written = file
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .and_then(|_| file.write_all(bytes))
+        .and_then(|_| file.sync_all());
+    drop(file);
+    let placed = written.and_then(|_| {
+        if force {
+            return fs::rename(&tmp, path);
+        }
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => fs::remove_file(&tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+            // A file system without hard links: refuse_existing has checked already.
+            Err(_) => fs::rename(&tmp, path),
+        }
+    });
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&tmp);
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            return Err(exists(path));
+        }
+        return Err(Error::io("cannot write", path, e));
+    }
+    if let Err(e) = virtwasm_host::engine::sync_dir(dir) {
+        tracing::warn!(
+            "{} was written, but syncing {} failed: {e}",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use x509_parser::extensions::GeneralName;
+
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+    fn parse(path: &Path) -> Vec<u8> {
+        let pem = fs::read(path).unwrap();
+        rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn roots(dir: &Path) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(parse(&dir.join(CA_CERT)).into()).unwrap();
+        Arc::new(roots)
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    #[test]
+    fn ca_server_and_client_chain_and_carry_the_right_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let ca = create_ca(&dir, "Test CA", false).unwrap();
+        assert_eq!(ca, dir.join("cacert.pem"));
+        let hosts = vec!["host1.example".to_string(), "127.0.0.1".to_string()];
+        let server = create_server(&dir, &hosts, false).unwrap();
+        assert_eq!(server, dir.join("servercert.pem"));
+        let client = create_client(&dir, "client1", false).unwrap();
+        assert_eq!(client, dir.join("clientcert.pem"));
+
+        let ca_der = parse(&ca);
+        let (_, ca_x) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        assert_eq!(ca_x.subject().to_string(), "O=virtwasm, CN=Test CA");
+        let bc = ca_x.basic_constraints().unwrap().unwrap().value;
+        assert!(bc.ca);
+        assert_eq!(bc.path_len_constraint, Some(0));
+        let life = ca_x.validity().not_after.timestamp() - ca_x.validity().not_before.timestamp();
+        assert!((life - (10 * 365 * 86400 + 3600)).abs() < 60, "{life}");
+
+        let server_der = parse(&server);
+        let (_, sx) = x509_parser::parse_x509_certificate(&server_der).unwrap();
+        assert_eq!(sx.subject().to_string(), "O=virtwasm, CN=host1.example");
+        assert_eq!(sx.issuer(), ca_x.subject());
+        assert!(!sx.is_ca());
+        let san = sx.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(
+            san.general_names,
+            vec![
+                GeneralName::DNSName("host1.example"),
+                GeneralName::IPAddress(&[127, 0, 0, 1]),
+            ]
+        );
+        let eku = sx.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let life = sx.validity().not_after.timestamp() - sx.validity().not_before.timestamp();
+        assert!((life - (2 * 365 * 86400 + 3600)).abs() < 60, "{life}");
+
+        let client_der = parse(&client);
+        let (_, cx) = x509_parser::parse_x509_certificate(&client_der).unwrap();
+        assert_eq!(cx.subject().to_string(), "O=virtwasm, CN=client1");
+        assert_eq!(cx.issuer(), ca_x.subject());
+        let eku = cx.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert_ne!(sx.raw_serial(), cx.raw_serial(), "serials are random");
+
+        // Both leaves verify against the CA the way the TLS stack will check them.
+        use rustls::client::danger::ServerCertVerifier;
+        let now = rustls::pki_types::UnixTime::now();
+        let sv =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots(&dir), provider())
+                .build()
+                .unwrap();
+        for name in ["host1.example", "127.0.0.1"] {
+            let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            sv.verify_server_cert(&server_der.clone().into(), &[], &name, &[], now)
+                .unwrap();
+        }
+        let cv =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&dir), provider())
+                .build()
+                .unwrap();
+        cv.verify_client_cert(&client_der.into(), &[], now).unwrap();
+    }
+
+    #[test]
+    fn files_get_private_modes_and_a_client_writes_only_its_pair() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        create_ca(dir, "CA", false).unwrap();
+        assert_eq!(mode(&dir.join("private")), 0o700);
+        assert_eq!(mode(&dir.join(CA_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(CA_CERT)), 0o644);
+        let listing = |d: &Path| {
+            let mut v: Vec<_> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        create_client(dir, "me", false).unwrap();
+        assert_eq!(listing(dir), ["cacert.pem", "clientcert.pem", "private"]);
+        assert_eq!(
+            listing(&dir.join("private")),
+            ["cakey.pem", "clientkey.pem"]
+        );
+        assert_eq!(mode(&dir.join(CLIENT_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(CLIENT_CERT)), 0o644);
+        create_server(dir, &["localhost".into()], false).unwrap();
+        assert_eq!(mode(&dir.join(SERVER_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(SERVER_CERT)), 0o644);
+    }
+
+    #[test]
+    fn existing_files_are_kept_unless_forced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        create_ca(dir, "CA", false).unwrap();
+        let e = create_ca(dir, "CA", false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
+        assert!(e.message.contains(&dir.join(CA_CERT).display().to_string()));
+        assert!(e.message.contains("--force"), "{}", e.message);
+
+        create_client(dir, "me", false).unwrap();
+        let before = fs::read(dir.join(CLIENT_CERT)).unwrap();
+        let key_before = fs::read(dir.join(CLIENT_KEY)).unwrap();
+        let e = create_client(dir, "me", false).unwrap_err();
+        assert!(e.message.contains("clientcert.pem"), "{}", e.message);
+        assert_eq!(fs::read(dir.join(CLIENT_CERT)).unwrap(), before);
+        assert_eq!(fs::read(dir.join(CLIENT_KEY)).unwrap(), key_before);
+
+        // Only the key left behind still counts as existing.
+        fs::remove_file(dir.join(CLIENT_CERT)).unwrap();
+        let e = create_client(dir, "me", false).unwrap_err();
+        assert!(e.message.contains("clientkey.pem"), "{}", e.message);
+
+        create_client(dir, "me", true).unwrap();
+        assert_ne!(fs::read(dir.join(CLIENT_KEY)).unwrap(), key_before);
+        create_ca(dir, "CA2", true).unwrap();
+        let leftovers: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .chain(fs::read_dir(dir.join("private")).unwrap())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn leaves_need_a_ca_and_valid_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let e = create_client(dir, "me", false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(
+            e.message
+                .starts_with(&format!("no CA in '{}'", dir.display())),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("virtwasm pki ca"), "{}", e.message);
+        assert!(!dir.join(CLIENT_CERT).exists());
+
+        create_ca(dir, "CA", false).unwrap();
+        let e = create_server(dir, &[], false).unwrap_err();
+        assert!(
+            e.message.contains("at least one host name"),
+            "{}",
+            e.message
+        );
+        let e = create_server(dir, &["bad name!".into()], false).unwrap_err();
+        assert!(e.message.contains("'bad name!'"), "{}", e.message);
+        let e = create_client(dir, " ", false).unwrap_err();
+        assert!(e.message.contains("must not be empty"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_ca_key_that_does_not_match_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        create_ca(&a, "A", false).unwrap();
+        create_ca(&b, "B", false).unwrap();
+        fs::copy(b.join(CA_KEY), a.join(CA_KEY)).unwrap();
+        let e = create_client(&a, "me", false).unwrap_err();
+        assert!(e.message.contains("does not match"), "{}", e.message);
+        assert!(e.message.contains("cakey.pem"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_ca_made_elsewhere_with_printable_strings_still_chains() {
+        // openssl and certtool encode names as PrintableString; a leaf's issuer must repeat
+        // the CA's subject byte for byte, or verifiers cannot find its issuer.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CountryName,
+            DnValue::PrintableString("GB".try_into().unwrap()),
+        );
+        dn.push(
+            DnType::CommonName,
+            DnValue::PrintableString("Site CA".try_into().unwrap()),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params.key_identifier_method = KeyIdMethod::PreSpecified(vec![1, 2, 3, 4]);
+        let ca = params.self_signed(&key).unwrap();
+        prepare_dirs(dir).unwrap();
+        write_file(&dir.join(CA_CERT), ca.pem().as_bytes(), 0o644, false).unwrap();
+        write_file(
+            &dir.join(CA_KEY),
+            key.serialize_pem().as_bytes(),
+            0o600,
+            false,
+        )
+        .unwrap();
+
+        let client = create_client(dir, "c", false).unwrap();
+        let der = parse(&client);
+        let (_, cx) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let (_, cax) = x509_parser::parse_x509_certificate(ca.der()).unwrap();
+        assert_eq!(cx.issuer().as_raw(), cax.subject().as_raw());
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(dir), provider())
+            .build()
+            .unwrap()
+            .verify_client_cert(&der.into(), &[], rustls::pki_types::UnixTime::now())
+            .unwrap();
+    }
+
+    #[test]
+    fn leaves_do_not_outlive_their_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject("short-lived");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let now = ASN1Time::now().to_datetime();
+        params.not_before = now - DAY;
+        params.not_after = now + DAY * 30;
+        let ca = params.self_signed(&key).unwrap();
+        prepare_dirs(dir).unwrap();
+        write_file(&dir.join(CA_CERT), ca.pem().as_bytes(), 0o644, false).unwrap();
+        write_file(
+            &dir.join(CA_KEY),
+            key.serialize_pem().as_bytes(),
+            0o600,
+            false,
+        )
+        .unwrap();
+        let der = parse(&create_client(dir, "c", false).unwrap());
+        let (_, cx) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let (_, cax) = x509_parser::parse_x509_certificate(ca.der()).unwrap();
+        assert_eq!(cx.validity().not_after, cax.validity().not_after);
+    }
+}
