@@ -1,0 +1,292 @@
+//! Who a client is, and whether that identity may use a permission on an object.
+
+use virtwasm_api::Permission;
+use virtwasm_api::ops::ObjectKind;
+use virtwasm_api::tls::{PeerCert, dn_matches};
+use virtwasm_host::{Error, Result};
+
+use crate::config::{Access, Role};
+
+/// A connected client's identity, fixed when it connects.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Identity {
+    /// A unix-socket peer, by its credentials (SO_PEERCRED).
+    Unix {
+        /// User id.
+        uid: u32,
+        /// Process id.
+        pid: Option<i32>,
+    },
+    /// A TLS peer, by its verified certificate.
+    Cert(PeerCert),
+    /// A plain TCP peer: an address, nothing proven.
+    Tcp {
+        /// Peer address.
+        addr: String,
+    },
+}
+
+impl Identity {
+    /// How logs and errors name the client.
+    pub fn describe(&self) -> String {
+        match self {
+            Identity::Unix { uid, pid } => match pid {
+                Some(p) => format!("uid:{uid} (pid {p})"),
+                None => format!("uid:{uid}"),
+            },
+            Identity::Cert(c) => format!("dn:{} ({})", c.subject, c.fingerprint),
+            Identity::Tcp { addr } => format!("tcp:{addr}"),
+        }
+    }
+
+    /// A key to count one client's requests across its connections.
+    pub fn key(&self) -> String {
+        match self {
+            Identity::Unix { uid, .. } => format!("uid:{uid}"),
+            Identity::Cert(c) => c.fingerprint.clone(),
+            Identity::Tcp { addr } => {
+                // One address, however many source ports.
+                let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+                format!("tcp:{host}")
+            }
+        }
+    }
+
+    fn matches(&self, pattern: &str) -> bool {
+        if pattern == "*" {
+            return true;
+        }
+        match self {
+            Identity::Unix { uid, .. } => {
+                pattern
+                    .strip_prefix("uid:")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    == Some(*uid)
+            }
+            Identity::Cert(c) => {
+                if let Some(p) = pattern.strip_prefix("dn:") {
+                    dn_matches(p, &c.subject)
+                } else if pattern.starts_with("sha256:") {
+                    pattern.eq_ignore_ascii_case(&c.fingerprint)
+                } else {
+                    false
+                }
+            }
+            Identity::Tcp { .. } => false,
+        }
+    }
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The role that applied.
+    pub role: Role,
+    /// Whether the permission is in it.
+    pub allowed: bool,
+}
+
+/// Decides whether `who` may use `permission` on the object `name` of `kind` (`None` for
+/// operations that name no existing object: listing, defining, the node).
+///
+/// Rules are tried in order; the first whose identity matches and whose object pattern
+/// matches the object applies (an operation naming no object only matches rules for `*`).
+/// With no rule: root and the daemon's own user on the unix socket are admins, other unix
+/// peers and TLS clients get the configured default role, plain TCP peers read-only.
+pub fn decide(
+    access: &Access,
+    who: &Identity,
+    permission: Permission,
+    name: Option<&str>,
+) -> Grant {
+    for rule in &access.rule {
+        if !who.matches(&rule.identity) {
+            continue;
+        }
+        let object_ok = match name {
+            Some(n) => dn_matches(&rule.objects, n),
+            None => rule.objects == "*",
+        };
+        if !object_ok {
+            continue;
+        }
+        return Grant {
+            role: rule.role,
+            allowed: rule.role.allows(permission) && !rule.deny.contains(&permission),
+        };
+    }
+    let role = match who {
+        Identity::Unix { uid, .. } => {
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if *uid == 0 || *uid == me {
+                Role::Admin
+            } else {
+                access.unix_default_role
+            }
+        }
+        Identity::Cert(_) => access.tls_default_role,
+        Identity::Tcp { .. } => Role::ReadOnly,
+    };
+    Grant {
+        role,
+        allowed: role.allows(permission),
+    }
+}
+
+/// The error a denial returns, naming the permission (libvirt's `domain:start` style).
+pub fn denied(
+    who: &Identity,
+    role: Role,
+    op: &str,
+    kind: ObjectKind,
+    permission: Permission,
+    name: Option<&str>,
+) -> Error {
+    let object = match (kind, name) {
+        (ObjectKind::Node, _) => "the host".to_string(),
+        (k, Some(n)) => format!("{} '{n}'", kind_name(k)),
+        (k, None) => format!("{}s", kind_name(k)),
+    };
+    Error::denied(format!(
+        "access denied: {} (role {}) lacks permission '{}:{}' on {object}, which '{op}' needs",
+        who.describe(),
+        role.name(),
+        acl_object(kind),
+        permission.name(),
+    ))
+}
+
+fn kind_name(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Node => "host",
+        ObjectKind::Domain => "domain",
+        ObjectKind::Pool => "storage pool",
+        ObjectKind::Volume => "storage volume",
+        ObjectKind::Network => "network",
+    }
+}
+
+/// libvirt's ACL object type names.
+fn acl_object(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::Node => "connect",
+        ObjectKind::Domain => "domain",
+        ObjectKind::Pool => "storage_pool",
+        ObjectKind::Volume => "storage_vol",
+        ObjectKind::Network => "network",
+    }
+}
+
+/// Checks a request against the socket's read-only flag and the access rules.
+pub fn authorize(
+    access: &Access,
+    who: &Identity,
+    readonly_socket: bool,
+    op: &str,
+    kind: ObjectKind,
+    permission: Permission,
+    name: Option<&str>,
+) -> Result<()> {
+    if readonly_socket && !permission.is_read_only() {
+        return Err(Error::denied(format!(
+            "this connection is read-only: '{op}' needs permission '{}:{}' (use the read-write socket, or connect without -r)",
+            acl_object(kind),
+            permission.name()
+        )));
+    }
+    let grant = decide(access, who, permission, name);
+    if grant.allowed {
+        return Ok(());
+    }
+    let e = denied(who, grant.role, op, kind, permission, name);
+    tracing::warn!(client = %who.describe(), op, permission = permission.name(), "{}", e.message);
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Rule;
+
+    fn cert(cn: &str) -> Identity {
+        Identity::Cert(PeerCert {
+            subject: format!("O=virtwasm,CN={cn}"),
+            fingerprint: format!("sha256:{}", "ab".repeat(32)),
+        })
+    }
+
+    #[test]
+    fn rules_apply_in_order_and_by_object() {
+        let access = Access {
+            rule: vec![
+                Rule {
+                    identity: "dn:*CN=ops".into(),
+                    role: Role::Admin,
+                    objects: "web-*".into(),
+                    deny: vec![Permission::Delete],
+                },
+                Rule {
+                    identity: "dn:*CN=ops".into(),
+                    role: Role::Operator,
+                    objects: "*".into(),
+                    deny: vec![],
+                },
+            ],
+            ..Access::default()
+        };
+        let ops = cert("ops");
+        assert!(decide(&access, &ops, Permission::Write, Some("web-1")).allowed);
+        assert!(!decide(&access, &ops, Permission::Delete, Some("web-1")).allowed);
+        assert!(!decide(&access, &ops, Permission::Write, Some("db-1")).allowed);
+        assert!(decide(&access, &ops, Permission::Start, Some("db-1")).allowed);
+        // Defining names no object yet: only the `*` rule applies.
+        assert!(!decide(&access, &ops, Permission::Write, None).allowed);
+        // Anyone else: the TLS default, read-only.
+        let other = cert("intruder");
+        assert_eq!(
+            decide(&access, &other, Permission::Start, Some("web-1")).role,
+            Role::ReadOnly
+        );
+        assert!(!decide(&access, &other, Permission::Start, Some("web-1")).allowed);
+    }
+
+    #[test]
+    fn denials_name_the_permission() {
+        let e = authorize(
+            &Access::default(),
+            &cert("bob"),
+            false,
+            "start",
+            ObjectKind::Domain,
+            Permission::Start,
+            Some("vm1"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            format!(
+                "access denied: dn:O=virtwasm,CN=bob (sha256:{}) (role read-only) lacks permission 'domain:start' on domain 'vm1', which 'start' needs",
+                "ab".repeat(32)
+            )
+        );
+        let e = authorize(
+            &Access::default(),
+            &Identity::Unix { uid: 0, pid: None },
+            true,
+            "define-xml",
+            ObjectKind::Domain,
+            Permission::Write,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.starts_with(
+                "this connection is read-only: 'define-xml' needs permission 'domain:write'"
+            ),
+            "{}",
+            e.message
+        );
+    }
+}

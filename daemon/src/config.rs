@@ -1,0 +1,331 @@
+//! `virtwasmd.toml`: every setting with its default, so an empty file (or none) gives a
+//! working daemon. Unknown keys are refused with their name, as a typo must not silently
+//! leave TLS or access control at a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use virtwasm_api::Permission;
+use virtwasm_host::{Error, Result};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Logging and lifetime.
+    pub daemon: DaemonSection,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Mutual TLS on TCP.
+    pub tls: TlsSection,
+    /// Plain TCP (off unless enabled).
+    pub tcp: TcpSection,
+    /// Who may do what.
+    pub access: Access,
+    /// Which paths a client may name (save images).
+    pub files: Files,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter).
+    pub log_level: String,
+    /// Exit after this many seconds without clients (0: never); the session daemon that
+    /// `virtwasm` starts on demand uses 120, as libvirt's.
+    pub idle_exit_secs: u64,
+    /// The driver URI for requests that name none.
+    pub default_uri: String,
+    /// How long SIGTERM waits for requests in flight before exiting.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        DaemonSection {
+            log_level: "info".into(),
+            idle_exit_secs: 0,
+            default_uri: "test:///default".into(),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections served at once (libvirt's `max_clients`); the next is answered 503.
+    pub max_clients: usize,
+    /// Requests one client may have running at once across its connections.
+    pub max_requests_per_client: usize,
+    /// A connection that sends no complete request head for this long is closed: idle
+    /// between requests, or sending its headers too slowly.
+    pub idle_timeout_secs: u64,
+    /// Largest request body, bytes (libvirt's 32 MiB message limit).
+    pub max_request_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clients: 5000,
+            max_requests_per_client: 64,
+            idle_timeout_secs: 300,
+            max_request_bytes: virtwasm_api::wire::MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Listen for TLS clients.
+    pub enabled: bool,
+    /// Address and port (libvirt's 16514).
+    pub listen: String,
+    /// Directory with cacert.pem, servercert.pem, private/serverkey.pem.
+    pub pki_dir: Option<PathBuf>,
+    /// `1.3` (default) or `1.2`.
+    pub min_version: String,
+    /// Client certificate subjects allowed in (glob patterns, libvirt's
+    /// `tls_allowed_dn_list`); empty means any certificate from the CA.
+    pub allowed_dn: Vec<String>,
+    /// Client certificate fingerprints allowed in (`sha256:HEX`), besides `allowed_dn`.
+    pub allowed_fingerprints: Vec<String>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            enabled: false,
+            listen: format!("0.0.0.0:{}", virtwasm_api::endpoint::TLS_PORT),
+            pki_dir: None,
+            min_version: "1.3".into(),
+            allowed_dn: Vec::new(),
+            allowed_fingerprints: Vec::new(),
+        }
+    }
+}
+
+/// `[tcp]`: unauthenticated, unencrypted; for loopback experiments only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpSection {
+    /// Listen for plain TCP clients.
+    pub enabled: bool,
+    /// Address and port (libvirt's 16509).
+    pub listen: String,
+}
+
+impl Default for TcpSection {
+    fn default() -> Self {
+        TcpSection {
+            enabled: false,
+            listen: format!("127.0.0.1:{}", virtwasm_api::endpoint::TCP_PORT),
+        }
+    }
+}
+
+/// A role: a named set of permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// getattr, read, search.
+    ReadOnly,
+    /// read-only plus the lifecycle: start, stop, init_control, reset, suspend, save,
+    /// snapshot.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Whether the role includes `p`.
+    pub fn allows(self, p: Permission) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::ReadOnly => p.is_read_only(),
+            Role::Operator => {
+                p.is_read_only()
+                    || matches!(
+                        p,
+                        Permission::Start
+                            | Permission::Stop
+                            | Permission::InitControl
+                            | Permission::Reset
+                            | Permission::Suspend
+                            | Permission::Save
+                            | Permission::Snapshot
+                    )
+            }
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// `[access]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    /// The role of a TLS client that passed the allow-list and matches no rule.
+    /// libvirt gives such a client everything; virtwasm defaults to read-only.
+    pub tls_default_role: Role,
+    /// The role of a unix-socket peer that matches no rule: root and the daemon's own user
+    /// are admins; others get this (their connecting at all needs the socket's mode).
+    pub unix_default_role: Role,
+    /// Rules, first match wins.
+    pub rule: Vec<Rule>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            tls_default_role: Role::ReadOnly,
+            unix_default_role: Role::ReadOnly,
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// `[[access.rule]]`: an identity pattern, the role it gets, and optionally the objects and
+/// extra permissions it is limited to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// `dn:PATTERN` (certificate subject, glob), `sha256:HEX` (certificate fingerprint),
+    /// `uid:N` (unix peer), or `*`.
+    pub identity: String,
+    /// The role granted.
+    pub role: Role,
+    /// Object names the role applies to (glob); other objects get nothing from this rule.
+    #[serde(default = "any")]
+    pub objects: String,
+    /// Permissions taken away from the role for these objects.
+    #[serde(default)]
+    pub deny: Vec<Permission>,
+}
+
+fn any() -> String {
+    "*".into()
+}
+
+/// `[files]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Files {
+    /// Directories under which clients may name save images (besides the daemon's own
+    /// state directory).
+    pub allowed: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults only when `optional`.
+    pub fn load(path: &Path, optional: bool) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(e) => return Err(Error::io("cannot read config", path, e)),
+        };
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| Error::invalid(format!("invalid config '{}': {e}", path.display())))?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
+            return Err(Error::invalid(format!(
+                "invalid config '{}': tls.min_version is '{}', expected \"1.2\" or \"1.3\"",
+                path.display(),
+                self.tls.min_version
+            )));
+        }
+        for r in &self.access.rule {
+            let ok = r.identity == "*"
+                || r.identity.starts_with("dn:")
+                || r.identity.starts_with("uid:") && r.identity[4..].parse::<u32>().is_ok()
+                || r.identity.starts_with("sha256:")
+                    && r.identity.len() == 7 + 64
+                    && r.identity[7..].bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "invalid config '{}': access rule identity '{}' is not dn:PATTERN, sha256:HEX (64 digits), uid:N or *",
+                    path.display(),
+                    r.identity
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_and_typos_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("virtwasmd.toml");
+        std::fs::write(&p, "").unwrap();
+        let c = Config::load(&p, false).unwrap();
+        assert_eq!(c.limits.max_request_bytes, 32 << 20);
+        assert!(!c.tls.enabled);
+        std::fs::write(&p, "[tls]\nenabeld = true\n").unwrap();
+        let e = Config::load(&p, false).unwrap_err();
+        assert!(
+            e.message.contains("unknown field `enabeld`"),
+            "{}",
+            e.message
+        );
+        std::fs::write(
+            &p,
+            "[[access.rule]]\nidentity = \"bob\"\nrole = \"admin\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&p, false).unwrap_err();
+        assert!(
+            e.message.contains("identity 'bob' is not dn:PATTERN"),
+            "{}",
+            e.message
+        );
+        std::fs::write(
+            &p,
+            "[[access.rule]]\nidentity = \"uid:5\"\nrole = \"boss\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&p, false).unwrap_err();
+        assert!(
+            e.message.contains("unknown variant `boss`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn roles_nest() {
+        for p in Permission::ALL {
+            assert!(Role::Admin.allows(*p));
+            if Role::ReadOnly.allows(*p) {
+                assert!(Role::Operator.allows(*p), "{p:?}");
+            }
+        }
+        assert!(Role::Operator.allows(Permission::Start));
+        assert!(!Role::Operator.allows(Permission::Write));
+        assert!(!Role::Operator.allows(Permission::Delete));
+        assert!(!Role::ReadOnly.allows(Permission::Start));
+    }
+}

@@ -1,0 +1,499 @@
+//! The HTTP front end: listeners (unix read-write and read-only, TLS, TCP), one hyper
+//! connection task per client, and the translation of HTTP requests into API requests for
+//! the dispatch layer. Host calls run on the blocking pool, so a slow call or a slow client
+//! never holds up another client.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request as HttpRequest, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, mpsc};
+use virtwasm_api::ops::{ObjectKind, Request};
+use virtwasm_api::wire::{URI_HEADER, error_body, sse_frame, status_of};
+use virtwasm_api::{Permission, dispatch};
+use virtwasm_host::events::Event;
+use virtwasm_host::uri::ConnectUri;
+use virtwasm_host::{Connection, Error, ErrorKind, Host, Result};
+
+use crate::access::{Identity, authorize, decide};
+use crate::config::Config;
+
+/// Whether this daemon serves `DRIVER:///system` or a user's `DRIVER:///session`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Root's daemon.
+    System,
+    /// A user's daemon.
+    Session,
+}
+
+impl Mode {
+    fn path(self) -> &'static str {
+        match self {
+            Mode::System => "/system",
+            Mode::Session => "/session",
+        }
+    }
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    /// The host every request runs on.
+    pub host: Arc<Host>,
+    /// The configuration.
+    pub config: Config,
+    /// System or session.
+    pub mode: Mode,
+    /// Directories under which clients may name files (save images).
+    pub files_allowed: Vec<PathBuf>,
+    clients: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    per_client: Mutex<HashMap<String, usize>>,
+    last_activity: Mutex<Instant>,
+    connected: AtomicUsize,
+}
+
+/// The response body: a whole answer, or an event stream.
+pub enum Reply {
+    /// A complete body.
+    Full(Full<Bytes>),
+    /// Chunks from a channel (Server-Sent Events).
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body for Reply {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Reply::Full(f) => Pin::new(f).poll_frame(cx),
+            Reply::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    // A whole answer's exact size gives it a Content-Length rather than chunks.
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Reply::Full(f) => f.size_hint(),
+            Reply::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Reply::Full(f) => f.is_end_stream(),
+            Reply::Stream(_) => false,
+        }
+    }
+}
+
+fn json_response(status: u16, body: Vec<u8>) -> Response<Reply> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Reply::Full(Full::new(Bytes::from(body))))
+        .expect("static headers")
+}
+
+fn error_response(e: &Error) -> Response<Reply> {
+    json_response(status_of(e.kind), error_body(e))
+}
+
+impl Daemon {
+    /// A daemon over `host`.
+    pub fn new(host: Arc<Host>, config: Config, mode: Mode, files_allowed: Vec<PathBuf>) -> Daemon {
+        Daemon {
+            host,
+            clients: Arc::new(Semaphore::new(config.limits.max_clients)),
+            config,
+            mode,
+            files_allowed,
+            in_flight: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+            last_activity: Mutex::new(Instant::now()),
+            connected: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// How long the daemon has had no client connected.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.connected.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(self.last_activity.lock().unwrap().elapsed())
+    }
+
+    /// Opens the driver a request is for, refusing URIs that would reach outside this
+    /// daemon's directories (node files, `embed?root=`, another mode's path).
+    fn open(&self, uri: &str, readonly: bool) -> Result<Connection> {
+        let parsed = ConnectUri::parse(uri)?;
+        let mine = self.mode.path();
+        let ok = parsed.transport.is_none()
+            && parsed.host.is_none()
+            && parsed.params.is_empty()
+            && (parsed.path == mine || parsed.path == "/default");
+        if !ok {
+            return Err(Error::invalid(format!(
+                "this daemon serves DRIVER://{mine} and test:///default, not '{uri}'"
+            )));
+        }
+        self.host.open(uri, readonly)
+    }
+
+    /// Whether a client may name `path` (absolute, under an allowed directory once
+    /// symbolic links are resolved).
+    fn check_file(&self, path: &str) -> Result<()> {
+        let p = Path::new(path);
+        if !p.is_absolute() {
+            return Err(Error::invalid(format!(
+                "'{path}' is relative; name files on the daemon's host by absolute path"
+            )));
+        }
+        // The file may not exist yet (save): resolve its directory.
+        let (dir, file) = match (p.parent(), p.file_name()) {
+            (Some(d), Some(f)) => (d, f),
+            _ => return Err(Error::invalid(format!("'{path}' names no file"))),
+        };
+        let real_dir = dir
+            .canonicalize()
+            .map_err(|e| Error::io("cannot resolve directory", dir, e))?;
+        let real = match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => p
+                .canonicalize()
+                .map_err(|e| Error::io("cannot resolve", p, e))?,
+            _ => real_dir.join(file),
+        };
+        if self
+            .files_allowed
+            .iter()
+            .any(|a| a.canonicalize().is_ok_and(|a| real.starts_with(a)))
+        {
+            return Ok(());
+        }
+        Err(Error::denied(format!(
+            "'{path}' is outside the directories this daemon lets clients name ({}); add its directory to [files] allowed in virtwasmd.toml",
+            self.files_allowed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+/// How a connection arrived.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Who it is.
+    pub identity: Identity,
+    /// The read-only socket (every change refused).
+    pub readonly_socket: bool,
+    /// Why every request on this connection is refused (a certificate off the allow-list),
+    /// told to the client rather than dropping it without a word.
+    pub refusal: Option<Error>,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve<S>(daemon: Arc<Daemon>, io: S, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let permit = daemon.clients.clone().try_acquire_owned();
+    let peer = Arc::new(match permit {
+        Ok(_) => peer,
+        Err(_) => Peer {
+            refusal: Some(Error::new(
+                ErrorKind::OperationFailed,
+                format!(
+                    "too many clients: this daemon serves at most {} at once ([limits] max_clients)",
+                    daemon.config.limits.max_clients
+                ),
+            )),
+            ..peer
+        },
+    });
+    daemon.connected.fetch_add(1, Ordering::SeqCst);
+    let d = daemon.clone();
+    let p = peer.clone();
+    let service = service_fn(move |req| {
+        let d = d.clone();
+        let p = p.clone();
+        async move { Ok::<_, Infallible>(handle(d, p, req).await) }
+    });
+    let limits = &daemon.config.limits;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // hyper's header timer also runs while a kept-alive connection waits for its next
+        // request, so it is the idle timeout too.
+        .header_read_timeout(Duration::from_secs(limits.idle_timeout_secs.max(1)))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(client = %peer.identity.describe(), "connection ended: {e}");
+    }
+    drop(permit);
+    daemon.connected.fetch_sub(1, Ordering::SeqCst);
+    *daemon.last_activity.lock().unwrap() = Instant::now();
+}
+
+/// Counts a client's running requests; refuses past the per-client limit.
+struct InFlight {
+    daemon: Arc<Daemon>,
+    key: String,
+}
+
+impl InFlight {
+    fn enter(daemon: &Arc<Daemon>, who: &Identity) -> Result<InFlight> {
+        let key = who.key();
+        let limit = daemon.config.limits.max_requests_per_client;
+        let mut map = daemon.per_client.lock().unwrap();
+        let n = map.entry(key.clone()).or_default();
+        if *n >= limit {
+            return Err(Error::new(
+                ErrorKind::OperationFailed,
+                format!(
+                    "too many requests in flight for {} (at most {limit}, [limits] max_requests_per_client)",
+                    who.describe()
+                ),
+            ));
+        }
+        *n += 1;
+        daemon.in_flight.fetch_add(1, Ordering::SeqCst);
+        Ok(InFlight {
+            daemon: daemon.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.daemon.per_client.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+        self.daemon.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn handle(
+    daemon: Arc<Daemon>,
+    peer: Arc<Peer>,
+    req: HttpRequest<Incoming>,
+) -> Response<Reply> {
+    if let Some(e) = &peer.refusal {
+        let mut r = error_response(e);
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, "close".parse().expect("static"));
+        return r;
+    }
+    let guard = match InFlight::enter(&daemon, &peer.identity) {
+        Ok(g) => g,
+        Err(e) => return json_response(429, error_body(&e)),
+    };
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let readonly = peer.readonly_socket
+        || req
+            .headers()
+            .get(virtwasm_api::remote::READONLY_HEADER)
+            .is_some_and(|v| v == "1");
+    let uri = match req.headers().get(URI_HEADER).map(|v| v.to_str()) {
+        None => daemon.config.daemon.default_uri.clone(),
+        Some(Ok(u)) => u.to_string(),
+        Some(Err(_)) => {
+            return error_response(&Error::invalid(format!(
+                "the {URI_HEADER} header is not text"
+            )));
+        }
+    };
+    let limit = daemon.config.limits.max_request_bytes;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let err = if too_big {
+                Error::invalid(format!(
+                    "request body larger than {limit} bytes ([limits] max_request_bytes)"
+                ))
+            } else {
+                Error::failed(format!("cannot read the request body: {e}"))
+            };
+            let status = if too_big { 413 } else { 400 };
+            return json_response(status, error_body(&err));
+        }
+    };
+    let response = match (method.as_str(), path.as_str()) {
+        ("GET", "/v1") => json_response(200, info(&daemon, &peer)),
+        ("GET", "/v1/openapi.json") => json_response(
+            200,
+            serde_json::to_vec_pretty(&virtwasm_api::openapi::document()).unwrap_or_default(),
+        ),
+        ("GET", "/v1/events") => events(daemon.clone(), peer.clone(), &uri, readonly).await,
+        _ => {
+            let d = daemon.clone();
+            let p = peer.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                call(&d, &p, &uri, readonly, &method, &path, &query, &body)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
+            match result {
+                Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
+                Err(e) => error_response(&e),
+            }
+        }
+    };
+    drop(guard);
+    *daemon.last_activity.lock().unwrap() = Instant::now();
+    response
+}
+
+fn info(daemon: &Daemon, peer: &Peer) -> Vec<u8> {
+    let role = decide(
+        &daemon.config.access,
+        &peer.identity,
+        Permission::Write,
+        None,
+    )
+    .role;
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "api": "v1",
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": match daemon.mode { Mode::System => "system", Mode::Session => "session" },
+        "client": peer.identity,
+        "role": role.name(),
+        "readonly": peer.readonly_socket,
+    }))
+    .unwrap_or_default()
+}
+
+/// One API call: parse, open the driver, authorize, dispatch.
+#[allow(clippy::too_many_arguments)]
+fn call(
+    daemon: &Daemon,
+    peer: &Peer,
+    uri: &str,
+    readonly: bool,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Result<serde_json::Value> {
+    let (req, route) = Request::from_http(method, path, query, body)?;
+    if let Request::ListPlugins = req {
+        authorize(
+            &daemon.config.access,
+            &peer.identity,
+            readonly,
+            route.op,
+            route.object,
+            route.permission,
+            None,
+        )?;
+        return serde_json::to_value(daemon.host.registry().list())
+            .map_err(|e| Error::internal(e.to_string()));
+    }
+    let conn = daemon.open(uri, readonly)?;
+    let name = dispatch::target_name(&conn, &req)?;
+    authorize(
+        &daemon.config.access,
+        &peer.identity,
+        readonly,
+        route.op,
+        route.object,
+        route.permission,
+        name.as_deref(),
+    )?;
+    tracing::debug!(client = %peer.identity.describe(), op = route.op, "request");
+    dispatch::dispatch(&conn, req, &|p| daemon.check_file(p))
+}
+
+/// `GET /v1/events`: Server-Sent Events, each a JSON event the client may see (getattr on
+/// its object), with a comment every 15 s so dead clients are noticed.
+async fn events(
+    daemon: Arc<Daemon>,
+    peer: Arc<Peer>,
+    uri: &str,
+    readonly: bool,
+) -> Response<Reply> {
+    let conn = match daemon.open(uri, readonly) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e),
+    };
+    if let Err(e) = authorize(
+        &daemon.config.access,
+        &peer.identity,
+        readonly,
+        "events",
+        ObjectKind::Domain,
+        Permission::Search,
+        None,
+    ) {
+        return error_response(&e);
+    }
+    let rx = conn.state().events.subscribe();
+    let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+    let access = daemon.config.access.clone();
+    std::thread::spawn(move || {
+        let visible = |e: &Event| {
+            let name = match e {
+                Event::Domain { name, .. }
+                | Event::Pool { name, .. }
+                | Event::Network { name, .. } => name,
+            };
+            decide(&access, &peer.identity, Permission::Getattr, Some(name)).allowed
+        };
+        if tx
+            .blocking_send(Bytes::from_static(b": subscribed\n\n"))
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let chunk = match rx.recv_timeout(Duration::from_secs(15)) {
+                Ok(e) if visible(&e) => Bytes::from(sse_frame(&e)),
+                Ok(_) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    Bytes::from_static(b": keepalive\n\n")
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, "text/event-stream")
+        .header(hyper::header::CACHE_CONTROL, "no-cache")
+        .body(Reply::Stream(body_rx))
+        .expect("static headers")
+}
