@@ -282,24 +282,9 @@ fn embed_without_a_root_and_system_paths_are_explained() {
 
 /// The test driver installed as a persistent driver (`ptest`), so storage and networks,
 /// which the hostile plugin does not serve, go through the same store.
-fn persistent_test_driver(home: &Path) -> std::path::PathBuf {
-    let dir = home.join("plugins/ptest");
-    std::fs::create_dir_all(&dir).unwrap();
-    let bundled = &virtwasm_bundle::BUNDLED[0];
-    std::fs::write(dir.join("ptest.wasm"), bundled.wasm).unwrap();
-    let manifest = bundled
-        .manifest
-        .replace("name = \"test\"", "name = \"ptest\"")
-        .replace("schemes = [\"test\"]", "schemes = [\"ptest\"]")
-        .replace("state = \"per-process\"", "state = \"persistent\"")
-        .replace("node-files = true", "node-files = false");
-    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
-    home.join("plugins")
-}
-
 fn run_ptest(home: &Path, root: &Path, script: &str) -> Run {
     let uri = format!("ptest:///embed?root={}", root.display());
-    with_plugin(home, &persistent_test_driver(home), &uri, script)
+    with_plugin(home, &common::persistent_test_driver(home), &uri, script)
 }
 
 #[test]

@@ -103,6 +103,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if cli.command.first().map(String::as_str) == Some("proxy") {
+        return proxy(&cli.command[1..]);
+    }
     let mut sess = Session::new(settings);
     if cli.command.is_empty() {
         return interactive(&mut sess);
@@ -116,6 +119,36 @@ fn main() -> ExitCode {
         Ok(cmds) => run_all(&mut sess, &cmds),
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `virtwasm proxy URI [--socket PATH] [--readonly]`: what `qemu+ssh://` runs on the far
+/// side, joining ssh's standard streams to that host's daemon.
+fn proxy(args: &[String]) -> ExitCode {
+    let mut uri = None;
+    let mut socket = None;
+    let mut readonly = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--socket" => socket = it.next().map(std::path::PathBuf::from),
+            "--readonly" => readonly = true,
+            other if uri.is_none() && !other.starts_with("--") => uri = Some(other.to_string()),
+            other => {
+                eprintln!(
+                    "error: proxy: unexpected argument '{other}' (usage: virtwasm proxy URI [--socket PATH] [--readonly])"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let uri = uri.unwrap_or_else(default_uri);
+    match virtwasm_api::remote::proxy_stdio(&uri, socket.as_deref(), readonly) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: proxy: {}", e.message);
             ExitCode::FAILURE
         }
     }

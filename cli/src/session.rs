@@ -3,7 +3,10 @@
 
 use std::io::Write;
 
-use virtwasm_host::{Connection, Host, HostConfig};
+use std::sync::Arc;
+
+use virtwasm_api::Client;
+use virtwasm_host::{Host, HostConfig};
 
 use crate::commands::Failure;
 
@@ -24,8 +27,8 @@ pub struct Settings {
 pub struct Session {
     /// The run's options.
     pub settings: Settings,
-    host: Option<Host>,
-    conn: Option<Connection>,
+    host: Option<Arc<Host>>,
+    conn: Option<Client>,
     out: std::io::Stdout,
 }
 
@@ -40,8 +43,8 @@ impl Session {
         }
     }
 
-    /// The host, built on first use.
-    pub fn host(&mut self) -> Result<&Host, Failure> {
+    /// The in-process host, built on first use.
+    pub fn host(&mut self) -> Result<&Arc<Host>, Failure> {
         if self.host.is_none() {
             let bundled = virtwasm_bundle::BUNDLED
                 .iter()
@@ -56,18 +59,30 @@ impl Session {
                 .plugin_dirs
                 .extend(self.settings.plugin_dirs.iter().cloned());
             let host = Host::new(config).map_err(|e| Failure(vec![e.message]))?;
-            self.host = Some(host);
+            self.host = Some(Arc::new(host));
         }
         Ok(self.host.as_ref().expect("just built"))
     }
 
-    /// The connection, opened on first use.
-    pub fn conn(&mut self) -> Result<&Connection, Failure> {
+    /// The connection, opened on first use: in-process for local URIs, else to the daemon
+    /// the URI names.
+    pub fn conn(&mut self) -> Result<&Client, Failure> {
         if self.conn.is_none() {
             let uri = self.settings.uri.clone();
             let readonly = self.settings.readonly;
-            let host = self.host()?;
-            let conn = host.open(&uri, readonly).map_err(|e| {
+            let mut host_error = None;
+            let conn = Client::connect(&uri, readonly, || match self.host() {
+                Ok(h) => Ok(h.clone()),
+                Err(f) => {
+                    let message = f.0.join(": ");
+                    host_error = Some(f);
+                    Err(virtwasm_host::Error::internal(message))
+                }
+            });
+            if let Some(f) = host_error {
+                return Err(f);
+            }
+            let conn = conn.map_err(|e| {
                 Failure(vec![
                     "failed to connect to the hypervisor".into(),
                     e.message,

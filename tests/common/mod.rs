@@ -124,3 +124,160 @@ pub fn virsh() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.exists())
 }
+
+/// Installs the test driver under the name `ptest` with persistent state (definitions on
+/// disk, as the QEMU driver's), in a plugin directory under `home`; returns the directory.
+pub fn persistent_test_driver(home: &Path) -> PathBuf {
+    let dir = home.join("plugins/ptest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundled = &virtwasm_bundle::BUNDLED[0];
+    std::fs::write(dir.join("ptest.wasm"), bundled.wasm).unwrap();
+    let manifest = bundled
+        .manifest
+        .replace("name = \"test\"", "name = \"ptest\"")
+        .replace("schemes = [\"test\"]", "schemes = [\"ptest\"]")
+        .replace("state = \"per-process\"", "state = \"persistent\"")
+        .replace("node-files = true", "node-files = false");
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    home.join("plugins")
+}
+
+/// The daemon under test.
+pub fn daemon_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_virtwasmd"))
+}
+
+/// A `virtwasmd --root ROOT` started for one test, with the persistent `ptest` driver
+/// installed; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    pub child: Option<std::process::Child>,
+    pub root: PathBuf,
+    pub home: PathBuf,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with `args` after `--root ROOT`, and waits for its socket.
+    pub fn start(home: &Path, args: &[&str]) -> Daemon {
+        let root = home.join("daemon-root");
+        let mut d = Daemon {
+            child: None,
+            root,
+            home: home.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log: home.join("virtwasmd.log"),
+        };
+        d.spawn();
+        d
+    }
+
+    /// The environment a daemon or client of this test runs with.
+    pub fn env(home: &Path, c: &mut Command) {
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env("XDG_RUNTIME_DIR", home.join("run"))
+            .env("VIRTWASM_CACHE_DIR", cache_dir())
+            .env("VIRTWASM_PLUGIN_DIR", persistent_test_driver(home));
+    }
+
+    /// (Re)starts the process.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut c = Command::new(daemon_binary());
+        Self::env(&self.home, &mut c);
+        c.arg("--root")
+            .arg(&self.root)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = c.spawn().expect("start virtwasmd");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "virtwasmd exited ({status}) before listening:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "virtwasmd did not listen within 30 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// What the daemon logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The read-write socket.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("run/virtwasm/virtwasm-sock")
+    }
+
+    /// The read-only socket.
+    pub fn ro_socket(&self) -> PathBuf {
+        self.root.join("run/virtwasm/virtwasm-sock-ro")
+    }
+
+    /// A URI reaching this daemon's read-write socket for `driver:///path`.
+    pub fn uri(&self, driver: &str, path: &str) -> String {
+        format!("{driver}+unix://{path}?socket={}", self.socket().display())
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: a signal to our own child, by pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().unwrap()
+    }
+
+    /// Runs `virtwasm -c URI SCRIPT` as a client of this daemon.
+    pub fn client(&self, uri: &str, script: &str) -> Run {
+        let mut c = Command::new(binary());
+        Self::env(&self.home, &mut c);
+        c.args(["-c", uri, script]).stdin(Stdio::null());
+        Run::from(c.output().expect("run virtwasm"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: a signal to our own child, by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}

@@ -239,7 +239,7 @@ fn list(sess: &mut Session, a: &Args) -> Outcome {
         )));
     }
     let conn = sess.conn()?;
-    let all = conn.list_domains();
+    let all = conn.list_domains()?;
     let wanted_states_early = [
         "state-running",
         "state-paused",
@@ -539,7 +539,7 @@ fn verb(
     a: &Args,
     failed: &str,
     ok: &str,
-    f: impl FnOnce(&virtwasm_host::Connection, &str) -> virtwasm_host::Result<()>,
+    f: impl FnOnce(&virtwasm_api::Client, &str) -> virtwasm_host::Result<()>,
 ) -> Outcome {
     let rec = lookup(sess, a.req("domain"))?;
     let name = rec.def.name.clone();

@@ -7,6 +7,7 @@ mod edit;
 mod monitor;
 mod network;
 mod node;
+mod pki;
 mod plugin;
 mod save;
 mod snapshot;
@@ -170,6 +171,7 @@ pub fn all() -> Vec<&'static Command> {
     v.extend(network::COMMANDS.iter());
     v.extend(network::LIFECYCLE.iter());
     v.extend(plugin::COMMANDS.iter());
+    v.extend(pki::COMMANDS.iter());
     v
 }
 

@@ -96,7 +96,7 @@ fn event(sess: &mut Session, a: &Args) -> Outcome {
         Some(d) => Some(lookup(sess, d)?.def.uuid),
         None => None,
     };
-    let rx = sess.conn()?.state().events.subscribe();
+    let rx = sess.conn()?.events()?;
     let started = Instant::now();
     let mut count = 0u32;
     loop {
@@ -166,7 +166,7 @@ fn domstats(sess: &mut Session, a: &Args) -> Outcome {
         Some(d) => vec![lookup(sess, d)?],
         None => {
             let conn = sess.conn()?;
-            conn.list_domains()
+            conn.list_domains()?
                 .iter()
                 .filter_map(|s| conn.domain(&s.uuid).ok())
                 .collect()

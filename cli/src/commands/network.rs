@@ -42,7 +42,7 @@ fn yes_no(b: bool) -> String {
 fn net_list(sess: &mut Session, a: &Args) -> Outcome {
     let nets: Vec<_> = sess
         .conn()?
-        .list_networks()
+        .list_networks()?
         .into_iter()
         .filter(|n| {
             let shown = if a.flag("all") {
@@ -268,7 +268,7 @@ fn net_verb(
     a: &Args,
     what: &str,
     done: &str,
-    f: impl FnOnce(&virtwasm_host::Connection, &str) -> virtwasm_host::Result<String>,
+    f: impl FnOnce(&virtwasm_api::Client, &str) -> virtwasm_host::Result<String>,
 ) -> Outcome {
     let key = a.req("network");
     let uuid = lookup(sess, key)?;

@@ -56,7 +56,7 @@ fn nodeinfo(sess: &mut Session, a: &Args) -> Outcome {
 
 fn version(sess: &mut Session, _a: &Args) -> Outcome {
     let ours = env!("CARGO_PKG_VERSION");
-    let (driver, driver_version) = sess.conn()?.driver_version();
+    let (driver, driver_version) = sess.conn()?.driver_version()?;
     sess.print(&format!(
         "Compiled against library: virtwasm {ours}\nUsing library: virtwasm {ours}\nUsing API: {driver} {ours}\nRunning hypervisor: {driver} {driver_version}\n"
     ));

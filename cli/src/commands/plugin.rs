@@ -32,7 +32,13 @@ fn source_text(s: &PluginSource) -> String {
 }
 
 fn plugin_list(sess: &mut Session, a: &Args) -> Outcome {
-    let list = sess.host()?.registry().list();
+    // The plugins of whichever host serves the URI: this process's, or the daemon's.
+    let remote = virtwasm_api::endpoint::resolve(&sess.settings.uri, sess.settings.readonly)
+        .is_ok_and(|t| t.endpoint != virtwasm_api::endpoint::Endpoint::InProcess);
+    let list = match remote {
+        true => sess.conn()?.list_plugins()?.unwrap_or_default(),
+        false => sess.host()?.registry().list(),
+    };
     if a.flag("json") {
         return sess.print_json(&list);
     }

@@ -667,7 +667,7 @@ fn pool_verb(
     a: &Args,
     what: &str,
     done: &str,
-    f: impl FnOnce(&virtwasm_host::Connection, &str) -> virtwasm_host::Result<String>,
+    f: impl FnOnce(&virtwasm_api::Client, &str) -> virtwasm_host::Result<String>,
 ) -> Outcome {
     let key = a.req("pool");
     let name = f(sess.conn()?, key).map_err(pool_failure(what, key))?;

@@ -1,0 +1,5 @@
+//! `virtwasmd`, the virtwasm daemon: see the `virtwasm-daemon` crate.
+
+fn main() -> std::process::ExitCode {
+    virtwasm_daemon::main()
+}

@@ -1,0 +1,336 @@
+//! virtwasmd on temporary directories, driven by the real `virtwasm` and by raw HTTP:
+//! the unix sockets (read-write and read-only), events seen by a second client, a kill -9
+//! and restart with every object intact, and the session daemon started on demand.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::Daemon;
+
+/// One HTTP/1.1 request over a unix socket, the way curl would send it; returns the status
+/// line and the body.
+fn http(socket: &Path, method: &str, target: &str, body: &str) -> (String, String) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The daemon may answer (413) and close before reading a body it refuses: a failed
+    // write is not the test's failure, the answer is what counts.
+    let _ = write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Read what arrives; a reset after the answer (the daemon closing with our unread body
+    // in flight) ends the read, not the test.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_cli_works_through_the_unix_socket() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("test", "/default");
+    let r = d.client(
+        &uri,
+        "list --all; suspend test; domstate test --reason; resume test; uri",
+    );
+    assert_eq!(
+        r.ok(),
+        format!(
+            " Id   Name   State\n----------------------\n 1    test   running\n\nDomain 'test' suspended\n\npaused (user)\n\nDomain 'test' resumed\n\n{uri}\n\n"
+        )
+    );
+    // The test driver's state lives in the daemon: a second client sees the first's change.
+    let r = d.client(&uri, "destroy test");
+    assert_eq!(r.ok(), "Domain 'test' destroyed\n\n");
+    let r = d.client(&uri, "domstate test --reason; start nosuch");
+    // virsh's blank line after each command, the failed one's too.
+    assert_eq!(r.stdout, "shut off (destroyed)\n\n\n");
+    assert_eq!(r.stderr, "error: failed to get domain 'nosuch'\n");
+    // Errors from the host arrive with their wording, as in-process.
+    let r = d.client(&uri, "destroy test");
+    assert_eq!(
+        r.failed(),
+        "error: Failed to destroy domain 'test'\nerror: Requested operation is not valid: domain is not running\n"
+    );
+}
+
+#[test]
+fn the_api_answers_plain_http() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let (status, body) = http(&d.socket(), "GET", "/v1/domains", "");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list[0]["name"], "test");
+    assert_eq!(list[0]["vcpus"], 2);
+
+    let (status, body) = http(&d.socket(), "GET", "/v1/domains/nosuch", "");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        body,
+        r#"{"error":{"kind":"not-found","message":"Domain not found: no domain with matching name 'nosuch'"}}"#
+    );
+    let (status, body) = http(
+        &d.socket(),
+        "POST",
+        "/v1/domains/test/start",
+        "{\"pased\":1}",
+    );
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert!(body.contains("unknown field `pased`"), "{body}");
+    let (status, body) = http(&d.socket(), "GET", "/v1/openapi.json", "");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["paths"]["/v1/domains/{key}/start"]["post"]["x-permission"],
+        "start"
+    );
+    // A body past the 32 MiB cap is refused with the limit named, and the daemon answers on.
+    let big = format!("{{\"xml\":\"{}\"}}", "x".repeat(33 << 20));
+    let (status, body) = http(&d.socket(), "POST", "/v1/domains", &big);
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    assert!(
+        body.contains("request body larger than 33554432 bytes"),
+        "{body}"
+    );
+    let (status, _) = http(&d.socket(), "GET", "/v1/node", "");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // A driver URI that would reach outside the daemon's directories is refused.
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    write!(
+        s,
+        "GET /v1/domains HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-virtwasm-uri: test:///etc/passwd\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains(
+            "this daemon serves DRIVER:///system and test:///default, not 'test:///etc/passwd'"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_read_only_socket_refuses_every_change() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let ro = format!("test+unix:///default?socket={}", d.ro_socket().display());
+    let r = d.client(&ro, "list --all; dominfo test");
+    assert!(r.ok().contains(" 1    test   running"), "{}", r.stdout);
+    let r = d.client(&ro, "suspend test");
+    assert_eq!(
+        r.failed(),
+        "error: Failed to suspend domain 'test'\nerror: this connection is read-only: 'suspend' needs permission 'domain:suspend' (use the read-write socket, or connect without -r)\n"
+    );
+    let (status, body) = http(
+        &d.ro_socket(),
+        "POST",
+        "/v1/domains",
+        r#"{"xml":"<domain/>"}"#,
+    );
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+    assert!(body.contains("needs permission 'domain:write'"), "{body}");
+    // `-r` on the read-write socket is honoured by the daemon too.
+    let mut c = std::process::Command::new(common::binary());
+    Daemon::env(home.path(), &mut c);
+    let out = c
+        .args(["-r", "-c", &d.uri("test", "/default"), "destroy test"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("this connection is read-only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = d.client(&d.uri("test", "/default"), "domstate test");
+    assert_eq!(r.ok(), "running\n\n");
+}
+
+#[test]
+fn a_second_client_sees_the_events() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("test", "/default");
+    let mut c = std::process::Command::new(common::binary());
+    Daemon::env(home.path(), &mut c);
+    let watcher = c
+        .args(["-c", &uri, "event --all --loop --timeout 10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the watcher subscribe before the changes.
+    std::thread::sleep(Duration::from_millis(700));
+    d.client(&uri, "suspend test; resume test; destroy test")
+        .ok();
+    let out = watcher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(
+            "event 'lifecycle' for domain 'test': Suspended Paused\nevent 'lifecycle' for domain 'test': Resumed Unpaused\nevent 'lifecycle' for domain 'test': Stopped Destroyed\n"
+        ),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same stream is curl-able: Server-Sent Events.
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 256];
+    let n = s.read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).contains("text/event-stream"));
+    d.client(&uri, "start test").ok();
+    let mut got = String::new();
+    let mut buf = [0u8; 1024];
+    while !got.contains("\n\n") || !got.contains("data: ") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        got.contains(r#"data: {"object":"domain","name":"test","uuid":"6695eb01-f6a4-8304-79aa-97f2502e193f","event":{"started":"Booted"}}"#),
+        "{got}"
+    );
+}
+
+#[test]
+fn a_killed_daemon_restarts_with_every_object() {
+    let home = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("ptest", "/system");
+    let xml = home.path().join("vm1.xml");
+    std::fs::write(
+        &xml,
+        "<domain type='test'><name>vm1</name><memory>65536</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>",
+    )
+    .unwrap();
+    let net = home.path().join("net1.xml");
+    std::fs::write(&net, "<network><name>net1</name><bridge name='virbr9'/><forward mode='nat'/><ip address='10.9.0.1' prefix='24'/></network>").unwrap();
+    d.client(
+        &uri,
+        &format!(
+            "define {}; start vm1; suspend vm1; net-define {}; net-start net1; pool-define-as p1 dir --target /srv/p1",
+            xml.display(),
+            net.display()
+        ),
+    )
+    .ok();
+    let before = d
+        .client(&uri, "list --all; net-list --all; pool-list --all")
+        .ok()
+        .to_string();
+    assert!(before.contains(" 1    vm1    paused"), "{before}");
+    // kill -9: no chance to tidy up.
+    let status = d.stop_with(libc::SIGKILL);
+    assert!(!status.success());
+    d.spawn();
+    let after = d
+        .client(&uri, "list --all; net-list --all; pool-list --all")
+        .ok()
+        .to_string();
+    assert_eq!(after, before);
+    // And it is still controllable.
+    let r = d.client(&uri, "resume vm1; domstate vm1 --reason");
+    assert_eq!(r.ok(), "Domain 'vm1' resumed\n\nrunning (unpaused)\n\n");
+    // SIGTERM ends the daemon cleanly and leaves the domain running.
+    let status = d.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert!(d.log_text().contains("domains were left as they were"));
+    d.spawn();
+    let r = d.client(&uri, "domstate vm1");
+    assert_eq!(r.ok(), "running\n\n");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_directories_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let mut c = std::process::Command::new(common::daemon_binary());
+    Daemon::env(home.path(), &mut c);
+    let out = c.arg("--root").arg(&d.root).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "virtwasmd: another virtwasmd (pid {}) already serves {}\n",
+            d.pid(),
+            d.root.join("run/virtwasm").display()
+        )
+    );
+    // The first one still answers.
+    assert_eq!(
+        d.client(&d.uri("test", "/default"), "domstate test").ok(),
+        "running\n\n"
+    );
+}
+
+#[test]
+fn the_session_daemon_starts_on_demand() {
+    let home = tempfile::tempdir().unwrap();
+    let mut c = std::process::Command::new(common::binary());
+    Daemon::env(home.path(), &mut c);
+    let out = c
+        .args(["-c", "ptest:///session", "list --all; uri"])
+        .output()
+        .unwrap();
+    let pidfile = home.path().join("run/virtwasm/virtwasmd.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .map(|s| s.trim().parse().unwrap_or(0))
+        .unwrap_or(0);
+    // Stop the daemon we caused, by pid, whatever the assertions say.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if self.0 > 0 {
+                // SAFETY: a signal to the daemon this test started, by pid.
+                unsafe { libc::kill(self.0, libc::SIGTERM) };
+            }
+        }
+    }
+    let _reap = Reap(pid);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        " Id   Name   State\n--------------------\n\nptest:///session\n\n"
+    );
+    assert!(pid > 0, "no session daemon pid in {}", pidfile.display());
+    assert!(home.path().join("run/virtwasm/virtwasm-sock").exists());
+    // A second client finds the running daemon rather than starting another.
+    let mut c = std::process::Command::new(common::binary());
+    Daemon::env(home.path(), &mut c);
+    let out = c
+        .args(["-c", "ptest:///session", "list --all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let again: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(again, pid);
+}
