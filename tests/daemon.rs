@@ -174,7 +174,7 @@ fn a_second_client_sees_the_events() {
     let mut c = std::process::Command::new(common::binary());
     Daemon::env(home.path(), &mut c);
     let watcher = c
-        .args(["-c", &uri, "event --all --loop --timeout 10"])
+        .args(["-c", &uri, "event --all --loop --timeout 4"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -333,4 +333,110 @@ fn the_session_daemon_starts_on_demand() {
         .parse()
         .unwrap();
     assert_eq!(again, pid);
+}
+
+/// Sends one request with extra header lines; returns the whole raw answer.
+fn http_raw(socket: &Path, head: &str) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{head}\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[test]
+fn long_work_runs_as_an_operation() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("test", "/default");
+    d.client(&uri, "destroy test").ok();
+    // Asked to answer at once, the daemon returns the operation and where to watch it.
+    let answer = http_raw(
+        &d.socket(),
+        "POST /v1/domains/test/start HTTP/1.1\r\nHost: x\r\nConnection: close\r\nPrefer: respond-async\r\nContent-Length: 0\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 202 Accepted"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    let op: serde_json::Value = serde_json::from_str(body).unwrap();
+    let id = op["id"].as_str().unwrap().to_string();
+    assert_eq!(op["op"], "start");
+    assert_eq!(op["target"], "test");
+    assert!(
+        answer.contains(&format!("location: /v1/operations/{id}")),
+        "{answer}"
+    );
+
+    // Any client can wait for it and sees its outcome.
+    let r = d.client(&uri, &format!("operation-wait {id}; domstate test"));
+    assert_eq!(
+        r.ok(),
+        format!("Operation {id} (start) succeeded\n\nrunning\n\n")
+    );
+    let r = d.client(&uri, "operation-list --json");
+    let list: serde_json::Value = serde_json::from_str(r.ok()).unwrap();
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == id.as_str())
+        .expect("the operation is listed");
+    assert_eq!(listed["status"], "success");
+    // Who started it: this test's uid, by its unix credentials.
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert!(
+        listed["client"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("uid:{me} (pid ")),
+        "{listed}"
+    );
+    // A synchronous long request is an operation too, listed after it finished.
+    d.client(&uri, "suspend test; resume test; shutdown test")
+        .ok();
+    let r = d.client(&uri, "operation-list");
+    assert!(
+        r.ok().contains(" shutdown    test     success"),
+        "{}",
+        r.stdout
+    );
+
+    // A finished operation cannot be cancelled, and an unknown id is named.
+    let r = d.client(&uri, &format!("operation-cancel {id}"));
+    assert_eq!(
+        r.failed(),
+        format!("error: operation '{id}' (start) has already finished\n")
+    );
+    let r = d.client(&uri, "operation-wait nosuch");
+    assert_eq!(r.failed(), "error: no operation with id 'nosuch'\n");
+    // In-process there are no operations, and the CLI says why.
+    let r = common::test_driver("operation-list");
+    assert!(
+        r.failed().contains("operations are kept by virtwasmd"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn driver_errors_read_the_same_through_the_daemon() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let file = home.path().join("in.img");
+    std::fs::write(&file, b"data").unwrap();
+    let script = format!(
+        "vol-create-as default-pool a.img 1M; vol-upload a.img {} --pool default-pool; dominfo nosuch; pool-start default-pool",
+        file.display()
+    );
+    let local = common::test_driver(&script);
+    let remote = d.client(&d.uri("test", "/default"), &script);
+    assert_eq!(remote.stdout, local.stdout);
+    assert_eq!(remote.stderr, local.stderr);
+    assert_eq!(remote.code, local.code);
+    assert!(
+        local.stderr.contains("cannot upload to volume a.img"),
+        "{}",
+        local.stderr
+    );
 }

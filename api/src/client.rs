@@ -133,17 +133,64 @@ impl Client {
             .console_endpoint(key, device)
     }
 
-    /// Copies a local file into a volume (`upload`) or a volume into a local file.
-    /// In-process only for now: streaming volumes through the daemon is not built yet.
+    /// Copies a local file into a volume (`upload`) or a volume into a local file, through
+    /// the daemon as a stream when remote. `progress` hears bytes done and total; an error
+    /// from it stops the transfer.
     pub fn vol_transfer(
         &self,
         key: &str,
         pool: Option<&str>,
         file: &Path,
         upload: bool,
+        progress: &mut dyn FnMut(u64, u64) -> Result<()>,
     ) -> Result<u64> {
-        self.require_local(if upload { "vol-upload" } else { "vol-download" })?
-            .vol_transfer(key, pool, file, upload)
+        match &self.via {
+            Via::Local(c) => c.vol_transfer(key, pool, file, upload, progress),
+            Via::Remote(r) => r.vol_transfer(key, pool, file, upload, progress),
+        }
+    }
+
+    /// The daemon's operations, newest first.
+    pub fn operations(&self) -> Result<Vec<crate::operation::Operation>> {
+        self.raw_json("GET", "/v1/operations")
+    }
+
+    /// Waits up to `timeout_secs` for an operation to finish; returns it as it then is.
+    pub fn operation_wait(
+        &self,
+        id: &str,
+        timeout_secs: u64,
+    ) -> Result<crate::operation::Operation> {
+        self.raw_json(
+            "GET",
+            &format!(
+                "/v1/operations/{}/wait?timeout={timeout_secs}",
+                crate::ops::escape(id)
+            ),
+        )
+    }
+
+    /// Asks an operation to stop.
+    pub fn operation_cancel(&self, id: &str) -> Result<crate::operation::Operation> {
+        self.raw_json(
+            "DELETE",
+            &format!("/v1/operations/{}", crate::ops::escape(id)),
+        )
+    }
+
+    fn raw_json<T: DeserializeOwned>(&self, method: &str, target: &str) -> Result<T> {
+        let Via::Remote(remote) = &self.via else {
+            return Err(Error::new(
+                virtwasm_host::ErrorKind::Unsupported,
+                "operations are kept by virtwasmd; this connection runs the host in-process, where every call finishes before it returns".to_string(),
+            ));
+        };
+        let (status, body) = remote.send(method, target, None)?;
+        if status != 200 {
+            return Err(crate::wire::parse_error(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::failed(format!("unexpected answer from {target}: {e}")))
     }
 
     fn require_local(&self, what: &str) -> Result<&Connection> {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod dispatch;
 pub mod endpoint;
 pub mod openapi;
+pub mod operation;
 pub mod ops;
 pub mod pki;
 pub mod remote;

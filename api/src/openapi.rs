@@ -68,6 +68,44 @@ pub fn document() -> Value {
         json!({ "get": { "operationId": "openapi", "tags": ["node"],
             "responses": { "200": { "description": "This document" } } } }),
     );
+    paths.insert(
+        "/v1/operations".into(),
+        json!({ "get": { "operationId": "operations", "tags": ["operations"], "x-permission": "getattr",
+            "responses": { "200": { "description": "Running and recent operations, newest first" }, "default": error } } }),
+    );
+    paths.insert(
+        "/v1/operations/{id}".into(),
+        json!({
+            "get": { "operationId": "operation", "tags": ["operations"], "x-permission": "getattr",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "The operation: status, progress, result or error" }, "default": error } },
+            "delete": { "operationId": "operation-cancel", "tags": ["operations"], "x-permission": "the operation's own",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "Cancel requested" }, "default": error } }
+        }),
+    );
+    paths.insert(
+        "/v1/operations/{id}/wait".into(),
+        json!({ "get": { "operationId": "operation-wait", "tags": ["operations"], "x-permission": "getattr",
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+                           { "name": "timeout", "in": "query", "required": false, "schema": { "type": "integer" } }],
+            "responses": { "200": { "description": "The operation once finished, or as it is after the timeout" }, "default": error } } }),
+    );
+    paths.insert(
+        "/v1/volumes/{key}/data".into(),
+        json!({
+            "get": { "operationId": "vol-download", "tags": ["volumes"], "x-permission": "read",
+                "parameters": [{ "name": "key", "in": "path", "required": true, "schema": { "type": "string" } },
+                               { "name": "pool", "in": "query", "required": false, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "The volume's bytes (x-virtwasm-operation names the operation)",
+                    "content": { "application/octet-stream": {} } }, "default": error } },
+            "put": { "operationId": "vol-upload", "tags": ["volumes"], "x-permission": "write",
+                "parameters": [{ "name": "key", "in": "path", "required": true, "schema": { "type": "string" } },
+                               { "name": "pool", "in": "query", "required": false, "schema": { "type": "string" } }],
+                "requestBody": { "required": true, "content": { "application/octet-stream": {} } },
+                "responses": { "200": { "description": "Bytes written" }, "default": error } }
+        }),
+    );
     json!({
         "openapi": "3.0.3",
         "info": {

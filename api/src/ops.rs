@@ -772,6 +772,28 @@ const ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// Operations that can take long (a guest booting or saving, bytes copied): the daemon runs
+/// them as operations a client can watch, wait for, and have answered asynchronously.
+pub const LONG: &[&str] = &[
+    "start",
+    "shutdown",
+    "reboot",
+    "create-xml",
+    "save",
+    "restore",
+    "managed-save",
+    "snapshot-create",
+    "snapshot-revert",
+    "pool-build",
+    "vol-clone",
+    "vol-wipe",
+];
+
+/// Percent-encodes `text` for a path segment or query value.
+pub fn escape(text: &str) -> String {
+    utf8_percent_encode(text, ESCAPE).to_string()
+}
+
 /// A request on the wire, before HTTP framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireRequest {

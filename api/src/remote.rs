@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -25,6 +26,9 @@ use crate::wire::{URI_HEADER, parse_error};
 /// The header asking the daemon to refuse every change on this connection (`virtwasm -r`).
 pub const READONLY_HEADER: &str = "x-virtwasm-readonly";
 
+/// Every request body: whole (JSON) or streamed (a volume upload).
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
@@ -32,7 +36,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 pub struct Remote {
     rt: Runtime,
     target: Target,
-    sender: Mutex<SendRequest<Full<Bytes>>>,
+    sender: Mutex<SendRequest<Body>>,
     /// The `ssh` child and what it printed on standard error, for ssh connections.
     ssh: Mutex<SshChild>,
 }
@@ -59,7 +63,7 @@ impl Remote {
     pub fn connect(target: &Target) -> Result<Remote> {
         let rt = runtime()?;
         let (stream, ssh) = rt.block_on(open_stream(target))?;
-        let handshake = rt.block_on(hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+        let handshake = rt.block_on(hyper::client::conn::http1::handshake::<_, Body>(
             TokioIo::new(stream),
         ));
         let (sender, conn) = handshake
@@ -117,14 +121,14 @@ impl Remote {
         result.map_err(|e| self.transport_error(e))
     }
 
-    fn reconnect(&self) -> Result<SendRequest<Full<Bytes>>> {
+    fn reconnect(&self) -> Result<SendRequest<Body>> {
         let (stream, ssh) = self.rt.block_on(open_stream(&self.target))?;
         if let Some(old) = std::mem::replace(&mut *self.ssh.lock().unwrap(), ssh) {
             drop(old); // kill_on_drop ends the old ssh
         }
         let (sender, conn) = self
             .rt
-            .block_on(hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+            .block_on(hyper::client::conn::http1::handshake::<_, Body>(
                 TokioIo::new(stream),
             ))
             .map_err(|e| {
@@ -144,7 +148,22 @@ impl Remote {
         method: &str,
         target: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<hyper::Request<Full<Bytes>>> {
+    ) -> Result<hyper::Request<Body>> {
+        self.request_with(
+            method,
+            target,
+            body.is_some(),
+            Full::new(Bytes::from(body.unwrap_or_default())).boxed(),
+        )
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        target: &str,
+        json: bool,
+        body: Body,
+    ) -> Result<hyper::Request<Body>> {
         let mut builder = hyper::Request::builder()
             .method(method)
             .uri(target)
@@ -153,11 +172,16 @@ impl Remote {
         if self.target.readonly {
             builder = builder.header(READONLY_HEADER, "1");
         }
-        if body.is_some() {
-            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
+        builder = builder.header(
+            hyper::header::CONTENT_TYPE,
+            if json {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            },
+        );
         builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(body)
             .map_err(|e| Error::internal(format!("cannot build request {method} {target}: {e}")))
     }
 
@@ -173,6 +197,141 @@ impl Remote {
             }
         }
         Error::failed(message)
+    }
+
+    /// Streams a local file into a volume (`PUT .../data`) or a volume into a local file
+    /// (`GET .../data`), telling `progress` the bytes done of the total.
+    pub fn vol_transfer(
+        &self,
+        key: &str,
+        pool: Option<&str>,
+        file: &Path,
+        upload: bool,
+        progress: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Result<u64> {
+        use std::io::{Read, Write};
+        let target = crate::wire::volume_data_path(key, pool);
+        let mut sender = self.sender.lock().unwrap();
+        if sender.is_closed() {
+            *sender = self.reconnect()?;
+        }
+        if upload {
+            let mut src =
+                std::fs::File::open(file).map_err(|e| Error::io("cannot open", file, e))?;
+            let total = src
+                .metadata()
+                .map_err(|e| Error::io("cannot stat", file, e))?
+                .len();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+            let body = crate::wire::ChannelBody {
+                rx,
+                len: Some(total),
+            };
+            let request = self.request_with("PUT", &target, false, body.boxed())?;
+            let outcome: Result<(u16, Vec<u8>)> = self.rt.block_on(async {
+                sender.ready().await.map_err(|e| self.transport_error(e))?;
+                let answer = sender.send_request(request);
+                tokio::pin!(answer);
+                let mut buf = vec![0u8; 1 << 20];
+                let mut done = 0u64;
+                let mut tx = Some(tx);
+                loop {
+                    let n = src
+                        .read(&mut buf)
+                        .map_err(|e| Error::io("cannot read", file, e))?;
+                    if n == 0 {
+                        tx = None;
+                        break;
+                    }
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    let Some(sending) = tx.as_ref() else { break };
+                    tokio::select! {
+                        sent = sending.send(chunk) => {
+                            if sent.is_err() {
+                                break;
+                            }
+                        }
+                        // The daemon answered before taking everything: a refusal.
+                        early = &mut answer => {
+                            let resp = early.map_err(|e| self.transport_error(e))?;
+                            let status = resp.status().as_u16();
+                            let body = resp.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                            return Ok((status, body));
+                        }
+                    }
+                    done += n as u64;
+                    if let Err(e) = progress(done, total) {
+                        drop(tx.take());
+                        return Err(e);
+                    }
+                }
+                drop(tx);
+                let resp = answer.await.map_err(|e| self.transport_error(e))?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| self.transport_error(e))?
+                    .to_bytes();
+                Ok((status, body.to_vec()))
+            });
+            let (status, body) = outcome?;
+            if status != 200 {
+                return Err(parse_error(status, &body));
+            }
+            serde_json::from_slice(&body)
+                .map_err(|e| Error::failed(format!("unexpected answer to an upload: {e}")))
+        } else {
+            let request =
+                self.request_with("GET", &target, false, Full::new(Bytes::new()).boxed())?;
+            self.rt.block_on(async {
+                sender.ready().await.map_err(|e| self.transport_error(e))?;
+                let resp = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| self.transport_error(e))?;
+                let status = resp.status().as_u16();
+                let total = resp
+                    .headers()
+                    .get(hyper::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0);
+                let mut body = resp.into_body();
+                if status != 200 {
+                    let bytes = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    return Err(parse_error(status, &bytes));
+                }
+                let mut dst = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(file)
+                    .map_err(|e| Error::io("cannot open", file, e))?;
+                let mut done = 0u64;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| self.transport_error(e))?;
+                    if let Ok(data) = frame.into_data() {
+                        dst.write_all(&data)
+                            .map_err(|e| Error::io("cannot write", file, e))?;
+                        done += data.len() as u64;
+                        progress(done, total)?;
+                    }
+                }
+                if total > 0 && done != total {
+                    return Err(Error::failed(format!(
+                        "the download ended after {done} of {total} bytes"
+                    )));
+                }
+                dst.sync_all()
+                    .map_err(|e| Error::io("cannot sync", file, e))?;
+                Ok(done)
+            })
+        }
     }
 
     /// Subscribes to the daemon's events: a second connection reads `/v1/events` on a

@@ -76,3 +76,47 @@ mod tests {
         );
     }
 }
+
+/// A body whose chunks come from a channel: a volume streamed to or from the daemon, an
+/// event stream. With a known length it is sent with a Content-Length.
+#[derive(Debug)]
+pub struct ChannelBody {
+    /// The chunks; the body ends when every sender is gone.
+    pub rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    /// The total length, when known.
+    pub len: Option<u64>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.len {
+            Some(n) => hyper::body::SizeHint::with_exact(n),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// The path of a volume's data (`GET` downloads it, `PUT` uploads into it).
+pub fn volume_data_path(key: &str, pool: Option<&str>) -> String {
+    let mut p = format!("/v1/volumes/{}/data", crate::ops::escape(key));
+    if let Some(pool) = pool {
+        p.push_str("?pool=");
+        p.push_str(&crate::ops::escape(pool));
+    }
+    p
+}
+
+/// The request header asking for an operation instead of waiting (RFC 7240).
+pub const PREFER_ASYNC: &str = "respond-async";

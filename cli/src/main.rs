@@ -6,6 +6,7 @@
 
 mod commands;
 mod docs;
+mod progress;
 mod session;
 mod shell;
 mod table;

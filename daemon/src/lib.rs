@@ -10,7 +10,9 @@
 
 pub mod access;
 pub mod config;
+pub mod operations;
 pub mod server;
+pub mod volumes;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;

@@ -58,6 +58,8 @@ pub struct Daemon {
     pub mode: Mode,
     /// Directories under which clients may name files (save images).
     pub files_allowed: Vec<PathBuf>,
+    /// Long work, listed while it runs and for a while after.
+    pub operations: crate::operations::Operations,
     clients: Arc<Semaphore>,
     in_flight: AtomicUsize,
     per_client: Mutex<HashMap<String, usize>>,
@@ -69,8 +71,8 @@ pub struct Daemon {
 pub enum Reply {
     /// A complete body.
     Full(Full<Bytes>),
-    /// Chunks from a channel (Server-Sent Events).
-    Stream(mpsc::Receiver<Bytes>),
+    /// Chunks from a channel (Server-Sent Events, a volume's data).
+    Stream(virtwasm_api::wire::ChannelBody),
 }
 
 impl Body for Reply {
@@ -82,7 +84,7 @@ impl Body for Reply {
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Reply::Full(f) => Pin::new(f).poll_frame(cx),
-            Reply::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            Reply::Stream(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -90,7 +92,7 @@ impl Body for Reply {
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
             Reply::Full(f) => f.size_hint(),
-            Reply::Stream(_) => hyper::body::SizeHint::default(),
+            Reply::Stream(b) => b.size_hint(),
         }
     }
 
@@ -102,7 +104,7 @@ impl Body for Reply {
     }
 }
 
-fn json_response(status: u16, body: Vec<u8>) -> Response<Reply> {
+pub(crate) fn json_response(status: u16, body: Vec<u8>) -> Response<Reply> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -110,7 +112,7 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Reply> {
         .expect("static headers")
 }
 
-fn error_response(e: &Error) -> Response<Reply> {
+pub(crate) fn error_response(e: &Error) -> Response<Reply> {
     json_response(status_of(e.kind), error_body(e))
 }
 
@@ -119,6 +121,7 @@ impl Daemon {
     pub fn new(host: Arc<Host>, config: Config, mode: Mode, files_allowed: Vec<PathBuf>) -> Daemon {
         Daemon {
             host,
+            operations: Default::default(),
             clients: Arc::new(Semaphore::new(config.limits.max_clients)),
             config,
             mode,
@@ -145,7 +148,7 @@ impl Daemon {
 
     /// Opens the driver a request is for, refusing URIs that would reach outside this
     /// daemon's directories (node files, `embed?root=`, another mode's path).
-    fn open(&self, uri: &str, readonly: bool) -> Result<Connection> {
+    pub(crate) fn open(&self, uri: &str, readonly: bool) -> Result<Connection> {
         let parsed = ConnectUri::parse(uri)?;
         let mine = self.mode.path();
         let ok = parsed.transport.is_none()
@@ -257,13 +260,13 @@ where
 }
 
 /// Counts a client's running requests; refuses past the per-client limit.
-struct InFlight {
+pub(crate) struct InFlight {
     daemon: Arc<Daemon>,
     key: String,
 }
 
 impl InFlight {
-    fn enter(daemon: &Arc<Daemon>, who: &Identity) -> Result<InFlight> {
+    pub(crate) fn enter(daemon: &Arc<Daemon>, who: &Identity) -> Result<InFlight> {
         let key = who.key();
         let limit = daemon.config.limits.max_requests_per_client;
         let mut map = daemon.per_client.lock().unwrap();
@@ -286,8 +289,25 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// A slot outside the per-client limit, for work that outlives its request (an
+    /// operation answered at once): it keeps SIGTERM waiting without counting against the
+    /// client.
+    pub(crate) fn enter_unlimited(daemon: &Arc<Daemon>) -> InFlight {
+        daemon.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight {
+            daemon: daemon.clone(),
+            key: String::new(),
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.key.is_empty() {
+            self.daemon.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         let mut map = self.daemon.per_client.lock().unwrap();
         if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
@@ -331,6 +351,38 @@ async fn handle(
             )));
         }
     };
+    let asynchronous = req
+        .headers()
+        .get(hyper::header::HeaderName::from_static("prefer"))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim() == virtwasm_api::wire::PREFER_ASYNC)
+        });
+    // A volume's data streams through without the request-size cap.
+    if let Some((key, pool)) = volume_data_target(&path, &query) {
+        let response = match method.as_str() {
+            "GET" | "PUT" => {
+                crate::volumes::transfer(
+                    daemon.clone(),
+                    peer.clone(),
+                    &uri,
+                    readonly,
+                    key,
+                    pool,
+                    req,
+                    asynchronous,
+                )
+                .await
+            }
+            other => error_response(&Error::new(
+                ErrorKind::Unsupported,
+                format!("method {other} is not allowed on '{path}' (allowed: GET, PUT)"),
+            )),
+        };
+        drop(guard);
+        return response;
+    }
     let limit = daemon.config.limits.max_request_bytes;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -349,30 +401,214 @@ async fn handle(
             return json_response(status, error_body(&err));
         }
     };
-    let response = match (method.as_str(), path.as_str()) {
-        ("GET", "/v1") => json_response(200, info(&daemon, &peer)),
-        ("GET", "/v1/openapi.json") => json_response(
+    let segs: Vec<&str> = path.split('/').collect();
+    let response = match (method.as_str(), segs.as_slice()) {
+        ("GET", ["", "v1"]) => json_response(200, info(&daemon, &peer)),
+        ("GET", ["", "v1", "openapi.json"]) => json_response(
             200,
             serde_json::to_vec_pretty(&virtwasm_api::openapi::document()).unwrap_or_default(),
         ),
-        ("GET", "/v1/events") => events(daemon.clone(), peer.clone(), &uri, readonly).await,
+        ("GET", ["", "v1", "events"]) => events(daemon.clone(), peer.clone(), &uri, readonly).await,
+        (_, ["", "v1", "operations", rest @ ..]) => {
+            operation_request(&daemon, &peer, readonly, &method, rest, &query).await
+        }
         _ => {
             let d = daemon.clone();
             let p = peer.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                call(&d, &p, &uri, readonly, &method, &path, &query, &body)
+            let prepared = tokio::task::spawn_blocking(move || {
+                prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)
             })
             .await
             .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
-            match result {
-                Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
+            match prepared {
                 Err(e) => error_response(&e),
+                Ok(call) => run(&daemon, &peer, call, asynchronous).await,
             }
         }
     };
     drop(guard);
     *daemon.last_activity.lock().unwrap() = Instant::now();
     response
+}
+
+/// `/v1/volumes/{key}/data[?pool=P]`: the key and pool, decoded.
+fn volume_data_target(path: &str, query: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/v1/volumes/")?.strip_suffix("/data")?;
+    if rest.is_empty() || rest.contains('/') {
+        return None;
+    }
+    let decode = |t: &str| {
+        percent_encoding::percent_decode_str(t)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
+    let key = decode(rest)?;
+    let pool = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("pool="))
+        .and_then(decode);
+    Some((key, pool))
+}
+
+/// `/v1/operations`, `/v1/operations/{id}`, `/v1/operations/{id}/wait?timeout=S`, and
+/// `DELETE /v1/operations/{id}` (cancel).
+async fn operation_request(
+    daemon: &Arc<Daemon>,
+    peer: &Peer,
+    readonly: bool,
+    method: &str,
+    rest: &[&str],
+    query: &str,
+) -> Response<Reply> {
+    let ok = |v: &dyn erased::Json| json_response(200, v.to_json());
+    let check = |kind, perm, name: Option<&str>, op: &str| {
+        authorize(
+            &daemon.config.access,
+            &peer.identity,
+            readonly,
+            op,
+            kind,
+            perm,
+            name,
+        )
+    };
+    match (method, rest) {
+        ("GET", []) => match check(ObjectKind::Node, Permission::Getattr, None, "operations") {
+            Ok(()) => ok(&daemon.operations.list()),
+            Err(e) => error_response(&e),
+        },
+        ("GET", [id]) | ("GET", [id, "wait"]) | ("DELETE", [id]) => {
+            let entry = match daemon.operations.get(id) {
+                Ok(e) => e,
+                Err(e) => return error_response(&e),
+            };
+            let info = entry.snapshot();
+            if method == "DELETE" {
+                let (kind, perm) = entry.guard;
+                if let Err(e) = check(kind, perm, info.target.as_deref(), "cancel") {
+                    return error_response(&e);
+                }
+                return match daemon.operations.cancel(&entry) {
+                    Ok(op) => ok(&op),
+                    Err(e) => error_response(&e),
+                };
+            }
+            if let Err(e) = check(ObjectKind::Node, Permission::Getattr, None, "operations") {
+                return error_response(&e);
+            }
+            if rest.len() == 2 {
+                let secs = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("timeout="))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .unwrap_or(30)
+                    .min(3600);
+                return ok(&entry.wait(Duration::from_secs(secs)).await);
+            }
+            ok(&info)
+        }
+        _ => error_response(&Error::not_found(format!(
+            "no API endpoint at '/v1/operations/{}' for {method}",
+            rest.join("/")
+        ))),
+    }
+}
+
+/// Serialization behind one small trait object, so handlers can answer any record.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}
+
+/// A request checked and ready to run.
+#[allow(clippy::large_enum_variant)] // one per request, moved once
+pub enum Prepared {
+    /// Already answered.
+    Answer(serde_json::Value),
+    /// A host call to make.
+    Call {
+        /// The driver connection.
+        conn: Connection,
+        /// The request.
+        req: Request,
+        /// Its route.
+        route: &'static virtwasm_api::ops::Route,
+        /// The object it acts on, by name.
+        target: Option<String>,
+    },
+}
+
+/// Runs a prepared request: a quick one in the blocking pool while the client waits; a
+/// long one as an operation, answered `202` with the operation at once when the client
+/// sent `Prefer: respond-async`.
+async fn run(
+    daemon: &Arc<Daemon>,
+    peer: &Peer,
+    call: Prepared,
+    asynchronous: bool,
+) -> Response<Reply> {
+    let (conn, req, route, target) = match call {
+        Prepared::Answer(v) => {
+            return json_response(200, serde_json::to_vec(&v).unwrap_or_default());
+        }
+        Prepared::Call {
+            conn,
+            req,
+            route,
+            target,
+        } => (conn, req, route, target),
+    };
+    let long = virtwasm_api::ops::LONG.contains(&route.op);
+    if !long {
+        let d = daemon.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            dispatch::dispatch(&conn, req, &|p| d.check_file(p))
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
+        return match result {
+            Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
+            Err(e) => error_response(&e),
+        };
+    }
+    let entry = daemon.operations.start(
+        route.op,
+        target,
+        peer.identity.describe(),
+        false,
+        (route.object, route.permission),
+    );
+    let d = daemon.clone();
+    let e = entry.clone();
+    // The work holds an in-flight slot of its own, so SIGTERM waits for it even when the
+    // client was answered at once.
+    let slot = InFlight::enter_unlimited(daemon);
+    let work = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let outcome = dispatch::dispatch(&conn, req, &|p| d.check_file(p));
+        e.finish(&outcome);
+        outcome
+    });
+    if asynchronous {
+        let op = entry.snapshot();
+        let mut r = json_response(202, serde_json::to_vec(&op).unwrap_or_default());
+        if let Ok(v) = format!("/v1/operations/{}", op.id).parse() {
+            r.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        return r;
+    }
+    match work.await {
+        Ok(Ok(value)) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => error_response(&Error::internal(format!("request handler failed: {e}"))),
+    }
 }
 
 fn info(daemon: &Daemon, peer: &Peer) -> Vec<u8> {
@@ -394,9 +630,10 @@ fn info(daemon: &Daemon, peer: &Peer) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// One API call: parse, open the driver, authorize, dispatch.
+/// Parses a request, opens its driver and authorizes it. `list-plugins`, which only the
+/// front end (holding the registry) can answer, is answered here.
 #[allow(clippy::too_many_arguments)]
-fn call(
+fn prepare(
     daemon: &Daemon,
     peer: &Peer,
     uri: &str,
@@ -405,7 +642,7 @@ fn call(
     path: &str,
     query: &str,
     body: &[u8],
-) -> Result<serde_json::Value> {
+) -> Result<Prepared> {
     let (req, route) = Request::from_http(method, path, query, body)?;
     if let Request::ListPlugins = req {
         authorize(
@@ -418,6 +655,7 @@ fn call(
             None,
         )?;
         return serde_json::to_value(daemon.host.registry().list())
+            .map(Prepared::Answer)
             .map_err(|e| Error::internal(e.to_string()));
     }
     let conn = daemon.open(uri, readonly)?;
@@ -432,7 +670,12 @@ fn call(
         name.as_deref(),
     )?;
     tracing::debug!(client = %peer.identity.describe(), op = route.op, "request");
-    dispatch::dispatch(&conn, req, &|p| daemon.check_file(p))
+    Ok(Prepared::Call {
+        conn,
+        req,
+        route,
+        target: name,
+    })
 }
 
 /// `GET /v1/events`: Server-Sent Events, each a JSON event the client may see (getattr on
@@ -494,6 +737,9 @@ async fn events(
         .status(StatusCode::OK)
         .header(hyper::header::CONTENT_TYPE, "text/event-stream")
         .header(hyper::header::CACHE_CONTROL, "no-cache")
-        .body(Reply::Stream(body_rx))
+        .body(Reply::Stream(virtwasm_api::wire::ChannelBody {
+            rx: body_rx,
+            len: None,
+        }))
         .expect("static headers")
 }

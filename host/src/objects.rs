@@ -10,6 +10,55 @@ use crate::events::{Event, ObjectEvent};
 use crate::state::{NetworkRecord, PoolRecord};
 use crate::xml::{self, FormatOptions, ParseOptions};
 
+/// A volume's data, opened by [`Connection::vol_open`].
+#[derive(Debug)]
+pub struct VolumeData {
+    /// The open file (read for a download, write for an upload).
+    pub file: std::fs::File,
+    /// Where it is.
+    pub path: std::path::PathBuf,
+    /// The volume's name.
+    pub name: String,
+    /// The volume's capacity, bytes.
+    pub capacity: u64,
+    /// The file's current length, bytes.
+    pub len: u64,
+}
+
+/// Copies `src` to `dst` in 1 MiB chunks, telling `progress` the bytes done of `total`
+/// after each; `to` names the destination in errors. Syncs the destination at the end.
+pub fn copy_data(
+    mut src: impl std::io::Read,
+    mut dst: std::fs::File,
+    to: &std::path::Path,
+    total: u64,
+    progress: &mut dyn FnMut(u64, u64) -> Result<()>,
+) -> Result<u64> {
+    use std::io::Write;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::failed(format!(
+                    "cannot read data for '{}': {e}",
+                    to.display()
+                )));
+            }
+        };
+        dst.write_all(&buf[..n])
+            .map_err(|e| Error::io("cannot write", to, e))?;
+        done += n as u64;
+        progress(done, total)?;
+    }
+    dst.sync_all()
+        .map_err(|e| Error::io("cannot sync", to, e))?;
+    Ok(done)
+}
+
 /// A pool with its current numbers.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PoolStatus {
@@ -535,15 +584,11 @@ impl Connection {
         Ok(vol.name)
     }
 
-    /// Copies `file` into a volume (`upload`) or a volume into `file` (download), the host
-    /// moving the bytes between the two paths itself.
-    pub fn vol_transfer(
-        &self,
-        key: &str,
-        pool: Option<&str>,
-        file: &std::path::Path,
-        upload: bool,
-    ) -> Result<u64> {
+    /// Opens a volume's data for writing (`upload`) or reading, through the path its driver
+    /// names, refusing a path that resolves outside the pool's directory. The caller moves
+    /// the bytes: [`vol_transfer`](Self::vol_transfer) from a local file, the daemon from a
+    /// request body.
+    pub fn vol_open(&self, key: &str, pool: Option<&str>, upload: bool) -> Result<VolumeData> {
         if upload {
             self.writable()?;
         }
@@ -570,35 +615,50 @@ impl Connection {
             )));
         }
         use std::os::unix::fs::OpenOptionsExt;
-        let nofollow = libc::O_NOFOLLOW;
-        let (mut src, mut dst) = if upload {
+        let file = std::fs::OpenOptions::new()
+            .read(!upload)
+            .write(upload)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&real)
+            .map_err(|e| Error::io("cannot open", &real, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat", &real, e))?
+            .len();
+        Ok(VolumeData {
+            file,
+            path: real,
+            name: vol.name,
+            capacity: vol.capacity,
+            len,
+        })
+    }
+
+    /// Copies `file` into a volume (`upload`) or a volume into `file` (download), the host
+    /// moving the bytes between the two paths itself. `progress` hears the bytes copied so
+    /// far after each chunk; an error from it stops the copy (a cancel).
+    pub fn vol_transfer(
+        &self,
+        key: &str,
+        pool: Option<&str>,
+        file: &std::path::Path,
+        upload: bool,
+        progress: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Result<u64> {
+        let vol = self.vol_open(key, pool, upload)?;
+        if upload {
             let src = std::fs::File::open(file).map_err(|e| Error::io("cannot open", file, e))?;
-            let dst = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(nofollow)
-                .open(&real)
-                .map_err(|e| Error::io("cannot open", &real, e))?;
-            (src, dst)
+            let total = src.metadata().map(|m| m.len()).unwrap_or(0);
+            copy_data(src, vol.file, &vol.path, total, progress)
         } else {
-            let src = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nofollow)
-                .open(&real)
-                .map_err(|e| Error::io("cannot open", &real, e))?;
             let dst = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(file)
                 .map_err(|e| Error::io("cannot open", file, e))?;
-            (src, dst)
-        };
-        let to = if upload { real } else { file.to_path_buf() };
-        let n =
-            std::io::copy(&mut src, &mut dst).map_err(|e| Error::io("cannot copy into", &to, e))?;
-        dst.sync_all()
-            .map_err(|e| Error::io("cannot sync", &to, e))?;
-        Ok(n)
+            copy_data(vol.file, dst, file, vol.len, progress)
+        }
     }
 
     /// Numbers behind `vol-info`.

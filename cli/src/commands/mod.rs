@@ -7,6 +7,7 @@ mod edit;
 mod monitor;
 mod network;
 mod node;
+mod operation;
 mod pki;
 mod plugin;
 mod save;
@@ -172,6 +173,7 @@ pub fn all() -> Vec<&'static Command> {
     v.extend(network::LIFECYCLE.iter());
     v.extend(plugin::COMMANDS.iter());
     v.extend(pki::COMMANDS.iter());
+    v.extend(operation::COMMANDS.iter());
     v
 }
 

@@ -938,15 +938,20 @@ fn vol_transfer(sess: &mut Session, a: &Args, upload: bool) -> Outcome {
         .volume(key, a.get("pool"))
         .map_err(vol_lookup_failure(key, a.get("pool")))?;
     let file = std::path::Path::new(a.req("file"));
-    conn.vol_transfer(key, a.get("pool"), file, upload)
-        .map_err(|e| {
-            let what = if upload {
-                format!("cannot upload to volume {}", vol.name)
-            } else {
-                format!("cannot download from volume {}", vol.name)
-            };
-            Failure(vec![what, e.message])
-        })?;
+    let mut bar = crate::progress::Bar::bytes(if upload { "uploading" } else { "downloading" });
+    conn.vol_transfer(key, a.get("pool"), file, upload, &mut |done, total| {
+        bar.update(done, total);
+        Ok(())
+    })
+    .map_err(|e| {
+        let what = if upload {
+            format!("cannot upload to volume {}", vol.name)
+        } else {
+            format!("cannot download from volume {}", vol.name)
+        };
+        Failure(vec![what, e.message])
+    })?;
+    bar.finish();
     Ok(())
 }
 

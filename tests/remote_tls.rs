@@ -1,0 +1,271 @@
+//! virtwasmd over mutual TLS with certificates made by `virtwasm pki`: a good certificate,
+//! none, one from another CA, one off the allow-list, an operator trying an admin call,
+//! and third-party clients (curl; Python's ssl and http.client) with client certificates.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Daemon, Run};
+
+/// A PKI made with the CLI: the daemon's directory (CA, server certificate) and one client
+/// directory per name, each in libvirt's client layout (cacert.pem, clientcert.pem,
+/// clientkey.pem).
+struct Pki {
+    server: PathBuf,
+    home: PathBuf,
+}
+
+fn pki_cmd(home: &Path, args: &[&str]) {
+    let r = common::virtwasm(home, &[&["pki"], args].concat());
+    r.ok();
+}
+
+impl Pki {
+    fn new(home: &Path, dir: &str) -> Pki {
+        let server = home.join(dir);
+        let s = server.to_str().unwrap();
+        pki_cmd(home, &["ca", "--dir", s, "--name", &format!("{dir} CA")]);
+        pki_cmd(
+            home,
+            &["server", "--dir", s, "--hostname", "127.0.0.1,localhost"],
+        );
+        Pki {
+            server,
+            home: home.to_path_buf(),
+        }
+    }
+
+    /// Issues a client certificate for `name` and returns its directory.
+    fn client(&self, name: &str) -> PathBuf {
+        let s = self.server.to_str().unwrap();
+        pki_cmd(
+            &self.home,
+            &["client", "--dir", s, "--name", name, "--force"],
+        );
+        let dir = self.home.join(format!("client-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(self.server.join("cacert.pem"), dir.join("cacert.pem")).unwrap();
+        std::fs::copy(
+            self.server.join("clientcert.pem"),
+            dir.join("clientcert.pem"),
+        )
+        .unwrap();
+        std::fs::copy(
+            self.server.join("private/clientkey.pem"),
+            dir.join("clientkey.pem"),
+        )
+        .unwrap();
+        dir
+    }
+}
+
+/// A daemon listening for TLS on a free loopback port with `config` as virtwasmd.toml.
+fn tls_daemon(home: &Path, pki: &Pki, config: &str) -> (Daemon, u16) {
+    let etc = home.join("daemon-root/etc/virtwasm");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("virtwasmd.toml"), config).unwrap();
+    let d = Daemon::start(
+        home,
+        &[
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--pki-dir",
+            pki.server.to_str().unwrap(),
+        ],
+    );
+    let log = d.log_text();
+    let port = log
+        .split("tls://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no TLS port in the daemon's log:\n{log}"));
+    (d, port)
+}
+
+fn tls_client(d: &Daemon, port: u16, client: &Path, script: &str) -> Run {
+    let uri = format!(
+        "test+tls://127.0.0.1:{port}/default?pkipath={}",
+        client.display()
+    );
+    d.client(&uri, script)
+}
+
+const ALICE_ADMIN: &str = r#"
+[tls]
+allowed_dn = ["O=virtwasm,CN=alice", "O=virtwasm,CN=carol"]
+
+[[access.rule]]
+identity = "dn:O=virtwasm,CN=alice"
+role = "admin"
+
+[[access.rule]]
+identity = "dn:*CN=carol"
+role = "operator"
+"#;
+
+#[test]
+fn a_good_certificate_gets_its_role() {
+    let home = tempfile::tempdir().unwrap();
+    let pki = Pki::new(home.path(), "pki");
+    let alice = pki.client("alice");
+    let (d, port) = tls_daemon(home.path(), &pki, ALICE_ADMIN);
+    let r = tls_client(
+        &d,
+        port,
+        &alice,
+        "list --all; suspend test; domstate test --reason",
+    );
+    assert_eq!(
+        r.ok(),
+        " Id   Name   State\n----------------------\n 1    test   running\n\nDomain 'test' suspended\n\npaused (user)\n\n"
+    );
+    // The operator may run the lifecycle but not change or delete definitions.
+    let carol = pki.client("carol");
+    let r = tls_client(&d, port, &carol, "resume test; domstate test");
+    assert_eq!(r.ok(), "Domain 'test' resumed\n\nrunning\n\n");
+    let r = tls_client(&d, port, &carol, "setmem test 1G --config");
+    let e = r.failed();
+    assert!(
+        e.contains("access denied: dn:O=virtwasm,CN=carol (sha256:")
+            && e.contains("(role operator) lacks permission 'domain:write' on domain 'test', which 'set-memory' needs"),
+        "{e}"
+    );
+    assert!(
+        d.log_text().contains("lacks permission 'domain:write'"),
+        "a denial is logged:\n{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn certificates_off_the_allow_list_or_from_another_ca_are_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let pki = Pki::new(home.path(), "pki");
+    let bob = pki.client("bob");
+    let (d, port) = tls_daemon(home.path(), &pki, ALICE_ADMIN);
+    // Bob's certificate is from the right CA but not on the allow-list: he is told so
+    // rather than cut off without a word.
+    let r = tls_client(&d, port, &bob, "list");
+    let e = r.failed();
+    assert!(
+        e.contains("client certificate 'O=virtwasm,CN=bob' (sha256:")
+            && e.contains(
+                "is not on this daemon's allow-list ([tls] allowed_dn, allowed_fingerprints)"
+            ),
+        "{e}"
+    );
+
+    // A client whose certificate comes from another CA: the daemon refuses the handshake.
+    let other = Pki::new(home.path(), "other");
+    let mallory = other.client("alice");
+    let out = curl(
+        &pki.server.join("cacert.pem"),
+        Some(&mallory),
+        port,
+        "/v1/domains",
+    );
+    assert!(
+        !out.status.success(),
+        "a foreign client certificate was accepted"
+    );
+    assert!(
+        d.log_text().contains("TLS handshake refused"),
+        "{}",
+        d.log_text()
+    );
+
+    // No client certificate at all: refused too.
+    let out = curl(&pki.server.join("cacert.pem"), None, port, "/v1/domains");
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was accepted"
+    );
+
+    // The CLI without certificates says where it looked.
+    let empty = home.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = tls_client(&d, port, &empty, "list");
+    assert!(
+        r.failed()
+            .contains(&format!("{}/cacert.pem", empty.display())),
+        "{}",
+        r.stderr
+    );
+}
+
+fn curl(ca: &Path, client: Option<&Path>, port: u16, path: &str) -> std::process::Output {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "20", "--cacert"]).arg(ca);
+    if let Some(dir) = client {
+        c.arg("--cert")
+            .arg(dir.join("clientcert.pem"))
+            .arg("--key")
+            .arg(dir.join("clientkey.pem"));
+    }
+    c.arg(format!("https://127.0.0.1:{port}{path}"));
+    c.output().expect("run curl")
+}
+
+#[test]
+fn curl_and_python_are_enough() {
+    let home = tempfile::tempdir().unwrap();
+    let pki = Pki::new(home.path(), "pki");
+    let alice = pki.client("alice");
+    let (_d, port) = tls_daemon(home.path(), &pki, ALICE_ADMIN);
+    let ca = pki.server.join("cacert.pem");
+
+    let out = curl(&ca, Some(&alice), port, "/v1/domains");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["name"], "test");
+
+    let script = format!(
+        r#"
+import http.client, json, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.load_cert_chain({cert:?}, {key:?})
+conn = http.client.HTTPSConnection("127.0.0.1", {port}, context=ctx)
+conn.request("GET", "/v1")
+info = json.loads(conn.getresponse().read())
+conn.request("POST", "/v1/domains/test/suspend", body="{{}}", headers={{"Content-Type": "application/json"}})
+r = conn.getresponse(); r.read()
+conn.request("GET", "/v1/domains/test")
+rec = json.loads(conn.getresponse().read())
+print(info["client"]["subject"], info["role"], r.status, rec["def"]["name"], conn.sock.version())
+"#,
+        ca = ca.display().to_string(),
+        cert = alice.join("clientcert.pem").display().to_string(),
+        key = alice.join("clientkey.pem").display().to_string(),
+    );
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("-c")
+                .arg("import ssl")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("python3 with ssl");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "O=virtwasm,CN=alice admin 200 test TLSv1.3\n"
+    );
+}
