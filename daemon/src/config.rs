@@ -329,3 +329,31 @@ mod tests {
         assert!(!Role::ReadOnly.allows(Permission::Start));
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The example in packaging/ documents the defaults: it must parse and say the same.
+    #[test]
+    fn the_shipped_config_states_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/virtwasmd.toml"));
+        let c = Config::load(path, false).unwrap();
+        let d = Config::default();
+        assert_eq!(c.daemon.log_level, d.daemon.log_level);
+        assert_eq!(c.daemon.idle_exit_secs, d.daemon.idle_exit_secs);
+        assert_eq!(c.daemon.default_uri, d.daemon.default_uri);
+        assert_eq!(c.daemon.shutdown_grace_secs, d.daemon.shutdown_grace_secs);
+        assert_eq!(c.limits.max_clients, d.limits.max_clients);
+        assert_eq!(c.limits.max_requests_per_client, d.limits.max_requests_per_client);
+        assert_eq!(c.limits.idle_timeout_secs, d.limits.idle_timeout_secs);
+        assert_eq!(c.limits.max_request_bytes, d.limits.max_request_bytes);
+        assert_eq!(c.tls.enabled, d.tls.enabled);
+        assert_eq!(c.tls.listen, d.tls.listen);
+        assert_eq!(c.tls.min_version, d.tls.min_version);
+        assert_eq!(c.tcp.listen, d.tcp.listen);
+        assert_eq!(c.access.tls_default_role, d.access.tls_default_role);
+        assert_eq!(c.access.unix_default_role, d.access.unix_default_role);
+        assert!(c.access.rule.is_empty() && c.files.allowed.is_empty());
+    }
+}
