@@ -440,3 +440,103 @@ fn driver_errors_read_the_same_through_the_daemon() {
         local.stderr
     );
 }
+
+#[test]
+fn a_slow_or_greedy_client_does_not_stall_the_others() {
+    let home = tempfile::tempdir().unwrap();
+    let etc = home.path().join("daemon-root/etc/virtwasm");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("virtwasmd.toml"),
+        "[limits]\nmax_clients = 3\nidle_timeout_secs = 2\n",
+    )
+    .unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    // A slowloris: half a request line, then nothing.
+    let mut slow = UnixStream::connect(d.socket()).unwrap();
+    write!(slow, "GET /v1/dom").unwrap();
+    // Another holds a connection open between requests.
+    let mut idle = UnixStream::connect(d.socket()).unwrap();
+    write!(idle, "GET /v1/node HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+    // The third client is still served at once.
+    let started = std::time::Instant::now();
+    let (status, _) = http(&d.socket(), "GET", "/v1/domains", "");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A third connection kept open: retried until served, since the closed one above may
+    // still be giving its place back when we connect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let _third = loop {
+        let mut c = UnixStream::connect(d.socket()).unwrap();
+        write!(c, "GET /v1/node HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let n = c.read(&mut buf).unwrap_or(0);
+        if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK") {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no place for a third client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // With three connections open, a fourth is told the limit rather than left hanging.
+    let (status, body) = http(&d.socket(), "GET", "/v1/domains", "");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(
+        body.contains(
+            "too many clients: this daemon serves at most 3 at once ([limits] max_clients)"
+        ),
+        "{body}"
+    );
+    // Idle and slow connections are closed after idle_timeout_secs, freeing their places.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        slow.read(&mut buf).unwrap_or(0),
+        0,
+        "the slow connection is closed"
+    );
+    let _ = idle.read(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(_third);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, _) = http(&d.socket(), "GET", "/v1/domains", "");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn an_idle_session_daemon_exits_by_itself() {
+    let home = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(home.path(), &["--timeout", "1"]);
+    d.client(&d.uri("test", "/default"), "list").ok();
+    let mut child = d.child.take().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(d.log_text().contains("idle timeout"), "{}", d.log_text());
+    assert!(!d.socket().exists(), "the socket is removed on exit");
+}

@@ -536,13 +536,21 @@ async fn open_stream(target: &Target) -> Result<Opened> {
                 .map_err(|e| Error::failed(format!("cannot run ssh: {e}")))?;
             let stdin = child.stdin.take().expect("piped");
             let stdout = child.stdout.take().expect("piped");
-            let mut stderr = child.stderr.take().expect("piped");
+            let stderr = child
+                .stderr
+                .take()
+                .expect("piped")
+                .into_owned_fd()
+                .map_err(|e| Error::failed(format!("cannot read ssh's standard error: {e}")))?;
             let said = Arc::new(Mutex::new(String::new()));
             let sink = said.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
+            // A thread of its own, not a task: the client's runtime only runs while it waits
+            // on the daemon, and ssh's last words must be collected even when it does not.
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut stderr = std::fs::File::from(stderr);
                 let mut buf = [0u8; 1024];
-                while let Ok(n) = stderr.read(&mut buf).await {
+                while let Ok(n) = stderr.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
@@ -649,6 +657,17 @@ pub fn proxy_stdio(uri: &str, socket: Option<&Path>, readonly: bool) -> Result<(
             path: s.to_path_buf(),
             autostart: false,
         };
+    } else if target.endpoint == Endpoint::InProcess {
+        // `test+ssh://host/default` arrives here as test:///default: the far side's daemon
+        // serves it, as `test+unix:///default` would reach it (root's system daemon, a
+        // user's session daemon).
+        // SAFETY: geteuid has no preconditions.
+        let session = unsafe { libc::geteuid() } != 0;
+        target.endpoint = Endpoint::Unix {
+            path: crate::endpoint::default_socket(session, readonly),
+            autostart: session,
+        };
+        target.driver_uri = uri.to_string();
     }
     if !matches!(target.endpoint, Endpoint::Unix { .. }) {
         return Err(Error::invalid(format!(

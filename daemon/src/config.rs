@@ -337,7 +337,10 @@ mod shipped {
     /// The example in packaging/ documents the defaults: it must parse and say the same.
     #[test]
     fn the_shipped_config_states_the_defaults() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/virtwasmd.toml"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/virtwasmd.toml"
+        ));
         let c = Config::load(path, false).unwrap();
         let d = Config::default();
         assert_eq!(c.daemon.log_level, d.daemon.log_level);
@@ -345,7 +348,10 @@ mod shipped {
         assert_eq!(c.daemon.default_uri, d.daemon.default_uri);
         assert_eq!(c.daemon.shutdown_grace_secs, d.daemon.shutdown_grace_secs);
         assert_eq!(c.limits.max_clients, d.limits.max_clients);
-        assert_eq!(c.limits.max_requests_per_client, d.limits.max_requests_per_client);
+        assert_eq!(
+            c.limits.max_requests_per_client,
+            d.limits.max_requests_per_client
+        );
         assert_eq!(c.limits.idle_timeout_secs, d.limits.idle_timeout_secs);
         assert_eq!(c.limits.max_request_bytes, d.limits.max_request_bytes);
         assert_eq!(c.tls.enabled, d.tls.enabled);

@@ -357,9 +357,9 @@ async fn accept_unix(daemon: Arc<Daemon>, listener: UnixListener, readonly: bool
             }
         };
         let refusal = (!readonly && uid != 0 && uid != me).then(|| {
-            Error::denied(format!(
+            (403, Error::denied(format!(
                 "uid {uid} may not use the read-write socket (root or uid {me} only); use the read-only socket"
-            ))
+            )))
         });
         let peer = Peer {
             identity: Identity::Unix { uid, pid },
@@ -426,10 +426,10 @@ async fn accept_tls(daemon: Arc<Daemon>, listener: TcpListener, config: Arc<rust
                     .any(|f| f.eq_ignore_ascii_case(&cert.fingerprint));
             let refusal = (!listed).then(|| {
                 tracing::warn!(peer = %addr, subject = %cert.subject, "client certificate not on the allow-list");
-                Error::denied(format!(
+                (403, Error::denied(format!(
                     "client certificate '{}' ({}) is not on this daemon's allow-list ([tls] allowed_dn, allowed_fingerprints)",
                     cert.subject, cert.fingerprint
-                ))
+                )))
             });
             let peer = Peer {
                 identity: Identity::Cert(cert),

@@ -213,7 +213,7 @@ pub struct Peer {
     pub readonly_socket: bool,
     /// Why every request on this connection is refused (a certificate off the allow-list),
     /// told to the client rather than dropping it without a word.
-    pub refusal: Option<Error>,
+    pub refusal: Option<(u16, Error)>,
 }
 
 /// Serves one client connection until it closes.
@@ -225,11 +225,14 @@ where
     let peer = Arc::new(match permit {
         Ok(_) => peer,
         Err(_) => Peer {
-            refusal: Some(Error::new(
-                ErrorKind::OperationFailed,
-                format!(
-                    "too many clients: this daemon serves at most {} at once ([limits] max_clients)",
-                    daemon.config.limits.max_clients
+            refusal: Some((
+                503,
+                Error::new(
+                    ErrorKind::OperationFailed,
+                    format!(
+                        "too many clients: this daemon serves at most {} at once ([limits] max_clients)",
+                        daemon.config.limits.max_clients
+                    ),
                 ),
             )),
             ..peer
@@ -324,8 +327,8 @@ async fn handle(
     peer: Arc<Peer>,
     req: HttpRequest<Incoming>,
 ) -> Response<Reply> {
-    if let Some(e) = &peer.refusal {
-        let mut r = error_response(e);
+    if let Some((status, e)) = &peer.refusal {
+        let mut r = json_response(*status, error_body(e));
         r.headers_mut()
             .insert(hyper::header::CONNECTION, "close".parse().expect("static"));
         return r;
