@@ -413,7 +413,9 @@ fn long_work_runs_as_an_operation() {
     // In-process there are no operations, and the CLI says why.
     let r = common::test_driver("operation-list");
     assert!(
-        r.failed().contains("operations are kept by virtwasmd"),
+        r.failed().contains(
+            "'/v1/operations' is served by virtwasmd; this connection runs the host in-process"
+        ),
         "{}",
         r.stderr
     );

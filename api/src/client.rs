@@ -178,14 +178,46 @@ impl Client {
         )
     }
 
+    /// Asks the daemon for a one-time trust token admitting a client `name` with `role`
+    /// (`read-only`, `operator`, `admin`) for `ttl_secs`.
+    pub fn trust_token(&self, name: &str, role: &str, ttl_secs: u64) -> Result<serde_json::Value> {
+        let body = serde_json::json!({ "name": name, "role": role, "ttl_secs": ttl_secs });
+        self.raw_json_body("POST", "/v1/trust/tokens", Some(body))
+    }
+
+    /// Trusted clients and pending tokens.
+    pub fn trust_list(&self) -> Result<serde_json::Value> {
+        self.raw_json("GET", "/v1/trust")
+    }
+
+    /// Removes a trusted client by name or fingerprint.
+    pub fn trust_remove(&self, key: &str) -> Result<serde_json::Value> {
+        self.raw_json(
+            "DELETE",
+            &format!("/v1/trust/clients/{}", crate::ops::escape(key)),
+        )
+    }
+
     fn raw_json<T: DeserializeOwned>(&self, method: &str, target: &str) -> Result<T> {
+        self.raw_json_body(method, target, None)
+    }
+
+    fn raw_json_body<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        target: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
         let Via::Remote(remote) = &self.via else {
             return Err(Error::new(
                 virtwasm_host::ErrorKind::Unsupported,
-                "operations are kept by virtwasmd; this connection runs the host in-process, where every call finishes before it returns".to_string(),
+                format!(
+                    "'{target}' is served by virtwasmd; this connection runs the host in-process (operations finish before they return; trust belongs to a daemon's TLS)"
+                ),
             ));
         };
-        let (status, body) = remote.send(method, target, None)?;
+        let body = body.map(|b| serde_json::to_vec(&b).unwrap_or_default());
+        let (status, body) = remote.send(method, target, body)?;
         if status != 200 {
             return Err(crate::wire::parse_error(status, &body));
         }

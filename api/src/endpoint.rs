@@ -54,6 +54,16 @@ pub enum Endpoint {
         /// libvirt's `pkipath`: the directory holding cacert.pem, clientcert.pem, clientkey.pem.
         pki_dir: Option<PathBuf>,
     },
+    /// TLS without a client certificate, trusting one server certificate by fingerprint:
+    /// only for redeeming a trust token.
+    TlsPinned {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+        /// The server certificate's fingerprint (`sha256:HEX`).
+        fingerprint: String,
+    },
     /// `ssh` to the host, running `virtwasm proxy` there to reach its daemon's socket.
     Ssh {
         /// `user@`.

@@ -106,6 +106,32 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "Bytes written" }, "default": error } }
         }),
     );
+    paths.insert(
+        "/v1/trust".into(),
+        json!({ "get": { "operationId": "trust-list", "tags": ["trust"], "x-permission": "read",
+            "responses": { "200": { "description": "Trusted clients and pending tokens (no secrets)" }, "default": error } } }),
+    );
+    paths.insert(
+        "/v1/trust/tokens".into(),
+        json!({ "post": { "operationId": "trust-token", "tags": ["trust"], "x-permission": "write",
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["name"],
+                "properties": { "name": { "type": "string" }, "role": { "type": "string", "enum": ["read-only", "operator", "admin"] },
+                    "ttl_secs": { "type": "integer" } } } } } },
+            "responses": { "200": { "description": "The token (vwt1.SECRET.FINGERPRINT), its name, role and expiry" }, "default": error } } }),
+    );
+    paths.insert(
+        "/v1/trust/join".into(),
+        json!({ "post": { "operationId": "trust-join", "tags": ["trust"], "x-permission": "a valid token (no certificate needed)",
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["secret", "csr"],
+                "properties": { "secret": { "type": "string" }, "csr": { "type": "string", "description": "PEM certificate signing request" } } } } } },
+            "responses": { "200": { "description": "The signed client certificate, the CA, the client's name, role and fingerprint" }, "default": error } } }),
+    );
+    paths.insert(
+        "/v1/trust/clients/{name}".into(),
+        json!({ "delete": { "operationId": "trust-remove", "tags": ["trust"], "x-permission": "write",
+            "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": { "description": "The removed client" }, "default": error } } }),
+    );
     json!({
         "openapi": "3.0.3",
         "info": {

@@ -419,7 +419,9 @@ fn describe(target: &Target) -> String {
         Endpoint::InProcess => "the in-process host".into(),
         Endpoint::Unix { path, .. } => format!("virtwasmd at {}", path.display()),
         Endpoint::Tcp { host, port } => format!("virtwasmd at tcp://{host}:{port}"),
-        Endpoint::Tls { host, port, .. } => format!("virtwasmd at tls://{host}:{port}"),
+        Endpoint::Tls { host, port, .. } | Endpoint::TlsPinned { host, port, .. } => {
+            format!("virtwasmd at tls://{host}:{port}")
+        }
         Endpoint::Ssh { host, .. } => format!("virtwasmd on {host} over ssh"),
     }
 }
@@ -482,6 +484,29 @@ async fn open_stream(target: &Target) -> Result<Opened> {
                         "TLS handshake with {host}:{port} failed: {e} (client certificate {}, CA {})",
                         paths.cert.display(),
                         paths.ca_cert.display()
+                    ))
+                })?;
+            Ok((Box::new(tls), None))
+        }
+        Endpoint::TlsPinned {
+            host,
+            port,
+            fingerprint,
+        } => {
+            let config = crate::tls::pinned_client_config(fingerprint)?;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| Error::failed(format!("cannot connect to {host}:{port}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                Error::invalid(format!("'{host}' is not a valid TLS server name: {e}"))
+            })?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    Error::failed(format!(
+                        "TLS handshake with {host}:{port} failed: {e} (the token pins the server certificate {fingerprint})"
                     ))
                 })?;
             Ok((Box::new(tls), None))
@@ -645,6 +670,60 @@ fn daemon_program() -> std::path::PathBuf {
         }
     }
     "virtwasmd".into()
+}
+
+/// Redeems a trust token (`vwt1.SECRET.FINGERPRINT`) at the TLS daemon `uri` names: makes
+/// a key and CSR here, sends the CSR with the secret over TLS pinned to the token's
+/// fingerprint, and writes the CA, the signed certificate and the key into `dir`.
+/// Returns the daemon's answer (name, role, fingerprint).
+pub fn trust_join(uri: &str, token: &str, dir: &Path, force: bool) -> Result<serde_json::Value> {
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    let (secret, fingerprint) = match parts.as_slice() {
+        ["vwt1", secret, fp] if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) => (
+            secret.to_string(),
+            format!("sha256:{}", fp.to_ascii_lowercase()),
+        ),
+        _ => {
+            return Err(Error::invalid(
+                "not a virtwasm trust token (expected vwt1.SECRET.FINGERPRINT, as `virtwasm trust token` prints it)",
+            ));
+        }
+    };
+    let target = crate::endpoint::resolve(uri, false)?;
+    let (host, port) = match &target.endpoint {
+        Endpoint::Tls { host, port, .. } => (host.clone(), *port),
+        _ => {
+            return Err(Error::invalid(format!(
+                "a trust token is redeemed over TLS: give a DRIVER+tls://HOST/PATH URI, not '{uri}'"
+            )));
+        }
+    };
+    let pinned = Target {
+        endpoint: Endpoint::TlsPinned {
+            host,
+            port,
+            fingerprint,
+        },
+        ..target
+    };
+    let (key, csr) = crate::pki::new_client_request("joining")?;
+    let remote = Remote::connect(&pinned)?;
+    let body = serde_json::to_vec(&serde_json::json!({ "secret": secret, "csr": csr }))
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let (status, answer) = remote.send("POST", "/v1/trust/join", Some(body))?;
+    if status != 200 {
+        return Err(parse_error(status, &answer));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&answer)
+        .map_err(|e| Error::failed(format!("unexpected answer to the join: {e}")))?;
+    let text = |k: &str| {
+        answer[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::failed(format!("the join's answer lacks '{k}'")))
+    };
+    crate::pki::write_client_files(dir, &text("ca")?, &text("certificate")?, &key, force)?;
+    Ok(answer)
 }
 
 /// `virtwasm proxy`: joins this process's standard input and output to the local daemon's

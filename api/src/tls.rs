@@ -6,6 +6,11 @@
 //! would otherwise surface as an opaque handshake failure on the first connection (a missing
 //! file, a key that is world-readable or belongs to another certificate, a certificate from
 //! another CA or past its dates) and names the file at fault, as libvirt does at start-up.
+//!
+//! Two exceptions serve joining by trust token, where a new client has no certificate yet:
+//! the daemon may let a client without a certificate finish the handshake
+//! ([`server_config_with`]), and that client then trusts the daemon by the fingerprint the
+//! token carries instead of by a CA ([`pinned_client_config`]).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -13,12 +18,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
-use rustls::crypto::CryptoProvider;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, RootCertStore, SupportedProtocolVersion};
+use rustls::{
+    CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme,
+    SupportedProtocolVersion,
+};
 use sha2::{Digest, Sha256};
 use virtwasm_host::{Error, Result};
 use x509_parser::x509::X509Name;
@@ -70,7 +78,7 @@ impl PkiPaths {
             };
         }
         let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_dir);
-        let flat = dir.join("clientkey.pem");
+        let flat = dir.join(pki::CLIENT_KEY_FLAT);
         let private = dir.join(pki::CLIENT_KEY);
         let key = if !flat.exists() && private.exists() {
             private
@@ -128,17 +136,35 @@ impl TlsVersions {
 /// The daemon's TLS configuration: presents `paths.cert`, and requires every client to
 /// present a certificate chaining to `paths.ca_cert`.
 pub fn server_config(paths: &PkiPaths, versions: TlsVersions) -> Result<Arc<rustls::ServerConfig>> {
+    server_config_with(paths, versions, false)
+}
+
+/// The daemon's TLS configuration, optionally letting a client without a certificate complete
+/// the handshake (`allow_anonymous`), so that a client joining by trust token can reach the
+/// daemon before it has a certificate.
+///
+/// Anonymous clients are only let through the handshake: the daemon must find
+/// `peer_certificates()` empty on such a connection and allow it nothing but the join request.
+/// A client that does present a certificate is verified exactly as by [`server_config`], so
+/// one from another CA is still refused during the handshake rather than treated as anonymous.
+pub fn server_config_with(
+    paths: &PkiPaths,
+    versions: TlsVersions,
+    allow_anonymous: bool,
+) -> Result<Arc<rustls::ServerConfig>> {
     let provider = provider();
     let loaded = load(paths, Side::Server, &provider)?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(loaded.roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| {
-                Error::invalid(format!(
-                    "cannot verify clients against CA certificate '{}': {e}",
-                    paths.ca_cert.display()
-                ))
-            })?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(loaded.roots.clone(), provider.clone());
+    if allow_anonymous {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| {
+        Error::invalid(format!(
+            "cannot verify clients against CA certificate '{}': {e}",
+            paths.ca_cert.display()
+        ))
+    })?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions.list())
         .map_err(|e| Error::internal(format!("TLS versions {versions:?}: {e}")))?
@@ -164,6 +190,133 @@ pub fn client_config(paths: &PkiPaths, versions: TlsVersions) -> Result<Arc<rust
     Ok(Arc::new(config))
 }
 
+/// A client configuration for joining by trust token: it presents no certificate (the client
+/// has none yet) and trusts exactly one server certificate, the one whose SHA-256 fingerprint
+/// (`sha256:HEX`, as [`peer_cert`] and [`pki::fingerprint_of_pem_file`] give it) the token
+/// carries, whoever issued it and whatever names it holds.
+///
+/// The pin replaces the CA and name checks, not the handshake's: the server must still prove,
+/// by its signature, that it holds that certificate's key. Dates are not checked either, since
+/// the pin names one certificate exactly and a daemon refuses to start with an expired one.
+/// TLS 1.3 only: a client new enough to join has no reason to speak anything older.
+pub fn pinned_client_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let pin = parse_fingerprint(fingerprint)?;
+    let provider = provider();
+    let verifier = PinnedServerCert {
+        pin,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(TLS13_ONLY)
+        .map_err(|e| Error::internal(format!("TLS versions: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// `sha256:` and the lowercase hex SHA-256 of a certificate's DER.
+pub(crate) fn fingerprint(der: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(der)))
+}
+
+fn parse_fingerprint(fingerprint: &str) -> Result<[u8; 32]> {
+    let text = fingerprint.trim();
+    let mut pin = [0u8; 32];
+    let parsed = match (text.get(..7), text.get(7..)) {
+        (Some(prefix), Some(hex_part)) if prefix.eq_ignore_ascii_case("sha256:") => {
+            hex::decode_to_slice(hex_part, &mut pin).is_ok()
+        }
+        _ => false,
+    };
+    if !parsed {
+        return Err(Error::invalid(format!(
+            "'{fingerprint}' is not a certificate fingerprint: expected 'sha256:' and 64 hex digits"
+        )));
+    }
+    Ok(pin)
+}
+
+/// Trusts the one end-entity certificate whose SHA-256 is `pin`, and checks handshake
+/// signatures against it as rustls's own verifier would.
+#[derive(Debug)]
+struct PinnedServerCert {
+    pin: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// Why a pinned handshake failed, in words that survive rustls's error formatting (which
+/// prints the debug form of a custom certificate error).
+struct FingerprintMismatch {
+    expected: [u8; 32],
+    presented: [u8; 32],
+}
+
+impl std::fmt::Display for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server certificate fingerprint mismatch: the token pins sha256:{} but the server \
+             presented sha256:{}",
+            hex::encode(self.expected),
+            hex::encode(self.presented)
+        )
+    }
+}
+
+impl std::fmt::Debug for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for FingerprintMismatch {}
+
+impl ServerCertVerifier for PinnedServerCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let presented: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if presented == self.pin {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(FingerprintMismatch {
+                expected: self.pin,
+                presented,
+            })),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 /// The identity a verified peer certificate carries.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PeerCert {
@@ -182,7 +335,7 @@ pub fn peer_cert(der: &[u8]) -> Result<PeerCert> {
         .map_err(|e| Error::invalid(format!("peer certificate is not valid X.509: {e}")))?;
     Ok(PeerCert {
         subject: dn_string(cert.subject()),
-        fingerprint: format!("sha256:{}", hex::encode(Sha256::digest(der))),
+        fingerprint: fingerprint(der),
     })
 }
 
@@ -627,10 +780,10 @@ mod tests {
         PkiPaths::client(Some(dir))
     }
 
-    /// What the server saw (the client's certificate, the ALPN protocol) and what the client
-    /// read, or each side's error.
+    /// What the server saw (the client's certificate if any, the ALPN protocol) and what the
+    /// client read, or each side's error.
     type Exchange = (
-        std::result::Result<(Vec<u8>, Option<Vec<u8>>), String>,
+        std::result::Result<(Option<Vec<u8>>, Option<Vec<u8>>), String>,
         std::result::Result<Vec<u8>, String>,
     );
 
@@ -646,7 +799,7 @@ mod tests {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
             let conn = tls.get_ref().1;
-            let peer = conn.peer_certificates().unwrap()[0].to_vec();
+            let peer = conn.peer_certificates().map(|c| c[0].to_vec());
             let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
             tls.write_all(b"hello").await.map_err(|e| e.to_string())?;
             tls.shutdown().await.map_err(|e| e.to_string())?;
@@ -699,7 +852,7 @@ mod tests {
             let (peer, alpn) = served.unwrap();
             assert_eq!(read.unwrap(), b"hello");
             assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
-            let id = peer_cert(&peer).unwrap();
+            let id = peer_cert(&peer.unwrap()).unwrap();
             assert_eq!(id.subject, "O=virtwasm,CN=client1");
             let pem = fs::read(dir.join(pki::CLIENT_CERT)).unwrap();
             let der = rustls_pemfile::certs(&mut pem.as_slice())
@@ -1007,5 +1160,157 @@ mod tests {
         assert!(dn_matches("**", ""));
         assert!(dn_matches("CN=é?", "CN=éx"), "characters, not bytes");
         assert!(!dn_matches(&"*a".repeat(20), &"a".repeat(19)), "no blow-up");
+    }
+
+    fn server_fingerprint(dir: &Path) -> String {
+        pki::fingerprint_of_pem_file(&dir.join(pki::SERVER_CERT)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pinned_client_without_a_certificate_joins_an_anonymous_server() {
+        let tmp = pki_dir();
+        let dir = tmp.path();
+        let paths = PkiPaths::server(Some(dir));
+        let server = server_config_with(&paths, TlsVersions::Tls13Only, true).unwrap();
+        let pin = server_fingerprint(dir);
+        // Neither the name nor the case of the pin matters: the fingerprint alone identifies.
+        for (pin, name) in [
+            (pin.clone(), "localhost"),
+            (pin.to_uppercase(), "not-in-the-certificate.example"),
+            (pin.clone(), "127.0.0.1"),
+        ] {
+            let client = pinned_client_config(&pin).unwrap();
+            let (served, read) = exchange(server.clone(), client, name).await;
+            let (peer, alpn) = served.unwrap();
+            assert_eq!(peer, None, "the server sees no client certificate");
+            assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+            assert_eq!(read.unwrap(), b"hello");
+        }
+
+        // The same server still identifies a client that has its certificate.
+        let client = client_config(&client_paths(dir), TlsVersions::Tls13Only).unwrap();
+        let (served, read) = exchange(server, client, "localhost").await;
+        let (peer, _) = served.unwrap();
+        assert_eq!(
+            peer_cert(&peer.unwrap()).unwrap().subject,
+            "O=virtwasm,CN=client1"
+        );
+        assert_eq!(read.unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_pinned_client_refuses_a_server_with_another_fingerprint() {
+        let tmp = pki_dir();
+        let dir = tmp.path();
+        let server =
+            server_config_with(&PkiPaths::server(Some(dir)), TlsVersions::Tls13Only, true).unwrap();
+        // A certificate from the right CA, with the right name, is still not the pinned one.
+        let other = tempfile::tempdir().unwrap();
+        pki::create_ca(other.path(), "Test CA", false).unwrap();
+        pki::create_server(other.path(), &["localhost".into()], false).unwrap();
+        for pin in [
+            pki::fingerprint_of_pem_file(&dir.join(pki::CA_CERT)).unwrap(),
+            pki::fingerprint_of_pem_file(&dir.join(pki::CLIENT_CERT)).unwrap(),
+            server_fingerprint(other.path()),
+        ] {
+            let client = pinned_client_config(&pin).unwrap();
+            let (served, read) = exchange(server.clone(), client, "localhost").await;
+            let e = read.unwrap_err();
+            assert!(e.contains("fingerprint mismatch"), "{e}");
+            assert!(e.contains(&pin), "names the pin: {e}");
+            assert!(e.contains(&server_fingerprint(dir)), "and what it got: {e}");
+            assert!(served.is_err(), "{served:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_allow_anonymous_a_client_needs_a_certificate() {
+        let tmp = pki_dir();
+        let dir = tmp.path();
+        let pin = server_fingerprint(dir);
+        for server in [
+            server_config(&PkiPaths::server(Some(dir)), TlsVersions::Tls13Only).unwrap(),
+            server_config_with(&PkiPaths::server(Some(dir)), TlsVersions::Tls13Only, false)
+                .unwrap(),
+        ] {
+            let client = pinned_client_config(&pin).unwrap();
+            let (served, read) = exchange(server, client, "localhost").await;
+            let e = served.unwrap_err();
+            assert!(e.contains("peer sent no certificates"), "{e}");
+            assert!(read.is_err(), "{read:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_server_still_refuses_a_certificate_from_another_ca() {
+        let tmp = pki_dir();
+        let dir = tmp.path();
+        let other = tempfile::tempdir().unwrap();
+        pki::create_ca(other.path(), "Other CA", false).unwrap();
+        pki::create_client(other.path(), "intruder", false).unwrap();
+        let server =
+            server_config_with(&PkiPaths::server(Some(dir)), TlsVersions::Tls12AndUp, true)
+                .unwrap();
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let client = hand_made_client(dir, other.path(), &[version]);
+            let (served, read) = exchange(server.clone(), client, "localhost").await;
+            let e = served.unwrap_err();
+            assert!(e.contains("UnknownIssuer"), "{e}");
+            assert!(read.is_err(), "{read:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_joined_by_token_then_connects_with_its_certificate() {
+        let tmp = pki_dir();
+        let server_dir = tmp.path();
+        let paths = PkiPaths::server(Some(server_dir));
+        let anonymous = server_config_with(&paths, TlsVersions::Tls13Only, true).unwrap();
+        let pin = server_fingerprint(server_dir);
+        let (served, _) =
+            exchange(anonymous, pinned_client_config(&pin).unwrap(), "localhost").await;
+        assert_eq!(served.unwrap().0, None);
+
+        // What the join endpoint does with the request, and the client with the answer.
+        let (key_pem, csr_pem) = pki::new_client_request("ignored").unwrap();
+        let cert_pem = pki::sign_client_request(server_dir, &csr_pem, "laptop").unwrap();
+        let ca_pem = fs::read_to_string(server_dir.join(pki::CA_CERT)).unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let client_dir = home.path().join(".pki/virtwasm");
+        pki::write_client_files(&client_dir, &ca_pem, &cert_pem, &key_pem, false).unwrap();
+
+        let client =
+            client_config(&PkiPaths::client(Some(&client_dir)), TlsVersions::Tls13Only).unwrap();
+        let strict = server_config(&paths, TlsVersions::Tls13Only).unwrap();
+        let (served, read) = exchange(strict, client, "localhost").await;
+        let (peer, _) = served.unwrap();
+        let id = peer_cert(&peer.unwrap()).unwrap();
+        assert_eq!(id.subject, "O=virtwasm,CN=laptop");
+        assert_eq!(
+            id.fingerprint,
+            pki::fingerprint_of_pem_file(&client_dir.join(pki::CLIENT_CERT)).unwrap()
+        );
+        assert_eq!(read.unwrap(), b"hello");
+    }
+
+    #[test]
+    fn malformed_pins_are_refused() {
+        let good = format!("sha256:{}", "ab".repeat(32));
+        pinned_client_config(&good).unwrap();
+        pinned_client_config(&format!(" SHA256:{} ", "AB".repeat(32))).unwrap();
+        for bad in [
+            "",
+            "sha256:",
+            &"ab".repeat(32),
+            &format!("sha1:{}", "ab".repeat(32)),
+            &format!("sha256:{}", "ab".repeat(31)),
+            &format!("sha256:{}", "ab".repeat(33)),
+            &format!("sha256:{}zz", "ab".repeat(31)),
+            "sha256:é",
+        ] {
+            let e = pinned_client_config(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{bad}");
+            assert!(e.message.contains("64 hex digits"), "{}", e.message);
+        }
     }
 }

@@ -5,6 +5,11 @@
 //! itself; it expects `target/release/virtwasm` (the `cargo run` above builds the workspace's
 //! default members, which include the CLI). The machines this runs on are shared and noisy:
 //! read the ratios, which compare runs made seconds apart, rather than the absolute numbers.
+//!
+//! The last section (`daemon.rs`) starts `virtwasmd` (also expected beside this program, from
+//! `cargo build --release -p virtwasm-cli`) and, as root, `libvirtd` inside a network
+//! namespace of its own, and compares them over their unix sockets. `VIRTWASM_BENCH_ONLY`
+//! (a comma-separated list of `plugins`, `e2e`, `define`, `daemon`) runs only those sections.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,6 +19,8 @@ use std::time::{Duration, Instant};
 use virtwasm_host::engine::Runtime;
 use virtwasm_host::manifest::Manifest;
 use virtwasm_host::plugin::{Plugin, PluginSource};
+
+mod daemon;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -292,8 +299,25 @@ fn node_xml(n: usize) -> String {
     s
 }
 
+/// Whether the section `name` is to run (`VIRTWASM_BENCH_ONLY` unset, or naming it).
+fn selected(name: &str) -> bool {
+    match std::env::var("VIRTWASM_BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|s| s.trim() == name),
+        Err(_) => true,
+    }
+}
+
 fn main() {
-    plugin_costs();
-    end_to_end();
-    define_many();
+    if selected("plugins") {
+        plugin_costs();
+    }
+    if selected("e2e") {
+        end_to_end();
+    }
+    if selected("define") {
+        define_many();
+    }
+    if selected("daemon") {
+        daemon::run();
+    }
 }

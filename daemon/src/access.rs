@@ -20,6 +20,11 @@ pub enum Identity {
     },
     /// A TLS peer, by its verified certificate.
     Cert(PeerCert),
+    /// A TLS peer without a certificate: it may only redeem a trust token.
+    Anonymous {
+        /// Peer address.
+        addr: String,
+    },
     /// A plain TCP peer: an address, nothing proven.
     Tcp {
         /// Peer address.
@@ -37,6 +42,7 @@ impl Identity {
             },
             Identity::Cert(c) => format!("dn:{} ({})", c.subject, c.fingerprint),
             Identity::Tcp { addr } => format!("tcp:{addr}"),
+            Identity::Anonymous { addr } => format!("anonymous TLS client {addr}"),
         }
     }
 
@@ -45,7 +51,7 @@ impl Identity {
         match self {
             Identity::Unix { uid, .. } => format!("uid:{uid}"),
             Identity::Cert(c) => c.fingerprint.clone(),
-            Identity::Tcp { addr } => {
+            Identity::Tcp { addr } | Identity::Anonymous { addr } => {
                 // One address, however many source ports.
                 let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
                 format!("tcp:{host}")
@@ -73,7 +79,7 @@ impl Identity {
                     false
                 }
             }
-            Identity::Tcp { .. } => false,
+            Identity::Tcp { .. } | Identity::Anonymous { .. } => false,
         }
     }
 }
@@ -128,6 +134,12 @@ pub fn decide(
         }
         Identity::Cert(_) => access.tls_default_role,
         Identity::Tcp { .. } => Role::ReadOnly,
+        Identity::Anonymous { .. } => {
+            return Grant {
+                role: Role::ReadOnly,
+                allowed: false,
+            };
+        }
     };
     Grant {
         role,

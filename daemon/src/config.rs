@@ -58,7 +58,8 @@ impl Default for DaemonSection {
 pub struct Limits {
     /// Connections served at once (libvirt's `max_clients`); the next is answered 503.
     pub max_clients: usize,
-    /// Requests one client may have running at once across its connections.
+    /// Requests one client identity may have running at once across its connections;
+    /// more wait (up to 30 s) for a place.
     pub max_requests_per_client: usize,
     /// A connection that sends no complete request head for this long is closed: idle
     /// between requests, or sending its headers too slowly.

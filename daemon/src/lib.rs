@@ -12,6 +12,7 @@ pub mod access;
 pub mod config;
 pub mod operations;
 pub mod server;
+pub mod trust;
 pub mod volumes;
 
 use std::os::fd::AsRawFd;
@@ -65,6 +66,8 @@ struct Args {
 /// Where this daemon keeps things.
 struct Layout {
     config_file: PathBuf,
+    /// Where the trust store lives.
+    state: PathBuf,
     sockets: PathBuf,
     host_dirs: Option<Dirs>,
     files_allowed: Vec<PathBuf>,
@@ -77,6 +80,7 @@ fn layout(args: &Args, mode: Mode) -> Layout {
     if let Some(root) = &args.root {
         return Layout {
             config_file: root.join("etc/virtwasm/virtwasmd.toml"),
+            state: root.join("var/lib/virtwasm"),
             sockets: root.join("run/virtwasm"),
             host_dirs: Some(Dirs::under(root)),
             files_allowed: vec![root.clone()],
@@ -85,6 +89,7 @@ fn layout(args: &Args, mode: Mode) -> Layout {
     match mode {
         Mode::System => Layout {
             config_file: "/etc/virtwasm/virtwasmd.toml".into(),
+            state: "/var/lib/virtwasm".into(),
             sockets: socket_dir(false),
             host_dirs: None,
             files_allowed: vec!["/var/lib/virtwasm".into()],
@@ -94,6 +99,10 @@ fn layout(args: &Args, mode: Mode) -> Layout {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| home.join(".config"))
                 .join("virtwasm/virtwasmd.toml"),
+            state: std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join(".local/share"))
+                .join("virtwasm"),
             sockets: socket_dir(true),
             host_dirs: None,
             // The user's own daemon may touch what the user may.
@@ -184,16 +193,28 @@ fn run(args: Args) -> Result<()> {
     let mut files_allowed = lay.files_allowed.clone();
     files_allowed.extend(config.files.allowed.iter().cloned());
 
+    let mut trust = None;
     let tls = if config.tls.enabled {
         let versions = if config.tls.min_version == "1.2" {
             TlsVersions::Tls12AndUp
         } else {
             TlsVersions::Tls13Only
         };
-        Some(virtwasm_api::tls::server_config(
-            &PkiPaths::server(config.tls.pki_dir.as_deref()),
-            versions,
-        )?)
+        let paths = PkiPaths::server(config.tls.pki_dir.as_deref());
+        // Certificate-less clients may finish the handshake, to redeem a trust token and
+        // nothing else (server.rs refuses every other request from them).
+        let server = virtwasm_api::tls::server_config_with(&paths, versions, true)?;
+        let ca_dir = paths
+            .ca_cert
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        trust = Some(server::TrustSetup {
+            store: trust::Trust::open(lay.state.join("trust.json"))?,
+            ca_dir,
+            server_fingerprint: virtwasm_api::pki::fingerprint_of_pem_file(&paths.cert)?,
+        });
+        Some(server)
     } else {
         None
     };
@@ -202,7 +223,11 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the I/O runtime: {e}")))?;
-    let daemon = Arc::new(Daemon::new(host, config.clone(), mode, files_allowed));
+    let mut daemon = Daemon::new(host, config.clone(), mode, files_allowed);
+    if let Some(t) = trust {
+        daemon = daemon.with_trust(t);
+    }
+    let daemon = Arc::new(daemon);
     rt.block_on(async move {
         let rw_path = lay.sockets.join(SOCKET_RW);
         let ro_path = lay.sockets.join(SOCKET_RO);
@@ -410,7 +435,14 @@ async fn accept_tls(daemon: Arc<Daemon>, listener: TcpListener, config: Arc<rust
                     return;
                 }
                 None => {
-                    tracing::warn!(peer = %addr, "TLS client presented no certificate");
+                    let peer = Peer {
+                        identity: Identity::Anonymous {
+                            addr: addr.to_string(),
+                        },
+                        readonly_socket: false,
+                        refusal: None,
+                    };
+                    serve(daemon, tls, peer).await;
                     return;
                 }
             };
@@ -423,7 +455,11 @@ async fn accept_tls(daemon: Arc<Daemon>, listener: TcpListener, config: Arc<rust
                 || tls_conf
                     .allowed_fingerprints
                     .iter()
-                    .any(|f| f.eq_ignore_ascii_case(&cert.fingerprint));
+                    .any(|f| f.eq_ignore_ascii_case(&cert.fingerprint))
+                || daemon
+                    .trust
+                    .as_ref()
+                    .is_some_and(|t| t.store.knows(&cert.fingerprint));
             let refusal = (!listed).then(|| {
                 tracing::warn!(peer = %addr, subject = %cert.subject, "client certificate not on the allow-list");
                 (403, Error::denied(format!(

@@ -60,9 +60,13 @@ pub struct Daemon {
     pub files_allowed: Vec<PathBuf>,
     /// Long work, listed while it runs and for a while after.
     pub operations: crate::operations::Operations,
+    /// Trust tokens and the clients they admitted (with TLS only), and what signing their
+    /// certificates needs: the CA's directory and the server certificate's fingerprint.
+    pub trust: Option<TrustSetup>,
+    access: std::sync::RwLock<Arc<crate::config::Access>>,
     clients: Arc<Semaphore>,
     in_flight: AtomicUsize,
-    per_client: Mutex<HashMap<String, usize>>,
+    per_client: Mutex<HashMap<String, Arc<Semaphore>>>,
     last_activity: Mutex<Instant>,
     connected: AtomicUsize,
 }
@@ -122,6 +126,8 @@ impl Daemon {
         Daemon {
             host,
             operations: Default::default(),
+            trust: None,
+            access: std::sync::RwLock::new(Arc::new(config.access.clone())),
             clients: Arc::new(Semaphore::new(config.limits.max_clients)),
             config,
             mode,
@@ -131,6 +137,26 @@ impl Daemon {
             last_activity: Mutex::new(Instant::now()),
             connected: AtomicUsize::new(0),
         }
+    }
+
+    /// Enables trust tokens.
+    pub fn with_trust(mut self, trust: TrustSetup) -> Daemon {
+        self.trust = Some(trust);
+        self.refresh_access();
+        self
+    }
+
+    /// The access rules in force: the config's, then those of clients admitted by tokens.
+    pub fn access(&self) -> Arc<crate::config::Access> {
+        self.access.read().unwrap().clone()
+    }
+
+    fn refresh_access(&self) {
+        let mut a = self.config.access.clone();
+        if let Some(t) = &self.trust {
+            a.rule.extend(t.store.rules());
+        }
+        *self.access.write().unwrap() = Arc::new(a);
     }
 
     /// Requests running now.
@@ -204,6 +230,16 @@ impl Daemon {
     }
 }
 
+/// What trust tokens need.
+pub struct TrustSetup {
+    /// The store.
+    pub store: crate::trust::Trust,
+    /// The CA's directory (cacert.pem, private/cakey.pem).
+    pub ca_dir: PathBuf,
+    /// The server certificate's fingerprint, which tokens pin.
+    pub server_fingerprint: String,
+}
+
 /// How a connection arrived.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -262,37 +298,47 @@ where
     *daemon.last_activity.lock().unwrap() = Instant::now();
 }
 
-/// Counts a client's running requests; refuses past the per-client limit.
+/// A request in flight: counted for SIGTERM's wait, and holding one of its client's
+/// places. A client past `max_requests_per_client` waits for a place (up to 30 s) rather
+/// than being refused, so a greedy client slows itself, not the others.
 pub(crate) struct InFlight {
     daemon: Arc<Daemon>,
-    key: String,
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// How long a request waits for one of its client's places before it is refused.
+const PLACE_WAIT: Duration = Duration::from_secs(30);
+
 impl InFlight {
-    pub(crate) fn enter(daemon: &Arc<Daemon>, who: &Identity) -> Result<InFlight> {
-        let key = who.key();
-        let limit = daemon.config.limits.max_requests_per_client;
-        let mut map = daemon.per_client.lock().unwrap();
-        let n = map.entry(key.clone()).or_default();
-        if *n >= limit {
-            return Err(Error::new(
-                ErrorKind::OperationFailed,
-                format!(
-                    "too many requests in flight for {} (at most {limit}, [limits] max_requests_per_client)",
-                    who.describe()
-                ),
-            ));
-        }
-        *n += 1;
+    pub(crate) async fn enter(daemon: &Arc<Daemon>, who: &Identity) -> Result<InFlight> {
+        let limit = daemon.config.limits.max_requests_per_client.max(1);
+        let places = daemon
+            .per_client
+            .lock()
+            .unwrap()
+            .entry(who.key())
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone();
+        let place = match tokio::time::timeout(PLACE_WAIT, places.acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::OperationFailed,
+                    format!(
+                        "too many requests in flight for {}: waited {} s behind {limit} of them ([limits] max_requests_per_client)",
+                        who.describe(),
+                        PLACE_WAIT.as_secs()
+                    ),
+                ));
+            }
+        };
         daemon.in_flight.fetch_add(1, Ordering::SeqCst);
         Ok(InFlight {
             daemon: daemon.clone(),
-            key,
+            _place: Some(place),
         })
     }
-}
 
-impl InFlight {
     /// A slot outside the per-client limit, for work that outlives its request (an
     /// operation answered at once): it keeps SIGTERM waiting without counting against the
     /// client.
@@ -300,24 +346,13 @@ impl InFlight {
         daemon.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight {
             daemon: daemon.clone(),
-            key: String::new(),
+            _place: None,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.key.is_empty() {
-            self.daemon.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        let mut map = self.daemon.per_client.lock().unwrap();
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
         self.daemon.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -333,7 +368,14 @@ async fn handle(
             .insert(hyper::header::CONNECTION, "close".parse().expect("static"));
         return r;
     }
-    let guard = match InFlight::enter(&daemon, &peer.identity) {
+    if matches!(peer.identity, Identity::Anonymous { .. })
+        && !(req.method() == hyper::Method::POST && req.uri().path() == "/v1/trust/join")
+    {
+        return error_response(&Error::denied(
+            "this TLS connection has no client certificate: it may only redeem a trust token (`virtwasm trust add TOKEN`); ask the daemon's admin for one with `virtwasm trust token NAME`",
+        ));
+    }
+    let guard = match InFlight::enter(&daemon, &peer.identity).await {
         Ok(g) => g,
         Err(e) => return json_response(429, error_body(&e)),
     };
@@ -412,14 +454,37 @@ async fn handle(
             serde_json::to_vec_pretty(&virtwasm_api::openapi::document()).unwrap_or_default(),
         ),
         ("GET", ["", "v1", "events"]) => events(daemon.clone(), peer.clone(), &uri, readonly).await,
+        (_, ["", "v1", "trust", rest @ ..]) => {
+            let d = daemon.clone();
+            let p = peer.clone();
+            let method = method.clone();
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            tokio::task::spawn_blocking(move || {
+                trust_request(&d, &p, readonly, &method, &rest, &body)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                error_response(&Error::internal(format!("trust handler failed: {e}")))
+            })
+        }
         (_, ["", "v1", "operations", rest @ ..]) => {
             operation_request(&daemon, &peer, readonly, &method, rest, &query).await
         }
         _ => {
             let d = daemon.clone();
             let p = peer.clone();
+            // One hop to the blocking pool for a quick request: check and run it there.
             let prepared = tokio::task::spawn_blocking(move || {
-                prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)
+                let call = prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)?;
+                match call {
+                    Prepared::Call {
+                        conn, req, route, ..
+                    } if !virtwasm_api::ops::LONG.contains(&route.op) => {
+                        let value = dispatch::dispatch(&conn, req, &|f| d.check_file(f))?;
+                        Ok(Prepared::Answer(visible_only(&d, &p, route.op, value)))
+                    }
+                    other => Ok(other),
+                }
             })
             .await
             .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
@@ -467,7 +532,7 @@ async fn operation_request(
     let ok = |v: &dyn erased::Json| json_response(200, v.to_json());
     let check = |kind, perm, name: Option<&str>, op: &str| {
         authorize(
-            &daemon.config.access,
+            &daemon.access(),
             &peer.identity,
             readonly,
             op,
@@ -518,6 +583,129 @@ async fn operation_request(
     }
 }
 
+/// `/v1/trust`: tokens (admins), the join a token allows (anyone holding one), the list
+/// and removal of trusted clients (admins).
+fn trust_request(
+    daemon: &Daemon,
+    peer: &Peer,
+    readonly: bool,
+    method: &str,
+    rest: &[String],
+    body: &[u8],
+) -> Response<Reply> {
+    let Some(trust) = &daemon.trust else {
+        return error_response(&Error::new(
+            ErrorKind::Unsupported,
+            "trust tokens need TLS: start the daemon with [tls] enabled (or --listen-tls) and a CA made by `virtwasm pki ca`",
+        ));
+    };
+    let admin = |op: &str| {
+        authorize(
+            &daemon.access(),
+            &peer.identity,
+            readonly,
+            op,
+            ObjectKind::Node,
+            Permission::Write,
+            None,
+        )
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let result: Result<serde_json::Value> = (|| match (method, rest.as_slice()) {
+        ("GET", []) => {
+            authorize(
+                &daemon.access(),
+                &peer.identity,
+                readonly,
+                "trust-list",
+                ObjectKind::Node,
+                Permission::Read,
+                None,
+            )?;
+            let (clients, tokens) = trust.store.list();
+            Ok(serde_json::json!({ "clients": clients, "tokens": tokens }))
+        }
+        ("POST", ["tokens"]) => {
+            admin("trust-token")?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Ask {
+                name: String,
+                #[serde(default = "operator")]
+                role: crate::config::Role,
+                #[serde(default = "hour")]
+                ttl_secs: u64,
+            }
+            fn operator() -> crate::config::Role {
+                crate::config::Role::Operator
+            }
+            fn hour() -> u64 {
+                3600
+            }
+            let ask: Ask = serde_json::from_slice(body)
+                .map_err(|e| Error::invalid(format!("invalid token request: {e}")))?;
+            let (secret, token) = trust
+                .store
+                .create_token(&ask.name, ask.role, ask.ttl_secs)?;
+            tracing::info!(client = %peer.identity.describe(), name = %ask.name, role = ask.role.name(), "trust token issued");
+            Ok(serde_json::json!({
+                "token": crate::trust::format_token(&secret, &trust.server_fingerprint),
+                "name": token.name,
+                "role": token.role,
+                "expires_ms": token.expires_ms,
+            }))
+        }
+        ("POST", ["join"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Join {
+                secret: String,
+                csr: String,
+            }
+            let join: Join = serde_json::from_slice(body)
+                .map_err(|e| Error::invalid(format!("invalid join request: {e}")))?;
+            let token = trust.store.redeem(&join.secret)?;
+            let cert =
+                virtwasm_api::pki::sign_client_request(&trust.ca_dir, &join.csr, &token.name)?;
+            let der = rustls_pemfile::certs(&mut cert.as_bytes())
+                .next()
+                .and_then(|c| c.ok())
+                .ok_or_else(|| Error::internal("the signed certificate is not PEM"))?;
+            let fingerprint = virtwasm_api::tls::peer_cert(der.as_ref())?.fingerprint;
+            let client = trust.store.add_client(&token, &fingerprint)?;
+            daemon.refresh_access();
+            tracing::info!(peer = %peer.identity.describe(), name = %client.name, fingerprint = %client.fingerprint, role = client.role.name(), "client joined with a trust token");
+            let ca_path = trust.ca_dir.join("cacert.pem");
+            let ca = std::fs::read_to_string(&ca_path)
+                .map_err(|e| Error::io("cannot read", &ca_path, e))?;
+            Ok(serde_json::json!({
+                "name": client.name,
+                "role": client.role,
+                "fingerprint": client.fingerprint,
+                "certificate": cert,
+                "ca": ca,
+            }))
+        }
+        ("DELETE", ["clients", key]) => {
+            admin("trust-remove")?;
+            let key = percent_encoding::percent_decode_str(key)
+                .decode_utf8_lossy()
+                .into_owned();
+            let c = trust.store.remove_client(&key)?;
+            daemon.refresh_access();
+            Ok(serde_json::to_value(c).unwrap_or_default())
+        }
+        _ => Err(Error::not_found(format!(
+            "no API endpoint at '/v1/trust/{}' for {method}",
+            rest.join("/")
+        ))),
+    })();
+    match result {
+        Ok(v) => json_response(200, serde_json::to_vec(&v).unwrap_or_default()),
+        Err(e) => error_response(&e),
+    }
+}
+
 /// Serialization behind one small trait object, so handlers can answer any record.
 mod erased {
     pub trait Json {
@@ -548,6 +736,41 @@ pub enum Prepared {
     },
 }
 
+/// Drops from a listing the objects the client may not see (`getattr` on each, as libvirt
+/// filters its lists by ACL), so a rule limiting a client to `web-*` hides the rest.
+fn visible_only(
+    daemon: &Daemon,
+    peer: &Peer,
+    op: &str,
+    value: serde_json::Value,
+) -> serde_json::Value {
+    let name_of: fn(&serde_json::Value) -> Option<&str> = match op {
+        "list-domains" => |v| v.get("name")?.as_str(),
+        "list-pools" => |v| v.get("record")?.get("def")?.get("name")?.as_str(),
+        "list-networks" => |v| v.get("def")?.get("name")?.as_str(),
+        _ => return value,
+    };
+    match value {
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .into_iter()
+                .filter(|item| {
+                    name_of(item).is_some_and(|n| {
+                        decide(
+                            &daemon.access(),
+                            &peer.identity,
+                            Permission::Getattr,
+                            Some(n),
+                        )
+                        .allowed
+                    })
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Runs a prepared request: a quick one in the blocking pool while the client waits; a
 /// long one as an operation, answered `202` with the operation at once when the client
 /// sent `Prefer: respond-async`.
@@ -568,19 +791,6 @@ async fn run(
             target,
         } => (conn, req, route, target),
     };
-    let long = virtwasm_api::ops::LONG.contains(&route.op);
-    if !long {
-        let d = daemon.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            dispatch::dispatch(&conn, req, &|p| d.check_file(p))
-        })
-        .await
-        .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
-        return match result {
-            Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
-            Err(e) => error_response(&e),
-        };
-    }
     let entry = daemon.operations.start(
         route.op,
         target,
@@ -615,13 +825,7 @@ async fn run(
 }
 
 fn info(daemon: &Daemon, peer: &Peer) -> Vec<u8> {
-    let role = decide(
-        &daemon.config.access,
-        &peer.identity,
-        Permission::Write,
-        None,
-    )
-    .role;
+    let role = decide(&daemon.access(), &peer.identity, Permission::Write, None).role;
     serde_json::to_vec_pretty(&serde_json::json!({
         "api": "v1",
         "version": env!("CARGO_PKG_VERSION"),
@@ -649,7 +853,7 @@ fn prepare(
     let (req, route) = Request::from_http(method, path, query, body)?;
     if let Request::ListPlugins = req {
         authorize(
-            &daemon.config.access,
+            &daemon.access(),
             &peer.identity,
             readonly,
             route.op,
@@ -664,7 +868,7 @@ fn prepare(
     let conn = daemon.open(uri, readonly)?;
     let name = dispatch::target_name(&conn, &req)?;
     authorize(
-        &daemon.config.access,
+        &daemon.access(),
         &peer.identity,
         readonly,
         route.op,
@@ -694,7 +898,7 @@ async fn events(
         Err(e) => return error_response(&e),
     };
     if let Err(e) = authorize(
-        &daemon.config.access,
+        &daemon.access(),
         &peer.identity,
         readonly,
         "events",
@@ -706,7 +910,7 @@ async fn events(
     }
     let rx = conn.state().events.subscribe();
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
-    let access = daemon.config.access.clone();
+    let access = daemon.access();
     std::thread::spawn(move || {
         let visible = |e: &Event| {
             let name = match e {

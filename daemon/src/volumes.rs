@@ -44,7 +44,7 @@ pub async fn transfer(
         let conn = d.open(&uri, readonly)?;
         let (_, vol) = conn.volume(&key, pool.as_deref())?;
         authorize(
-            &d.config.access,
+            &d.access(),
             &p.identity,
             readonly,
             op,

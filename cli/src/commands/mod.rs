@@ -13,6 +13,7 @@ mod plugin;
 mod save;
 mod snapshot;
 mod storage;
+mod trust;
 mod tuning;
 
 use std::collections::{HashMap, HashSet};
@@ -174,6 +175,7 @@ pub fn all() -> Vec<&'static Command> {
     v.extend(plugin::COMMANDS.iter());
     v.extend(pki::COMMANDS.iter());
     v.extend(operation::COMMANDS.iter());
+    v.extend(trust::COMMANDS.iter());
     v
 }
 
