@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// First-party plugins compiled into the binary: (directory under plugins/, crate name).
-const BUNDLED: &[(&str, &str)] = &[("test", "virtwasm_plugin_test")];
+const BUNDLED: &[(&str, &str)] = &[
+    ("test", "virtwasm_plugin_test"),
+    ("qemu", "virtwasm_plugin_qemu"),
+];
 /// Plugins built only for the test suite: (directory, crate name).
 const FIXTURES: &[(&str, &str)] = &[
     ("hostile", "virtwasm_plugin_hostile"),

@@ -267,7 +267,7 @@ fn connection_errors_name_the_cause() {
     let r = virtwasm(home.path(), &["-c", "nosuch:///x", "list"]);
     assert_eq!(
         r.failed(),
-        "error: failed to connect to the hypervisor\nerror: no connection driver available for 'nosuch' (drivers here serve: test)\n"
+        "error: failed to connect to the hypervisor\nerror: no connection driver available for 'nosuch' (drivers here serve: test, qemu)\n"
     );
     let r = virtwasm(home.path(), &["-c", "test:///nonexistent", "list"]);
     assert_eq!(
@@ -390,7 +390,7 @@ fn plugin_list_and_info_show_grants_and_cache() {
     let r = test_driver("plugin-info nosuch");
     assert_eq!(
         r.failed(),
-        "error: failed to load plugin 'nosuch'\nerror: no plugin named 'nosuch' (known: test)\n"
+        "error: failed to load plugin 'nosuch'\nerror: no plugin named 'nosuch' (known: test, qemu)\n"
     );
 }
 

@@ -29,9 +29,19 @@ pub fn dispatch(
         R::ListPlugins => Err(Error::internal(
             "list-plugins is answered by the front end, which owns the registry",
         )),
-        R::ListDomains => json(conn.list_domains()),
-        R::Domain { key } => json(conn.domain(&key)?),
-        R::DomainInfo { key } => json(conn.domain_info(&key)?),
+        // Reads of state first ask the driver whether a guest changed by itself.
+        R::ListDomains => {
+            conn.refresh_active();
+            json(conn.list_domains())
+        }
+        R::Domain { key } => {
+            conn.refresh(&key)?;
+            json(conn.domain(&key)?)
+        }
+        R::DomainInfo { key } => {
+            conn.refresh(&key)?;
+            json(conn.domain_info(&key)?)
+        }
         R::DomainStats { key } => json(conn.domain_stats(&key)?),
         R::InterfaceAddresses { key, source } => json(conn.interface_addresses(&key, &source)?),
         R::DomainXml { key, inactive } => json(conn.domain_xml(&key, inactive)?),

@@ -58,6 +58,15 @@ impl Session {
             config
                 .plugin_dirs
                 .extend(self.settings.plugin_dirs.iter().cloned());
+            // In-process on an embed root: the guests this run starts are recorded there, so
+            // the next run (another process) can still control them.
+            if let Ok(u) = virtwasm_host::uri::ConnectUri::parse(&self.settings.uri)
+                && u.path == "/embed"
+                && let Some((_, root)) = u.params.iter().find(|(k, _)| k == "root")
+            {
+                config.children_dir =
+                    Some(std::path::Path::new(root).join("run/virtwasm/children"));
+            }
             let host = Host::new(config).map_err(|e| Failure(vec![e.message]))?;
             self.host = Some(Arc::new(host));
         }

@@ -188,7 +188,20 @@ fn run(args: Args) -> Result<()> {
     if let Some(d) = &lay.host_dirs {
         host_config.system_dirs = d.clone();
         host_config.session_dirs = d.clone();
+        // Plugins' granted paths ({runtime_dir}/qemu, ...) follow the root too, so a test
+        // daemon's QEMU sockets stay under its own directory.
+        for (name, path) in host_config.path_vars.vars.iter_mut() {
+            match name.as_str() {
+                "config_dir" => *path = d.config.clone(),
+                "runtime_dir" => *path = d.status.clone(),
+                "state_dir" => *path = d.state.clone(),
+                _ => {}
+            }
+        }
     }
+    // The daemon's children (QEMU) are recorded beside its sockets, so a restarted daemon
+    // controls the guests its predecessor started.
+    host_config.children_dir = Some(lay.sockets.join("children"));
     let host = Arc::new(Host::new(host_config)?);
     let mut files_allowed = lay.files_allowed.clone();
     files_allowed.extend(config.files.allowed.iter().cloned());
@@ -229,6 +242,15 @@ fn run(args: Args) -> Result<()> {
     }
     let daemon = Arc::new(daemon);
     rt.block_on(async move {
+        // Handlers first: a SIGTERM that arrives while the daemon is still loading must
+        // still mean "finish and exit cleanly", not the default instant death.
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (
+            signal(SignalKind::terminate())
+                .map_err(|e| Error::internal(format!("cannot handle SIGTERM: {e}")))?,
+            signal(SignalKind::interrupt())
+                .map_err(|e| Error::internal(format!("cannot handle SIGINT: {e}")))?,
+        );
         let rw_path = lay.sockets.join(SOCKET_RW);
         let ro_path = lay.sockets.join(SOCKET_RO);
         // Only root (system) or the user (session) may connect read-write; anyone may
@@ -264,13 +286,25 @@ fn run(args: Args) -> Result<()> {
             ));
             tokio::spawn(accept_tcp(daemon.clone(), l));
         }
+        // Restart safety: load every persistent driver's records now, then keep polling
+        // their running domains (a guest powering itself off is seen within a second).
+        let d = daemon.clone();
+        let _ = tokio::task::spawn_blocking(move || d.watch_persistent_drivers()).await;
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || d.poll_once()).await;
+            }
+        });
         tracing::info!(
             pid = std::process::id(),
             mode = ?mode,
             "virtwasmd ready on {}",
             listening.join(", ")
         );
-        let why = wait_for_stop(&daemon).await;
+        let why = wait_for_stop(&daemon, signals).await;
         tracing::info!("{why}: no new connections; waiting for requests in flight");
         let deadline = Instant::now() + Duration::from_secs(config.daemon.shutdown_grace_secs);
         while daemon.in_flight() > 0 && Instant::now() < deadline {
@@ -291,10 +325,10 @@ fn run(args: Args) -> Result<()> {
 }
 
 /// Waits for SIGTERM, SIGINT, or the idle exit.
-async fn wait_for_stop(daemon: &Daemon) -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+async fn wait_for_stop(
+    daemon: &Daemon,
+    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> &'static str {
     let idle_exit = daemon.config.daemon.idle_exit_secs;
     loop {
         tokio::select! {

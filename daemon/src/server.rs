@@ -64,6 +64,8 @@ pub struct Daemon {
     /// certificates needs: the CA's directory and the server certificate's fingerprint.
     pub trust: Option<TrustSetup>,
     access: std::sync::RwLock<Arc<crate::config::Access>>,
+    /// Driver URIs opened so far: the poller's round.
+    opened: Mutex<std::collections::BTreeSet<String>>,
     clients: Arc<Semaphore>,
     in_flight: AtomicUsize,
     per_client: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -128,6 +130,7 @@ impl Daemon {
             operations: Default::default(),
             trust: None,
             access: std::sync::RwLock::new(Arc::new(config.access.clone())),
+            opened: Mutex::new(Default::default()),
             clients: Arc::new(Semaphore::new(config.limits.max_clients)),
             config,
             mode,
@@ -174,6 +177,40 @@ impl Daemon {
 
     /// Opens the driver a request is for, refusing URIs that would reach outside this
     /// daemon's directories (node files, `embed?root=`, another mode's path).
+    /// Opens every persistent driver this daemon serves and keeps polling their running
+    /// domains, so a guest that powers itself off (or an emulator that dies) is noticed
+    /// and announced even when no client asks.
+    pub fn watch_persistent_drivers(&self) {
+        for p in self.host.registry().list() {
+            let persistent = self.host.registry().plugin(&p.name).is_ok_and(|pl| {
+                pl.manifest.plugin.state == virtwasm_host::manifest::StateKind::Persistent
+            });
+            if !persistent {
+                continue;
+            }
+            for scheme in &p.schemes {
+                let uri = format!("{scheme}://{}", self.mode.path());
+                match self.open(&uri, false) {
+                    Ok(c) => {
+                        let running = c.list_domains().iter().filter(|d| d.id.is_some()).count();
+                        tracing::info!(%uri, domains = c.list_domains().len(), running, "driver state loaded");
+                    }
+                    Err(e) => tracing::debug!(%uri, "not watched: {}", e.message),
+                }
+            }
+        }
+    }
+
+    /// One round of polling: every driver URI this daemon has opened.
+    pub fn poll_once(&self) {
+        let uris: Vec<String> = self.opened.lock().unwrap().iter().cloned().collect();
+        for uri in uris {
+            if let Ok(c) = self.host.open(&uri, false) {
+                c.refresh_active();
+            }
+        }
+    }
+
     pub(crate) fn open(&self, uri: &str, readonly: bool) -> Result<Connection> {
         let parsed = ConnectUri::parse(uri)?;
         let mine = self.mode.path();
@@ -186,7 +223,9 @@ impl Daemon {
                 "this daemon serves DRIVER://{mine} and test:///default, not '{uri}'"
             )));
         }
-        self.host.open(uri, readonly)
+        let conn = self.host.open(uri, readonly)?;
+        self.opened.lock().unwrap().insert(uri.to_string());
+        Ok(conn)
     }
 
     /// Whether a client may name `path` (absolute, under an allowed directory once

@@ -33,6 +33,10 @@ pub struct HostConfig {
     pub system_dirs: Dirs,
     /// Config and status roots for `DRIVER:///session` (this user's).
     pub session_dirs: Dirs,
+    /// Where the registry of long-lived children (QEMU and kin) is kept, so a later host
+    /// finds the guests this one started: the daemon's runtime directory, or an embed
+    /// root's. `None`: children are known only to this process.
+    pub children_dir: Option<PathBuf>,
 }
 
 /// Where persistent drivers keep their files: each driver gets `config/DRIVER/` and
@@ -121,6 +125,7 @@ impl HostConfig {
             job_timeout: Duration::from_secs(30),
             system_dirs,
             session_dirs,
+            children_dir: None,
         }
     }
 }
@@ -157,6 +162,19 @@ impl Host {
         );
         for problem in registry.problems() {
             tracing::warn!("{problem}");
+        }
+        if let Some(dir) = &config.children_dir {
+            let found = registry
+                .runtime()
+                .children()
+                .persist_in(dir)
+                .map_err(|e| Error::io("cannot keep the child registry in", dir, e))?;
+            if found > 0 {
+                tracing::info!(
+                    "found {found} running children from an earlier host in {}",
+                    dir.display()
+                );
+            }
         }
         Ok(Host {
             registry,

@@ -727,6 +727,54 @@ impl Connection {
         Ok((guard, rec))
     }
 
+    /// Asks the driver for a running domain's true state (a guest may have powered itself
+    /// off, its emulator may have died) and records a change, with its events. Skipped while
+    /// a job holds the domain: that job records what it does.
+    pub fn refresh(&self, key: &str) -> Result<()> {
+        let first = self.domain(key)?;
+        if !first.is_active() {
+            return Ok(());
+        }
+        let Ok(_job) = self.state.jobs.acquire(
+            &first.def.uuid,
+            &first.def.name,
+            "poll",
+            std::time::Duration::ZERO,
+        ) else {
+            return Ok(());
+        };
+        let rec = self.domain(&first.def.uuid)?;
+        if !rec.is_active() {
+            return Ok(());
+        }
+        let dom = rec.as_ref();
+        let runtime = match self.plugin.hypervisor("poll", |g, s| g.call_poll(s, &dom)) {
+            Ok(r) => r,
+            Err(e) if e.kind == ErrorKind::Unsupported => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if Some(&runtime) != rec.runtime.as_ref() {
+            self.apply(&rec.def.uuid, runtime)?;
+        }
+        Ok(())
+    }
+
+    /// [`refresh`](Self::refresh) for every running domain; a failure is logged and the
+    /// others are still refreshed.
+    pub fn refresh_active(&self) {
+        let active: Vec<String> = self
+            .list_domains()
+            .into_iter()
+            .filter(|d| d.id.is_some())
+            .map(|d| d.uuid)
+            .collect();
+        for uuid in active {
+            if let Err(e) = self.refresh(&uuid) {
+                tracing::warn!(domain = %uuid, "cannot refresh the domain's state: {}", e.message);
+            }
+        }
+    }
+
     fn emit(&self, def: &DomainDef, event: DomainEvent) {
         self.state.events.emit(Event::Domain {
             name: def.name.clone(),

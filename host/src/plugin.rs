@@ -184,6 +184,24 @@ impl Plugin {
         let compile = t0.elapsed();
         let t1 = Instant::now();
         let grants = Arc::new(Grants::from_manifest(&manifest));
+        // The socket directories a plugin is granted are where its backends will listen
+        // (QEMU's monitor): private to the host's user.
+        for dir in &grants.socket_prefixes {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| {
+                    load_err(
+                        &name,
+                        format!(
+                            "cannot create its socket directory '{}': {e}",
+                            dir.display()
+                        ),
+                    )
+                })?;
+        }
         let imports = check_imports(&runtime, &component, &grants, &name)?;
         let linker = build_linker(&runtime, &grants)
             .map_err(|e| load_err(&name, format!("linking: {e}")))?;

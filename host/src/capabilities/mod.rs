@@ -153,6 +153,12 @@ impl HostState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        // The one environment variable a plugin gets: where its granted socket directory is
+        // (its manifest names it as {runtime_dir}/NAME, which only the host can resolve),
+        // so a driver knows where to put the sockets it asks a backend to listen on.
+        if let Some(dir) = grants.socket_prefixes.first() {
+            b.env("VIRTWASM_SOCKET_DIR", dir.to_string_lossy());
+        }
         for (host, guest, access) in &grants.files {
             let perms = match access {
                 Access::ReadOnly => wasmtime_wasi::FsPerms::ReadOnly,

@@ -125,21 +125,68 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 pub struct ChildEntry {
     plugin: String,
     program: String,
-    child: Mutex<Child>,
-    status: Mutex<Option<ExitStatus>>,
-    /// The child's stderr: an unlinked private file, so the child can write after the host
-    /// exits (a pipe would kill it with SIGPIPE) and the host can still read its last lines.
+    pid: u32,
+    /// The kernel's start time of the process (`/proc/PID/stat` field 22): with the pid,
+    /// what identifies it, so a recycled pid is never taken for it.
+    start_time: u64,
+    /// The process handle, when this host started it; `None` for a child a previous host
+    /// started and this one found again (it can be signalled, not reaped).
+    child: Mutex<Option<Child>>,
+    status: Mutex<Option<WitExitStatus>>,
+    /// The child's stderr: a private file (in the registry's directory when it persists, so
+    /// a later host can still read QEMU's last words), which the child can write after the
+    /// host exits (a pipe would kill it with SIGPIPE).
     stderr: Mutex<std::fs::File>,
+    /// Its record and stderr files in the registry's directory, removed once it has ended
+    /// (the open stderr stays readable).
+    files: Option<(PathBuf, PathBuf)>,
 }
 
 impl ChildEntry {
-    fn try_status(&self) -> std::io::Result<Option<ExitStatus>> {
+    fn try_status(&self) -> std::io::Result<Option<WitExitStatus>> {
         let mut status = self.status.lock().unwrap();
         if status.is_none() {
-            *status = self.child.lock().unwrap().try_wait()?;
+            let mut child = self.child.lock().unwrap();
+            *status = match child.as_mut() {
+                Some(c) => c.try_wait()?.map(wit_status),
+                // Not ours to reap: gone is all we can know, not how it ended.
+                None if start_time_of(self.pid) != Some(self.start_time) => Some(WitExitStatus {
+                    code: None,
+                    signal: None,
+                }),
+                None => None,
+            };
+            if status.is_some()
+                && let Some((record, stderr)) = &self.files
+            {
+                let _ = std::fs::remove_file(record);
+                let _ = std::fs::remove_file(stderr);
+            }
         }
         Ok(*status)
     }
+}
+
+/// A process's start time in clock ticks since boot, or `None` when it is gone (or a
+/// zombie nobody reaped yet, which is gone for our purposes).
+fn start_time_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// What the registry writes per child, so a later host can find it again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ChildFile {
+    pid: u32,
+    plugin: String,
+    program: String,
+    start_time: u64,
 }
 
 /// Every long-lived child the host started, by pid. It outlives plugin instances: the host,
@@ -147,6 +194,9 @@ impl ChildEntry {
 #[derive(Debug, Default)]
 pub struct ChildRegistry {
     children: Mutex<HashMap<u32, Arc<ChildEntry>>>,
+    /// Where each child's record (`PID.json`) and stderr (`PID.stderr`) live, when the
+    /// registry persists (the daemon's, the CLI's): a restarted host reads them back.
+    dir: std::sync::OnceLock<PathBuf>,
 }
 
 impl ChildRegistry {
@@ -168,6 +218,113 @@ impl ChildRegistry {
             .filter(|(_, e)| e.plugin == plugin)
             .map(|(p, _)| *p)
             .collect()
+    }
+
+    /// Keeps the registry in `dir` from now on, and takes back the children an earlier
+    /// host recorded there: each must still be the same process (pid and start time) and
+    /// run the program recorded for it. Records of children that are gone are removed.
+    /// Returns how many were taken back.
+    pub fn persist_in(&self, dir: &Path) -> std::io::Result<usize> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let _ = self.dir.set(dir.to_path_buf());
+        let mut found = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let rec: Option<ChildFile> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(rec) = rec else {
+                tracing::warn!(file = %path.display(), "ignoring an unreadable child record");
+                continue;
+            };
+            let alive = start_time_of(rec.pid) == Some(rec.start_time)
+                && std::fs::read_link(format!("/proc/{}/exe", rec.pid))
+                    .is_ok_and(|exe| exe == Path::new(&rec.program));
+            let err_path = dir.join(format!("{}.stderr", rec.pid));
+            if !alive {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(&err_path);
+                continue;
+            }
+            if self.children.lock().unwrap().contains_key(&rec.pid) {
+                continue;
+            }
+            let stderr = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&err_path)
+                .or_else(|_| unlinked_file())?;
+            tracing::info!(plugin = %rec.plugin, pid = rec.pid, "found again {}", rec.program);
+            self.children.lock().unwrap().insert(
+                rec.pid,
+                Arc::new(ChildEntry {
+                    plugin: rec.plugin,
+                    program: rec.program,
+                    pid: rec.pid,
+                    start_time: rec.start_time,
+                    child: Mutex::new(None),
+                    status: Mutex::new(None),
+                    stderr: Mutex::new(stderr),
+                    files: Some((path.clone(), err_path.clone())),
+                }),
+            );
+            found += 1;
+        }
+        Ok(found)
+    }
+
+    /// A file for a new child's stderr: in the registry's directory when it persists.
+    fn stderr_file(&self) -> std::io::Result<(std::fs::File, Option<PathBuf>)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(dir) = self.dir.get() else {
+            return Ok((unlinked_file()?, None));
+        };
+        for attempt in 0..100u32 {
+            let path = dir.join(format!(".new-{}-{attempt}.stderr", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(f) => return Ok((f, Some(path))),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("no free name for a stderr file"))
+    }
+
+    /// Records a new child (its file first, then the table).
+    fn add(&self, mut entry: ChildEntry, stderr_path: Option<PathBuf>) {
+        if let Some(dir) = self.dir.get() {
+            let pid = entry.pid;
+            if let Some(tmp) = stderr_path {
+                let _ = std::fs::rename(&tmp, dir.join(format!("{pid}.stderr")));
+            }
+            let rec = ChildFile {
+                pid,
+                plugin: entry.plugin.clone(),
+                program: entry.program.clone(),
+                start_time: entry.start_time,
+            };
+            let path = dir.join(format!("{pid}.json"));
+            let body = serde_json::to_vec(&rec).unwrap_or_default();
+            if let Err(e) = crate::engine::write_atomically(&path, &body) {
+                tracing::warn!(file = %path.display(), "cannot record child {pid}: {e}");
+            }
+            entry.files = Some((path, dir.join(format!("{pid}.stderr"))));
+        }
+        self.children
+            .lock()
+            .unwrap()
+            .insert(entry.pid, Arc::new(entry));
     }
 }
 
@@ -302,7 +459,7 @@ impl Host for HostState {
             Ok(p) => p,
             Err(why) => return Ok(Err(self.denied(why))),
         };
-        let log = match unlinked_file() {
+        let (log, log_path) = match self.children.stderr_file() {
             Ok(f) => f,
             Err(e) => {
                 return Ok(Err(wit_error(
@@ -339,16 +496,19 @@ impl Host for HostState {
         tracing::info!(plugin = %self.grants.plugin, pid, "spawned {} {:?}", path.display(), args);
         let entry = ChildEntry {
             plugin: self.grants.plugin.clone(),
-            program: path.display().to_string(),
-            child: Mutex::new(child),
+            // What /proc/PID/exe will name: the resolved program.
+            program: std::fs::canonicalize(&path)
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string(),
+            pid,
+            start_time: start_time_of(pid).unwrap_or(0),
+            child: Mutex::new(Some(child)),
             status: Mutex::new(None),
             stderr: Mutex::new(log),
+            files: None,
         };
-        self.children
-            .children
-            .lock()
-            .unwrap()
-            .insert(pid, Arc::new(entry));
+        self.children.add(entry, log_path);
         Ok(Ok(self.table.push(ChildHandle { pid })?))
     }
 
@@ -456,7 +616,7 @@ impl HostChild for HostState {
         Ok(self.timed(|_| {
             loop {
                 match entry.try_status() {
-                    Ok(Some(s)) => return Ok(Some(wit_status(s))),
+                    Ok(Some(s)) => return Ok(Some(s)),
                     Ok(None) if Instant::now() >= deadline => return Ok(None),
                     Ok(None) => std::thread::sleep(Duration::from_millis(2)),
                     Err(e) => {

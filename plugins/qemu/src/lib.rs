@@ -1,0 +1,394 @@
+//! The QEMU driver: `qemu:///system` and `qemu:///session` run real QEMU processes.
+//!
+//! It reaches the system only through the host: QEMU is spawned with the `process`
+//! capability (the manifest allows `qemu-system-*` and `qemu-img` from PATH), its monitor
+//! is spoken to with the `unix-socket` capability in the directory the manifest grants, and
+//! everything it must remember about a running guest (QEMU's pid, the monitor's path) goes
+//! back to the host as the runtime record, so a restarted host finds the guest again.
+//!
+//! Each verb connects to the monitor, does its work and returns; nothing is kept between
+//! calls. Where QEMU refuses or dies, the error carries QEMU's own words (its stderr, or its
+//! QMP error).
+
+mod cmdline;
+mod qmp;
+
+use serde_json::{Value, json};
+use virtwasm_sdk::host::process;
+use virtwasm_sdk::types::*;
+use virtwasm_sdk::{Hypervisor, Network, Storage, VerbResult, error, export_driver, log};
+
+use qmp::Qmp;
+
+/// The driver.
+struct Qemu;
+
+/// What a running domain's record holds.
+struct Running {
+    pid: u32,
+    monitor: String,
+}
+
+fn record(rt: &Option<DomainRuntime>) -> VerbResult<Running> {
+    let data = rt
+        .as_ref()
+        .map(|r| r.driver_data.as_str())
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(data).map_err(|e| {
+        error(
+            ErrorKind::Internal,
+            format!("the domain's runtime record is not the QEMU driver's ({e}): '{data}'"),
+        )
+    })?;
+    match (v["pid"].as_u64(), v["monitor"].as_str()) {
+        (Some(pid), Some(monitor)) => Ok(Running {
+            pid: pid as u32,
+            monitor: monitor.to_string(),
+        }),
+        _ => Err(error(
+            ErrorKind::Internal,
+            format!("the domain's runtime record lacks pid or monitor: '{data}'"),
+        )),
+    }
+}
+
+fn runtime(state: DomainState, r: &Running) -> DomainRuntime {
+    DomainRuntime {
+        state,
+        driver_data: json!({ "pid": r.pid, "monitor": r.monitor }).to_string(),
+    }
+}
+
+/// Where this driver's sockets go: the directory the host granted (`{runtime_dir}/qemu`).
+fn socket_dir() -> VerbResult<String> {
+    std::env::var("VIRTWASM_SOCKET_DIR").map_err(|_| {
+        error(
+            ErrorKind::Internal,
+            "the host gave no socket directory (the manifest grants sockets = [\"{runtime_dir}/qemu\"])",
+        )
+    })
+}
+
+/// The last meaningful line QEMU wrote on stderr: its own statement of why it failed.
+fn qemu_said(child: &process::Child) -> String {
+    let tail = child.stderr_tail(4096);
+    let lines: Vec<&str> = tail
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.last() {
+        Some(l) => (*l).to_string(),
+        None => "it printed nothing on stderr".into(),
+    }
+}
+
+fn state_of(dom: &DomainRef) -> DomainState {
+    dom.runtime
+        .as_ref()
+        .map(|r| r.state)
+        .unwrap_or(DomainState::Shutoff(ShutoffReason::Unknown))
+}
+
+/// Connects to a running domain's monitor; if QEMU is gone, says so with its exit.
+fn monitor(dom: &DomainRef) -> VerbResult<(Running, Qmp)> {
+    let r = record(&dom.runtime)?;
+    match Qmp::connect(&r.monitor, 2000) {
+        Ok(q) => Ok((r, q)),
+        Err(e) => {
+            let why = match process::adopt(r.pid) {
+                Ok(child) => match child.wait(0) {
+                    Ok(Some(status)) => format!(
+                        "QEMU (pid {}) has exited ({}): {}",
+                        r.pid,
+                        exit_text(&status),
+                        qemu_said(&child)
+                    ),
+                    _ => format!("QEMU (pid {}) runs but its monitor does not answer: {}", r.pid, e.message),
+                },
+                Err(_) => format!("QEMU (pid {}) is gone: {}", r.pid, e.message),
+            };
+            Err(error(ErrorKind::OperationFailed, why))
+        }
+    }
+}
+
+fn exit_text(s: &process::ExitStatus) -> String {
+    match (s.code, s.signal) {
+        (Some(c), _) => format!("exit status {c}"),
+        (_, Some(sig)) => format!("signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// QEMU's run state as libvirt's state and reason.
+fn from_status(status: &str, was: DomainState) -> DomainState {
+    match status {
+        "running" => match was {
+            DomainState::Running(r) => DomainState::Running(r),
+            _ => DomainState::Running(RunningReason::Unpaused),
+        },
+        "paused" | "prelaunch" | "suspended" => match was {
+            DomainState::Paused(r) => DomainState::Paused(r),
+            _ => DomainState::Paused(PausedReason::User),
+        },
+        "inmigrate" => DomainState::Paused(PausedReason::Migration),
+        "postmigrate" => DomainState::Paused(PausedReason::Migration),
+        "finish-migrate" | "save-vm" => DomainState::Paused(PausedReason::Save),
+        "restore-vm" => DomainState::Paused(PausedReason::StartingUp),
+        "io-error" => DomainState::Paused(PausedReason::Ioerror),
+        "watchdog" => DomainState::Paused(PausedReason::Watchdog),
+        // A guest that panicked, or an accelerator that gave up (KVM's internal error):
+        // libvirt's crashed.
+        "guest-panicked" => DomainState::Crashed(CrashedReason::Panicked),
+        "internal-error" => DomainState::Crashed(CrashedReason::Unknown),
+        "shutdown" => DomainState::Shutoff(ShutoffReason::Shutdown),
+        _ => was,
+    }
+}
+
+/// Stops QEMU: SIGTERM, then (unless `graceful`) SIGKILL after 5 s; waits for it.
+fn stop_process(pid: u32, graceful: bool) -> VerbResult<()> {
+    let child = match process::adopt(pid) {
+        Ok(c) => c,
+        // Already gone (and reaped): nothing to stop.
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if child.wait(0)?.is_some() {
+        return Ok(());
+    }
+    child.kill(15)?;
+    if child.wait(5000)?.is_some() {
+        return Ok(());
+    }
+    if graceful {
+        return Err(error(
+            ErrorKind::OperationFailed,
+            format!("QEMU (pid {pid}) did not end within 5 s of SIGTERM (--graceful: not killed)"),
+        ));
+    }
+    child.kill(9)?;
+    child.wait(5000)?;
+    Ok(())
+}
+
+impl Hypervisor for Qemu {
+    fn open(path: String, _params: Vec<(String, String)>) -> VerbResult<InitialObjects> {
+        match path.as_str() {
+            "/system" | "/session" | "/embed" => Ok(InitialObjects {
+                domains: vec![],
+                pools: vec![],
+                networks: vec![],
+            }),
+            other => Err(error(
+                ErrorKind::InvalidArgument,
+                format!("unexpected QEMU URI path '{other}', try qemu:///system or qemu:///session"),
+            )),
+        }
+    }
+
+    fn capabilities() -> VerbResult<DriverCapabilities> {
+        Ok(DriverCapabilities {
+            host_arch: "x86_64".into(),
+            guests: vec![GuestCapability {
+                os_type: "hvm".into(),
+                arch: "x86_64".into(),
+                emulator: Some("qemu-system-x86_64".into()),
+                machines: vec!["pc".into(), "q35".into(), "microvm".into()],
+                domain_types: vec!["qemu".into(), "kvm".into()],
+            }],
+            security_model: None,
+            security_doi: None,
+        })
+    }
+
+    fn fill_defaults(mut def: DomainDef) -> VerbResult<DomainDef> {
+        cmdline::accel(&def.domain_type)?;
+        if def.os.os_type != "hvm" {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!("the QEMU driver runs os type 'hvm', not '{}'", def.os.os_type),
+            ));
+        }
+        match def.os.arch.as_deref() {
+            None => def.os.arch = Some("x86_64".into()),
+            Some("x86_64") => {}
+            Some(other) => {
+                return Err(error(
+                    ErrorKind::Unsupported,
+                    format!("unsupported configuration: guest architecture '{other}' (this driver runs x86_64)"),
+                ));
+            }
+        }
+        if def.os.machine.is_none() {
+            def.os.machine = Some("pc".into());
+        }
+        if def.emulator.is_none() {
+            def.emulator = Some("qemu-system-x86_64".into());
+        }
+        Ok(def)
+    }
+
+    fn start(dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
+        let def = &dom.def;
+        let dir = socket_dir()?;
+        let monitor = format!("{dir}/{}.monitor", def.uuid);
+        let args = cmdline::build(
+            def,
+            &cmdline::Launch {
+                monitor: &monitor,
+                runtime_dir: &dir,
+            },
+        )?;
+        let program = def
+            .emulator
+            .clone()
+            .unwrap_or_else(|| "qemu-system-x86_64".into());
+        log::info(&format!("starting {} with {program} {}", def.name, args.join(" ")));
+        let child = process::spawn(&program, &args)?;
+        let r = Running {
+            pid: child.pid(),
+            monitor: monitor.clone(),
+        };
+        let mut q = match Qmp::connect(&monitor, 10_000) {
+            Ok(q) => q,
+            Err(e) => {
+                // QEMU refused its command line or died: its stderr says why.
+                let status = child.wait(1000).ok().flatten();
+                if status.is_none() {
+                    let _ = child.kill(9);
+                    let _ = child.wait(2000);
+                }
+                return Err(error(
+                    ErrorKind::OperationFailed,
+                    format!(
+                        "QEMU failed to start {}: {} ({})",
+                        def.name,
+                        qemu_said(&child),
+                        match status {
+                            Some(s) => exit_text(&s),
+                            None => format!("no monitor: {}", e.message),
+                        }
+                    ),
+                ));
+            }
+        };
+        if paused {
+            return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
+        }
+        if let Err(e) = q.execute("cont", None) {
+            let _ = child.kill(9);
+            let _ = child.wait(2000);
+            return Err(e);
+        }
+        Ok(runtime(DomainState::Running(RunningReason::Booted), &r))
+    }
+
+    fn shutdown(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+        let (r, mut q) = monitor(&dom)?;
+        // ACPI: the guest decides; the state changes when it has powered off (poll).
+        q.execute("system_powerdown", None)?;
+        Ok(runtime(state_of(&dom), &r))
+    }
+
+    fn reboot(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
+        let (r, mut q) = monitor(&dom)?;
+        q.execute("system_reset", None)?;
+        Ok(runtime(state_of(&dom), &r))
+    }
+
+    fn reset(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        let (r, mut q) = monitor(&dom)?;
+        q.execute("system_reset", None)?;
+        Ok(runtime(state_of(&dom), &r))
+    }
+
+    fn destroy(dom: DomainRef, graceful: bool) -> VerbResult<DomainRuntime> {
+        let r = record(&dom.runtime)?;
+        stop_process(r.pid, graceful)?;
+        Ok(DomainRuntime {
+            state: DomainState::Shutoff(ShutoffReason::Destroyed),
+            driver_data: String::new(),
+        })
+    }
+
+    fn suspend(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        if !matches!(state_of(&dom), DomainState::Running(_)) {
+            return Err(error(ErrorKind::InvalidState, "domain is not running"));
+        }
+        let (r, mut q) = monitor(&dom)?;
+        q.execute("stop", None)?;
+        Ok(runtime(DomainState::Paused(PausedReason::User), &r))
+    }
+
+    fn resume(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        if !matches!(state_of(&dom), DomainState::Paused(_)) {
+            return Err(error(ErrorKind::InvalidState, "domain is not paused"));
+        }
+        let (r, mut q) = monitor(&dom)?;
+        q.execute("cont", None)?;
+        Ok(runtime(DomainState::Running(RunningReason::Unpaused), &r))
+    }
+
+    fn poll(dom: DomainRef) -> VerbResult<DomainRuntime> {
+        let r = record(&dom.runtime)?;
+        let was = state_of(&dom);
+        let child = match process::adopt(r.pid) {
+            Ok(c) => c,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Ok(DomainRuntime {
+                    state: DomainState::Shutoff(ShutoffReason::Unknown),
+                    driver_data: String::new(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(status) = child.wait(0)? {
+            // QEMU exits 0 when the guest powered off; anything else is a crash. A QEMU that
+            // ended while no host watched it (found again after a restart) left no status.
+            let reason = if status.code == Some(0) {
+                ShutoffReason::Shutdown
+            } else if status.code.is_none() && status.signal.is_none() {
+                ShutoffReason::Unknown
+            } else {
+                log::warn(&format!(
+                    "QEMU for {} ended ({}): {}",
+                    dom.def.name,
+                    exit_text(&status),
+                    qemu_said(&child)
+                ));
+                ShutoffReason::Crashed
+            };
+            return Ok(DomainRuntime {
+                state: DomainState::Shutoff(reason),
+                driver_data: String::new(),
+            });
+        }
+        let mut q = Qmp::connect(&r.monitor, 2000)?;
+        let status = q.execute("query-status", None)?;
+        let s = status["status"].as_str().unwrap_or("");
+        Ok(runtime(from_status(s, was), &r))
+    }
+
+    fn info(dom: DomainRef) -> VerbResult<DomainInfo> {
+        let state = state_of(&dom);
+        Ok(DomainInfo {
+            state,
+            os_type: dom.def.os.os_type.clone(),
+            max_memory_kib: dom.def.memory_kib,
+            memory_kib: dom.def.current_memory_kib,
+            vcpus: dom.def.current_vcpus.unwrap_or(dom.def.vcpus),
+            // QMP has no per-guest CPU time; it arrives with the stats work (/proc of QEMU's
+            // threads through a granted read).
+            cpu_time_ns: 0,
+            security_label: None,
+            security_enforcing: false,
+        })
+    }
+}
+
+impl Storage for Qemu {}
+impl Network for Qemu {}
+
+export_driver!(Qemu);
