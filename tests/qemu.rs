@@ -1,0 +1,213 @@
+//! The QEMU driver on real guests under TCG, through the daemon and the CLI: every
+//! lifecycle verb with the guest's own console as the witness, a guest that powers itself
+//! off (ACPI) noticed without anyone asking, a kill -9 of the daemon while the guest runs,
+//! and QEMU's own words when it refuses a domain.
+
+mod common;
+#[path = "common/guest.rs"]
+mod guest;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+/// A domain booting the test guest, its console in `console`.
+fn domain_xml(name: &str, g: &guest::Guest, console: &Path) -> String {
+    format!(
+        "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{}</kernel>
+    <initrd>{}</initrd>
+    <cmdline>{}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <serial type='file'><source path='{}'/></serial>
+  </devices>
+</domain>",
+        g.kernel.display(),
+        g.initrd.display(),
+        g.cmdline,
+        console.display()
+    )
+}
+
+fn console_text(p: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+}
+
+/// Waits until the console holds `needle` at least `count` times.
+#[track_caller]
+fn wait_console(p: &Path, needle: &str, count: usize, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = console_text(p);
+        if text.matches(needle).count() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {count}x '{needle}' on the console within {secs} s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last `counter N` the guest printed.
+fn last_counter(p: &Path) -> u64 {
+    console_text(p)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("counter "))
+        .filter_map(|n| n.trim().parse().ok())
+        .last()
+        .unwrap_or(0)
+}
+
+struct Setup {
+    _home: tempfile::TempDir,
+    d: Daemon,
+    uri: String,
+    console: PathBuf,
+}
+
+fn setup(name: &str) -> Option<Setup> {
+    let g = guest::test_guest_or_skip()?;
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        guest::skip("qemu-system-x86_64 is not installed (.ci/run installs qemu-system-x86)");
+        return None;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("qemu", "/system");
+    let console = home.path().join(format!("{name}.console"));
+    let xml = home.path().join(format!("{name}.xml"));
+    std::fs::write(&xml, domain_xml(name, &g, &console)).unwrap();
+    d.client(&uri, &format!("define {}", xml.display())).ok();
+    Some(Setup {
+        _home: home,
+        d,
+        uri,
+        console,
+    })
+}
+
+#[test]
+fn every_lifecycle_verb_on_a_real_guest() {
+    let Some(s) = setup("vm1") else { return };
+    let (d, uri, console) = (&s.d, &s.uri, &s.console);
+    let started = Instant::now();
+    assert_eq!(d.client(uri, "start vm1").ok(), "Domain 'vm1' started\n\n");
+    wait_console(console, guest::READY, 1, 60);
+    eprintln!("start to guest userspace: {:?}", started.elapsed());
+    wait_console(console, "counter ", 2, 30);
+    assert_eq!(d.client(uri, "domstate vm1 --reason").ok(), "running (booted)\n\n");
+
+    // Paused, the guest's counter stands still; resumed, it goes on.
+    d.client(uri, "suspend vm1").ok();
+    assert_eq!(d.client(uri, "domstate vm1 --reason").ok(), "paused (user)\n\n");
+    let frozen = last_counter(console);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(last_counter(console), frozen, "the counter moved while paused");
+    d.client(uri, "resume vm1").ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last_counter(console) <= frozen {
+        assert!(Instant::now() < deadline, "the counter did not move after resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // reset: the guest boots again.
+    d.client(uri, "reset vm1").ok();
+    wait_console(console, guest::READY, 2, 60);
+
+    // shutdown: ACPI power button; the guest powers off and QEMU exits; the daemon's
+    // poll notices with nobody asking, and a watcher sees the event.
+    let mut c = std::process::Command::new(common::binary());
+    Daemon::env(d.home.as_path(), &mut c);
+    let watcher = c
+        .args(["-c", uri, "event vm1 --event lifecycle --loop --timeout 40"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        d.client(uri, "shutdown vm1").ok(),
+        "Domain 'vm1' is being shutdown\n\n"
+    );
+    wait_console(console, guest::POWEROFF, 1, 30);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = d.client(uri, "domstate vm1 --reason");
+        if out.stdout == "shut off (shutdown)\n\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", out.stdout);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: a signal to the watcher this test started, by pid.
+    unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
+    let out = watcher.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        seen.contains("event 'lifecycle' for domain 'vm1': Stopped Shutdown"),
+        "{seen}"
+    );
+
+    // start --paused, then destroy.
+    d.client(uri, "start vm1 --paused").ok();
+    assert_eq!(d.client(uri, "domstate vm1 --reason").ok(), "paused (user)\n\n");
+    assert_eq!(d.client(uri, "destroy vm1").ok(), "Domain 'vm1' destroyed\n\n");
+    assert_eq!(
+        d.client(uri, "domstate vm1 --reason").ok(),
+        "shut off (destroyed)\n\n"
+    );
+}
+
+#[test]
+fn a_guest_outlives_a_killed_daemon_and_stays_controllable() {
+    let Some(mut s) = setup("vm2") else { return };
+    let uri = s.uri.clone();
+    s.d.client(&uri, "start vm2").ok();
+    wait_console(&s.console, "counter ", 2, 90);
+    let status = s.d.stop_with(libc::SIGKILL);
+    assert!(!status.success());
+    // The guest keeps counting while no daemon exists.
+    let before = last_counter(&s.console);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(last_counter(&s.console) > before, "the guest stopped with the daemon");
+    s.d.spawn();
+    assert!(s.d.log_text().contains("found 1 running children"), "{}", s.d.log_text());
+    assert_eq!(s.d.client(&uri, "domstate vm2 --reason").ok(), "running (booted)\n\n");
+    s.d.client(&uri, "suspend vm2").ok();
+    let frozen = last_counter(&s.console);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(last_counter(&s.console), frozen);
+    assert_eq!(s.d.client(&uri, "destroy vm2").ok(), "Domain 'vm2' destroyed\n\n");
+}
+
+#[test]
+fn qemus_own_words_explain_a_failed_start() {
+    let Some(s) = setup("vm3") else { return };
+    let xml = s.d.home.join("bad.xml");
+    std::fs::write(
+        &xml,
+        "<domain type='qemu'><name>bad</name><memory unit='MiB'>64</memory><os><type>hvm</type><kernel>/nonexistent/vmlinux</kernel></os></domain>",
+    )
+    .unwrap();
+    s.d.client(&s.uri, &format!("define {}", xml.display())).ok();
+    let r = s.d.client(&s.uri, "start bad");
+    let e = r.failed();
+    assert_eq!(
+        e,
+        "error: Failed to start domain 'bad'\nerror: operation failed: QEMU failed to start bad: qemu: could not open kernel file '/nonexistent/vmlinux': No such file or directory (exit status 1)\n"
+    );
+    assert_eq!(s.d.client(&s.uri, "domstate bad").ok(), "shut off\n\n");
+}
