@@ -14,6 +14,18 @@ use common::Daemon;
 
 /// A domain booting the test guest, its console in `console`.
 fn domain_xml(name: &str, g: &guest::Guest, console: &Path) -> String {
+    domain_with_serial(
+        name,
+        g,
+        &format!(
+            "<serial type='file'><source path='{}'/></serial>",
+            console.display()
+        ),
+    )
+}
+
+/// A domain booting the test guest with `serial` as its serial port.
+fn domain_with_serial(name: &str, g: &guest::Guest, serial: &str) -> String {
     format!(
         "<domain type='qemu'>
   <name>{name}</name>
@@ -27,13 +39,12 @@ fn domain_xml(name: &str, g: &guest::Guest, console: &Path) -> String {
   </os>
   <features><acpi/></features>
   <devices>
-    <serial type='file'><source path='{}'/></serial>
+    {serial}
   </devices>
 </domain>",
         g.kernel.display(),
         g.initrd.display(),
         g.cmdline,
-        console.display()
     )
 }
 
@@ -109,18 +120,31 @@ fn every_lifecycle_verb_on_a_real_guest() {
     wait_console(console, guest::READY, 1, 60);
     eprintln!("start to guest userspace: {:?}", started.elapsed());
     wait_console(console, "counter ", 2, 30);
-    assert_eq!(d.client(uri, "domstate vm1 --reason").ok(), "running (booted)\n\n");
+    assert_eq!(
+        d.client(uri, "domstate vm1 --reason").ok(),
+        "running (booted)\n\n"
+    );
 
     // Paused, the guest's counter stands still; resumed, it goes on.
     d.client(uri, "suspend vm1").ok();
-    assert_eq!(d.client(uri, "domstate vm1 --reason").ok(), "paused (user)\n\n");
+    assert_eq!(
+        d.client(uri, "domstate vm1 --reason").ok(),
+        "paused (user)\n\n"
+    );
     let frozen = last_counter(console);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(last_counter(console), frozen, "the counter moved while paused");
+    assert_eq!(
+        last_counter(console),
+        frozen,
+        "the counter moved while paused"
+    );
     d.client(uri, "resume vm1").ok();
     let deadline = Instant::now() + Duration::from_secs(20);
     while last_counter(console) <= frozen {
-        assert!(Instant::now() < deadline, "the counter did not move after resume");
+        assert!(
+            Instant::now() < deadline,
+            "the counter did not move after resume"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -163,8 +187,14 @@ fn every_lifecycle_verb_on_a_real_guest() {
 
     // start --paused, then destroy.
     d.client(uri, "start vm1 --paused").ok();
-    assert_eq!(d.client(uri, "domstate vm1 --reason").ok(), "paused (user)\n\n");
-    assert_eq!(d.client(uri, "destroy vm1").ok(), "Domain 'vm1' destroyed\n\n");
+    assert_eq!(
+        d.client(uri, "domstate vm1 --reason").ok(),
+        "paused (user)\n\n"
+    );
+    assert_eq!(
+        d.client(uri, "destroy vm1").ok(),
+        "Domain 'vm1' destroyed\n\n"
+    );
     assert_eq!(
         d.client(uri, "domstate vm1 --reason").ok(),
         "shut off (destroyed)\n\n"
@@ -182,15 +212,28 @@ fn a_guest_outlives_a_killed_daemon_and_stays_controllable() {
     // The guest keeps counting while no daemon exists.
     let before = last_counter(&s.console);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(last_counter(&s.console) > before, "the guest stopped with the daemon");
+    assert!(
+        last_counter(&s.console) > before,
+        "the guest stopped with the daemon"
+    );
     s.d.spawn();
-    assert!(s.d.log_text().contains("found 1 running children"), "{}", s.d.log_text());
-    assert_eq!(s.d.client(&uri, "domstate vm2 --reason").ok(), "running (booted)\n\n");
+    assert!(
+        s.d.log_text().contains("found 1 running children"),
+        "{}",
+        s.d.log_text()
+    );
+    assert_eq!(
+        s.d.client(&uri, "domstate vm2 --reason").ok(),
+        "running (booted)\n\n"
+    );
     s.d.client(&uri, "suspend vm2").ok();
     let frozen = last_counter(&s.console);
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(last_counter(&s.console), frozen);
-    assert_eq!(s.d.client(&uri, "destroy vm2").ok(), "Domain 'vm2' destroyed\n\n");
+    assert_eq!(
+        s.d.client(&uri, "destroy vm2").ok(),
+        "Domain 'vm2' destroyed\n\n"
+    );
 }
 
 #[test]
@@ -202,7 +245,8 @@ fn qemus_own_words_explain_a_failed_start() {
         "<domain type='qemu'><name>bad</name><memory unit='MiB'>64</memory><os><type>hvm</type><kernel>/nonexistent/vmlinux</kernel></os></domain>",
     )
     .unwrap();
-    s.d.client(&s.uri, &format!("define {}", xml.display())).ok();
+    s.d.client(&s.uri, &format!("define {}", xml.display()))
+        .ok();
     let r = s.d.client(&s.uri, "start bad");
     let e = r.failed();
     assert_eq!(
@@ -210,4 +254,85 @@ fn qemus_own_words_explain_a_failed_start() {
         "error: Failed to start domain 'bad'\nerror: operation failed: QEMU failed to start bad: qemu: could not open kernel file '/nonexistent/vmlinux': No such file or directory (exit status 1)\n"
     );
     assert_eq!(s.d.client(&s.uri, "domstate bad").ok(), "shut off\n\n");
+}
+
+#[test]
+fn the_console_round_trips_through_the_daemon_and_the_cli() {
+    use std::io::{Read, Write};
+    let Some(s) = setup("vm4") else { return };
+    let g = guest::test_guest().unwrap();
+    let xml = s.d.home.join("vm5.xml");
+    std::fs::write(&xml, domain_with_serial("vm5", &g, "<serial type='pty'/>")).unwrap();
+    s.d.client(&s.uri, &format!("define {}; start vm5", xml.display()))
+        .ok();
+
+    // Through the API: an upgraded connection is the guest's serial port.
+    let mut c = std::os::unix::net::UnixStream::connect(s.d.socket()).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    write!(
+        c,
+        "GET /v1/domains/vm5/console HTTP/1.1\r\nHost: x\r\nx-virtwasm-uri: qemu:///system\r\nConnection: Upgrade\r\nUpgrade: virtwasm-console\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last_try = Instant::now() - Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains("rt-42") {
+        assert!(
+            Instant::now() < deadline,
+            "no answer on the console:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+        if String::from_utf8_lossy(&seen).contains("101 Switching Protocols")
+            && last_try.elapsed() > Duration::from_secs(2)
+        {
+            // The guest's shell may not read yet: ask again now and then.
+            c.write_all(b"echo rt-$((40+2))\n").unwrap();
+            last_try = Instant::now();
+        }
+        if let Ok(n) = c.read(&mut buf) {
+            assert!(
+                n > 0,
+                "the console closed:\n{}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    drop(c);
+
+    // Through the CLI on a terminal (script gives it one): type a command, then ^].
+    let mut cmd = std::process::Command::new("script");
+    Daemon::env(s.d.home.as_path(), &mut cmd);
+    let mut child = cmd
+        .args([
+            "-qfec",
+            &format!("{} -c '{}' console vm5", common::binary().display(), s.uri),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut stdout = stdout;
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(b"echo cli-$((6*7))\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    stdin.write_all(&[0x1d]).unwrap();
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("Connected to domain 'vm5'"), "{out}");
+    assert!(out.contains("cli-42"), "{out}");
+    s.d.client(&s.uri, "destroy vm5").ok();
 }

@@ -126,11 +126,13 @@ impl Client {
         }
     }
 
-    /// Where a domain's console is (a pty or socket path on this machine). In-process only
-    /// for now: streaming a console through the daemon is not built yet.
-    pub fn console_endpoint(&self, key: &str, device: Option<&str>) -> Result<String> {
-        self.require_local("the console")?
-            .console_endpoint(key, device)
+    /// Attaches to a domain's console: the pty or socket itself in-process, an upgraded
+    /// connection (`GET /v1/domains/{key}/console`) through a daemon.
+    pub fn console(&self, key: &str, device: Option<&str>) -> Result<crate::console::Console> {
+        match &self.via {
+            Via::Local(c) => crate::console::Console::local(c.console_endpoint(key, device)?),
+            Via::Remote(r) => r.console(key, device),
+        }
     }
 
     /// Copies a local file into a volume (`upload`) or a volume into a local file, through
@@ -223,15 +225,6 @@ impl Client {
         }
         serde_json::from_slice(&body)
             .map_err(|e| Error::failed(format!("unexpected answer from {target}: {e}")))
-    }
-
-    fn require_local(&self, what: &str) -> Result<&Connection> {
-        self.local_connection().ok_or_else(|| {
-            Error::new(
-                virtwasm_host::ErrorKind::Unsupported,
-                format!("{what} is not available through virtwasmd yet; run it on the daemon's host with an in-process URI (DRIVER:///embed?root=DIR)"),
-            )
-        })
     }
 
     /// The node's hardware.

@@ -7,6 +7,7 @@
 //! how requests are framed except the client's transport.
 
 pub mod client;
+pub mod console;
 pub mod dispatch;
 pub mod endpoint;
 pub mod openapi;

@@ -107,6 +107,14 @@ pub fn document() -> Value {
         }),
     );
     paths.insert(
+        "/v1/domains/{key}/console".into(),
+        json!({ "get": { "operationId": "console", "tags": ["domains"], "x-permission": "open_device",
+            "parameters": [{ "name": "key", "in": "path", "required": true, "schema": { "type": "string" } },
+                           { "name": "device", "in": "query", "required": false, "schema": { "type": "string" } },
+                           { "name": "Upgrade", "in": "header", "required": true, "schema": { "type": "string", "enum": ["virtwasm-console"] } }],
+            "responses": { "101": { "description": "The connection now carries the guest's serial port both ways" }, "default": error } } }),
+    );
+    paths.insert(
         "/v1/trust".into(),
         json!({ "get": { "operationId": "trust-list", "tags": ["trust"], "x-permission": "read",
             "responses": { "200": { "description": "Trusted clients and pending tokens (no secrets)" }, "default": error } } }),

@@ -458,6 +458,8 @@ pub enum Permission {
     Delete,
     /// Migrate to another host.
     Migrate,
+    /// Attach to a console or other character device (a guest's shell: admins only).
+    OpenDevice,
 }
 
 impl Permission {
@@ -476,6 +478,7 @@ impl Permission {
         Permission::Snapshot,
         Permission::Delete,
         Permission::Migrate,
+        Permission::OpenDevice,
     ];
 
     /// Its name (`getattr`, `init_control`, ...).
@@ -494,6 +497,7 @@ impl Permission {
             Permission::Snapshot => "snapshot",
             Permission::Delete => "delete",
             Permission::Migrate => "migrate",
+            Permission::OpenDevice => "open_device",
         }
     }
 

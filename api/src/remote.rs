@@ -69,7 +69,8 @@ impl Remote {
         let (sender, conn) = handshake
             .map_err(|e| Error::failed(format!("HTTP handshake with {}: {e}", describe(target))))?;
         rt.spawn(async move {
-            if let Err(e) = conn.await {
+            // Upgrades enabled: a console turns the connection into a byte stream.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!("daemon connection ended: {e}");
             }
         });
@@ -332,6 +333,63 @@ impl Remote {
                 Ok(done)
             })
         }
+    }
+
+    /// Attaches to a domain's console through the daemon: a second connection, upgraded to
+    /// a byte stream (`GET /v1/domains/{key}/console`, `Upgrade: virtwasm-console`).
+    pub fn console(&self, key: &str, device: Option<&str>) -> Result<crate::console::Console> {
+        let rt = runtime()?;
+        let (stream, _ssh) = rt.block_on(open_stream(&self.target))?;
+        let (mut sender, conn) = rt
+            .block_on(hyper::client::conn::http1::handshake::<_, Body>(
+                TokioIo::new(stream),
+            ))
+            .map_err(|e| {
+                Error::failed(format!(
+                    "HTTP handshake with {}: {e}",
+                    describe(&self.target)
+                ))
+            })?;
+        rt.spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let mut target = format!("/v1/domains/{}/console", crate::ops::escape(key));
+        if let Some(d) = device {
+            target.push_str(&format!("?device={}", crate::ops::escape(d)));
+        }
+        let mut req = self.request("GET", &target, None)?;
+        req.headers_mut().insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static(crate::console::UPGRADE),
+        );
+        req.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        let upgraded = rt.block_on(async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| Error::failed(format!("console request failed: {e}")))?;
+            let status = resp.status().as_u16();
+            if status != 101 {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(parse_error(status, &body));
+            }
+            hyper::upgrade::on(resp)
+                .await
+                .map_err(|e| Error::failed(format!("console upgrade failed: {e}")))
+        })?;
+        if let Some((child, _)) = _ssh {
+            // The console's ssh lives as long as the console: leak it into the runtime.
+            std::mem::forget(child);
+        }
+        Ok(crate::console::Console::Remote(rt, TokioIo::new(upgraded)))
     }
 
     /// Subscribes to the daemon's events: a second connection reads `/v1/events` on a

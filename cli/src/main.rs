@@ -5,6 +5,7 @@
 //! virsh's, so scripts written for virsh run unchanged.
 
 mod commands;
+mod console;
 mod docs;
 mod progress;
 mod session;

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod config;
+pub mod console;
 pub mod operations;
 pub mod server;
 pub mod trust;

@@ -328,7 +328,8 @@ where
         // request, so it is the idle timeout too.
         .header_read_timeout(Duration::from_secs(limits.idle_timeout_secs.max(1)))
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(client = %peer.identity.describe(), "connection ended: {e}");
     }
@@ -443,6 +444,45 @@ async fn handle(
             v.split(',')
                 .any(|p| p.trim() == virtwasm_api::wire::PREFER_ASYNC)
         });
+    // A console: the connection becomes the guest's serial port.
+    if let Some(key) = path
+        .strip_prefix("/v1/domains/")
+        .and_then(|r| r.strip_suffix("/console"))
+        .filter(|k| !k.is_empty() && !k.contains('/'))
+    {
+        let key = percent_encoding::percent_decode_str(key)
+            .decode_utf8_lossy()
+            .into_owned();
+        let device = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("device="))
+            .map(|d| {
+                percent_encoding::percent_decode_str(d)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
+        let response = if method == "GET" {
+            crate::console::attach(
+                daemon.clone(),
+                peer.clone(),
+                &uri,
+                readonly,
+                key,
+                device,
+                req,
+            )
+            .await
+        } else {
+            error_response(&Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "method {method} is not allowed on '{path}' (allowed: GET with Upgrade: virtwasm-console)"
+                ),
+            ))
+        };
+        drop(guard);
+        return response;
+    }
     // A volume's data streams through without the request-size cap.
     if let Some((key, pool)) = volume_data_target(&path, &query) {
         let response = match method.as_str() {

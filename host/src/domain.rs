@@ -298,23 +298,22 @@ impl Connection {
         })
     }
 
-    /// Where the driver serves a domain's console, for the host to stream.
-    pub fn console_endpoint(&self, key: &str, device: Option<&str>) -> Result<String> {
-        use crate::bindings::hypervisor::ConsoleEndpoint;
+    /// Where the driver serves a domain's console (a pty or a unix socket), for the host
+    /// to stream.
+    pub fn console_endpoint(
+        &self,
+        key: &str,
+        device: Option<&str>,
+    ) -> Result<crate::bindings::hypervisor::ConsoleEndpoint> {
         let rec = self.domain(key)?;
         if !rec.is_active() {
             return Err(not_running());
         }
         let dom = rec.as_ref();
         let device = device.map(str::to_string);
-        Ok(
-            match self.plugin.hypervisor("open-console", |g, s| {
-                g.call_open_console(s, &dom, device.as_deref())
-            })? {
-                ConsoleEndpoint::Pty(p) => p,
-                ConsoleEndpoint::UnixSocket(p) => p,
-            },
-        )
+        self.plugin.hypervisor("open-console", |g, s| {
+            g.call_open_console(s, &dom, device.as_deref())
+        })
     }
 
     /// Numbers behind `dominfo`, from the driver.

@@ -90,6 +90,10 @@ say() {
     done
 }
 
+# A shell reading the console, so a client of `virtwasm console` can type commands and see
+# their output (the console round trip).
+sh </dev/console >/dev/console 2>&1 &
+
 say VIRTWASM-GUEST-READY
 # A heartbeat: tests see the guest run, pause (no lines) and continue after restore. Each
 # virtio disk is announced once, including ones hot-plugged later.

@@ -200,10 +200,23 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        let self_starts = self
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("virtwasmd ready on"))
+            .count();
         let child = c.spawn().expect("start virtwasmd");
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+        // Ready when it says so (after loading its drivers' state), not merely listening.
+        let ready = |d: &Daemon| {
+            d.log_text()
+                .lines()
+                .filter(|l| l.contains("virtwasmd ready on"))
+                .count()
+                > self_starts
+        };
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() || !ready(self) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "virtwasmd exited ({status}) before listening:\n{}",

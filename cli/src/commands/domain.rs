@@ -624,16 +624,7 @@ fn start(sess: &mut Session, a: &Args) -> Outcome {
         |c, d| c.start(d, paused),
     )?;
     if a.flag("console") {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
-            return Err(Failure::msg(
-                "Cannot run interactive console without a controlling TTY",
-            ));
-        }
-        let endpoint = sess.conn()?.console_endpoint(&rec.def.uuid, None)?;
-        return Err(Failure::msg(format!(
-            "the console is at {endpoint}; streaming it arrives with the daemon (virtwasmd)"
-        )));
+        return crate::console::run(sess, &rec.def.uuid, &rec.def.name, None);
     }
     Ok(())
 }

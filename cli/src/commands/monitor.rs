@@ -1,6 +1,5 @@
 //! Event, statistics and console commands.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use virtwasm_host::bindings::types::DomainState;
@@ -210,18 +209,7 @@ fn domstats(sess: &mut Session, a: &Args) -> Outcome {
 
 fn console(sess: &mut Session, a: &Args) -> Outcome {
     let rec = lookup(sess, a.req("domain"))?;
-    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
-        return Err(Failure::msg(
-            "Cannot run interactive console without a controlling TTY",
-        ));
-    }
-    let endpoint = sess
-        .conn()?
-        .console_endpoint(&rec.def.uuid, a.get("devname"))?;
-    Err(Failure::msg(format!(
-        "the console of '{}' is at {endpoint}; streaming it arrives with the daemon (virtwasmd)",
-        rec.def.name
-    )))
+    crate::console::run(sess, &rec.def.uuid, &rec.def.name, a.get("devname"))
 }
 
 fn domifaddr(sess: &mut Session, a: &Args) -> Outcome {

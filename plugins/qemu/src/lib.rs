@@ -371,6 +371,48 @@ impl Hypervisor for Qemu {
         Ok(runtime(from_status(s, was), &r))
     }
 
+    fn open_console(dom: DomainRef, device: Option<String>) -> VerbResult<ConsoleEndpoint> {
+        // QEMU knows where each serial ended up (a pty it allocated, a socket it listens
+        // on); the first serial is the console.
+        let wanted = match device.as_deref() {
+            None | Some("console0") | Some("serial0") => "charserial0".to_string(),
+            Some(d) => match d.strip_prefix("serial") {
+                Some(n) if n.parse::<u32>().is_ok() => format!("charserial{n}"),
+                _ => {
+                    return Err(error(
+                        ErrorKind::InvalidArgument,
+                        format!("no character device '{d}' (expected serialN or console0)"),
+                    ));
+                }
+            },
+        };
+        let (_, mut q) = monitor(&dom)?;
+        let devs = q.execute("query-chardev", None)?;
+        let found = devs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["label"].as_str() == Some(wanted.as_str()))
+            .and_then(|c| c["filename"].as_str().map(str::to_string));
+        match found {
+            Some(f) if f.starts_with("pty:") => Ok(ConsoleEndpoint::Pty(f[4..].to_string())),
+            Some(f) if f.starts_with("unix:") => {
+                let path = f[5..].split(',').next().unwrap_or_default().to_string();
+                Ok(ConsoleEndpoint::UnixSocket(path))
+            }
+            Some(f) => Err(error(
+                ErrorKind::OperationFailed,
+                format!(
+                    "character device {wanted} is '{f}', not a pty or unix socket a console can attach to"
+                ),
+            )),
+            None => Err(error(
+                ErrorKind::OperationFailed,
+                format!("the domain has no character device {wanted} (add <serial type='pty'/>)"),
+            )),
+        }
+    }
+
     fn info(dom: DomainRef) -> VerbResult<DomainInfo> {
         let state = state_of(&dom);
         Ok(DomainInfo {
