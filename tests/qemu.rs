@@ -73,9 +73,9 @@ fn wait_console(p: &Path, needle: &str, count: usize, secs: u64) {
 fn last_counter(p: &Path) -> u64 {
     console_text(p)
         .lines()
+        .rev()
         .filter_map(|l| l.trim().strip_prefix("counter "))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
 
