@@ -48,6 +48,16 @@ fn domain_with_serial(name: &str, g: &guest::Guest, serial: &str) -> String {
     )
 }
 
+/// The first `counter N` in the console file (QEMU truncates a file console when it
+/// starts, so after a restore this is the first line the restored guest printed).
+fn first_counter(p: &Path) -> u64 {
+    console_text(p)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("counter "))
+        .find_map(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn console_text(p: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
 }
@@ -335,4 +345,116 @@ fn the_console_round_trips_through_the_daemon_and_the_cli() {
     assert!(out.contains("Connected to domain 'vm5'"), "{out}");
     assert!(out.contains("cli-42"), "{out}");
     s.d.client(&s.uri, "destroy vm5").ok();
+}
+
+#[test]
+fn save_and_restore_continue_the_guest_where_it_was() {
+    let Some(s) = setup("vm6") else { return };
+    let (d, uri, console) = (&s.d, &s.uri, &s.console);
+    d.client(uri, "start vm6").ok();
+    wait_console(console, "counter ", 3, 90);
+    // Under the daemon's root: the only place its clients may name files.
+    let image = d.root.join("vm6.save");
+    let r = d.client(uri, &format!("save vm6 {}", image.display()));
+    assert_eq!(
+        r.ok(),
+        format!("\nDomain 'vm6' saved to {}\n\n", image.display())
+    );
+    assert_eq!(
+        d.client(uri, "domstate vm6 --reason").ok(),
+        "shut off (saved)\n\n"
+    );
+    let at_save = last_counter(console);
+    let size = std::fs::metadata(&image).unwrap().len();
+    assert!(
+        size > 1 << 20,
+        "the image holds the guest's memory ({size} bytes)"
+    );
+    let r = d.client(uri, &format!("restore {}", image.display()));
+    assert_eq!(
+        r.ok(),
+        format!("Domain restored from {}\n\n", image.display())
+    );
+    assert_eq!(
+        d.client(uri, "domstate vm6 --reason").ok(),
+        "running (restored)\n\n"
+    );
+    // The guest goes on counting from where it was: no second boot, no counter reset.
+    // (The restored QEMU reopened the console file, so it holds only what came after.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last_counter(console) <= at_save + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the counter did not continue after restore"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        first_counter(console) >= at_save,
+        "{}",
+        console_text(console)
+    );
+    assert!(
+        !console_text(console).contains(guest::READY),
+        "the guest rebooted"
+    );
+
+    // Managed save: the same stream in the host's own place; start restores it.
+    d.client(uri, "managedsave vm6").ok();
+    assert_eq!(
+        d.client(uri, "domstate vm6 --reason").ok(),
+        "shut off (saved)\n\n"
+    );
+    let before = last_counter(console);
+    d.client(uri, "start vm6").ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last_counter(console) <= before + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the counter did not continue after managed save"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        first_counter(console) >= before,
+        "{}",
+        console_text(console)
+    );
+    assert!(
+        !console_text(console).contains(guest::READY),
+        "the guest rebooted"
+    );
+    d.client(uri, "destroy vm6").ok();
+}
+
+#[test]
+fn a_hot_plugged_disk_is_seen_inside_the_guest() {
+    let Some(s) = setup("vm7") else { return };
+    let (d, uri, console) = (&s.d, &s.uri, &s.console);
+    d.client(uri, "start vm7").ok();
+    wait_console(console, guest::READY, 1, 90);
+    let disk = d.home.join("extra.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let r = d.client(
+        uri,
+        &format!("attach-disk vm7 {} vdb --live", disk.display()),
+    );
+    assert_eq!(r.ok(), "Disk attached successfully\n\n");
+    // The guest names disks in the order it finds them: with no other virtio disk, the
+    // hot-plugged vdb is its vda.
+    wait_console(console, "disk vda present", 1, 30);
+    let r = d.client(uri, "domblklist vm7");
+    assert!(
+        r.ok().contains(&format!(" vdb      {}", disk.display())),
+        "{}",
+        r.stdout
+    );
+    let r = d.client(uri, "detach-disk vm7 vdb --live");
+    assert_eq!(r.ok(), "Disk detached successfully\n\n");
+    let r = d.client(uri, "domblklist vm7");
+    assert!(!r.ok().contains("vdb"), "{}", r.stdout);
+    d.client(uri, "destroy vm7").ok();
 }

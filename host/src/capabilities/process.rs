@@ -514,6 +514,15 @@ impl Host for HostState {
 
     fn adopt(&mut self, pid: u32) -> wasmtime::Result<Result<Resource<ChildHandle>, WitError>> {
         if self.children.get(&self.grants.plugin, pid).is_none() {
+            // A process that no longer exists is simply gone (a guest that died while no
+            // host watched it): the driver can record that. A live one that is not this
+            // plugin's stays out of reach.
+            if start_time_of(pid).is_none() {
+                return Ok(Err(wit_error(
+                    WitKind::NotFound,
+                    format!("process {pid} is gone"),
+                )));
+            }
             return Ok(Err(
                 self.denied(format!("process {pid} was not started by this plugin"))
             ));

@@ -72,6 +72,16 @@ fn disk_device(d: &Disk, index: usize) -> VerbResult<String> {
 
 /// `-blockdev` for a disk: the file (or block device) node, then the format node.
 fn blockdev(d: &Disk) -> VerbResult<Vec<String>> {
+    let nodes = blockdev_nodes(d)?;
+    Ok(nodes
+        .into_iter()
+        .flat_map(|n| ["-blockdev".to_string(), n.to_string()])
+        .collect())
+}
+
+/// A disk's two block nodes (file, then format), as `-blockdev` and QMP `blockdev-add` take
+/// them.
+pub fn blockdev_nodes(d: &Disk) -> VerbResult<Vec<serde_json::Value>> {
     let Some(path) = d.source.as_deref() else {
         return Err(unsupported(format!(
             "disk '{}' has no source (an empty cdrom drive is not supported yet)",
@@ -114,12 +124,7 @@ fn blockdev(d: &Disk) -> VerbResult<Vec<String>> {
         "node-name": format!("fmt-{}", d.target_dev),
         "read-only": ro,
     });
-    Ok(vec![
-        "-blockdev".into(),
-        file.to_string(),
-        "-blockdev".into(),
-        fmt.to_string(),
-    ])
+    Ok(vec![file, fmt])
 }
 
 fn nic_model(model: Option<&str>) -> VerbResult<&'static str> {

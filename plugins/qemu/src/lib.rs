@@ -231,49 +231,7 @@ impl Hypervisor for Qemu {
     }
 
     fn start(dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
-        let def = &dom.def;
-        let dir = socket_dir()?;
-        let monitor = format!("{dir}/{}.monitor", def.uuid);
-        let args = cmdline::build(
-            def,
-            &cmdline::Launch {
-                monitor: &monitor,
-                runtime_dir: &dir,
-            },
-        )?;
-        let program = def
-            .emulator
-            .clone()
-            .unwrap_or_else(|| "qemu-system-x86_64".into());
-        log::info(&format!("starting {} with {program} {}", def.name, args.join(" ")));
-        let child = process::spawn(&program, &args)?;
-        let r = Running {
-            pid: child.pid(),
-            monitor: monitor.clone(),
-        };
-        let mut q = match Qmp::connect(&monitor, 10_000) {
-            Ok(q) => q,
-            Err(e) => {
-                // QEMU refused its command line or died: its stderr says why.
-                let status = child.wait(1000).ok().flatten();
-                if status.is_none() {
-                    let _ = child.kill(9);
-                    let _ = child.wait(2000);
-                }
-                return Err(error(
-                    ErrorKind::OperationFailed,
-                    format!(
-                        "QEMU failed to start {}: {} ({})",
-                        def.name,
-                        qemu_said(&child),
-                        match status {
-                            Some(s) => exit_text(&s),
-                            None => format!("no monitor: {}", e.message),
-                        }
-                    ),
-                ));
-            }
-        };
+        let (child, r, mut q) = launch(&dom.def, false)?;
         if paused {
             return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
         }
@@ -371,6 +329,129 @@ impl Hypervisor for Qemu {
         Ok(runtime(from_status(s, was), &r))
     }
 
+    fn save(dom: DomainRef, path: String) -> VerbResult<DomainRuntime> {
+        let (r, mut q) = monitor(&dom)?;
+        // Paused first, so the image is one consistent moment; the migration stream goes
+        // after the host's header (QEMU 7.2 has no file: URI; exec: appends).
+        q.execute("stop", None)?;
+        migrate(&mut q, &format!("exec:cat >> {}", sh_quote(&path)), "save")?;
+        let _ = q.execute("quit", None);
+        stop_process(r.pid, false)?;
+        Ok(DomainRuntime {
+            state: DomainState::Shutoff(ShutoffReason::Saved),
+            driver_data: String::new(),
+        })
+    }
+
+    fn restore(
+        dom: DomainRef,
+        path: String,
+        offset: u64,
+        paused: bool,
+    ) -> VerbResult<DomainRuntime> {
+        let (child, r, mut q) = launch(&dom.def, true)?;
+        let source = format!("exec:tail -c +{} {}", offset + 1, sh_quote(&path));
+        let result = (|| {
+            q.execute(
+                "migrate-set-capabilities",
+                Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+            )?;
+            q.execute("migrate-incoming", Some(json!({ "uri": source })))?;
+            let done = q.wait_event("MIGRATION", 120_000, |e| {
+                matches!(e["data"]["status"].as_str(), Some("completed" | "failed"))
+            })?;
+            match done.as_ref().and_then(|e| e["data"]["status"].as_str()) {
+                Some("completed") => Ok(()),
+                Some(_) => Err(error(
+                    ErrorKind::OperationFailed,
+                    format!(
+                        "QEMU could not read the saved memory in {path}: {}",
+                        qemu_said(&child)
+                    ),
+                )),
+                None => Err(error(
+                    ErrorKind::Timeout,
+                    format!("QEMU did not finish reading {path} within 120 s"),
+                )),
+            }
+        })();
+        if let Err(e) = result {
+            let _ = child.kill(9);
+            let _ = child.wait(2000);
+            return Err(e);
+        }
+        if paused {
+            return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
+        }
+        q.execute("cont", None)?;
+        Ok(runtime(DomainState::Running(RunningReason::Restored), &r))
+    }
+
+    fn attach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
+        let (r, mut q) = monitor(&dom)?;
+        match &dev {
+            Device::Disk(d) => {
+                let bus = d.target_bus.as_deref().unwrap_or("virtio");
+                if bus != "virtio" || d.device != DiskDevice::Disk {
+                    return Err(error(
+                        ErrorKind::Unsupported,
+                        format!("unsupported configuration: hot-plugging a {:?} on bus '{bus}' (virtio disks hot-plug)", d.device),
+                    ));
+                }
+                let nodes = cmdline::blockdev_nodes(d)?;
+                for node in &nodes {
+                    q.execute("blockdev-add", Some(node.clone()))?;
+                }
+                let added = q.execute(
+                    "device_add",
+                    Some(json!({
+                        "driver": "virtio-blk-pci",
+                        "drive": format!("fmt-{}", d.target_dev),
+                        "id": format!("disk-{}", d.target_dev),
+                    })),
+                );
+                if let Err(e) = added {
+                    for node in nodes.iter().rev() {
+                        let _ = q.execute("blockdev-del", Some(json!({ "node-name": node["node-name"] })));
+                    }
+                    return Err(e);
+                }
+            }
+            other => {
+                return Err(error(
+                    ErrorKind::Unsupported,
+                    format!("unsupported configuration: hot-plugging {} devices (disks hot-plug)", device_kind(other)),
+                ));
+            }
+        }
+        Ok(runtime(state_of(&dom), &r))
+    }
+
+    fn detach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
+        let (r, mut q) = monitor(&dom)?;
+        let Device::Disk(d) = &dev else {
+            return Err(error(
+                ErrorKind::Unsupported,
+                format!("unsupported configuration: hot-unplugging {} devices (disks hot-unplug)", device_kind(&dev)),
+            ));
+        };
+        let id = format!("disk-{}", d.target_dev);
+        q.execute("device_del", Some(json!({ "id": id })))?;
+        // The guest must let go first; QEMU says so with a DEVICE_DELETED naming the device
+        // (another one names the backend path only).
+        let gone = q.wait_event("DEVICE_DELETED", 20_000, |e| e["data"]["device"].as_str() == Some(id.as_str()))?;
+        if gone.is_none() {
+            return Err(error(
+                ErrorKind::Timeout,
+                format!("the guest did not release disk {} within 20 s (is it in use?)", d.target_dev),
+            ));
+        }
+        for node in [format!("fmt-{}", d.target_dev), format!("file-{}", d.target_dev)] {
+            q.execute("blockdev-del", Some(json!({ "node-name": node })))?;
+        }
+        Ok(runtime(state_of(&dom), &r))
+    }
+
     fn open_console(dom: DomainRef, device: Option<String>) -> VerbResult<ConsoleEndpoint> {
         // QEMU knows where each serial ended up (a pty it allocated, a socket it listens
         // on); the first serial is the console.
@@ -427,6 +508,98 @@ impl Hypervisor for Qemu {
             security_label: None,
             security_enforcing: false,
         })
+    }
+}
+
+/// A device's kind, for messages.
+fn device_kind(d: &Device) -> &'static str {
+    match d {
+        Device::Disk(_) => "disk",
+        Device::Interface(_) => "interface",
+        Device::Chardev(_) => "character",
+        Device::Controller(_) => "controller",
+        Device::Input(_) => "input",
+    }
+}
+
+/// Quotes `word` for the shell QEMU runs `exec:` migrations with.
+fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// Runs an outgoing migration to `uri` and waits for it to finish.
+fn migrate(q: &mut Qmp, uri: &str, what: &str) -> VerbResult<()> {
+    q.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+    )?;
+    q.execute("migrate", Some(json!({ "uri": uri })))?;
+    let done = q.wait_event("MIGRATION", 600_000, |e| {
+        matches!(
+            e["data"]["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
+    })?;
+    match done.as_ref().and_then(|e| e["data"]["status"].as_str()) {
+        Some("completed") => Ok(()),
+        Some(status) => {
+            let info = q.execute("query-migrate", None).unwrap_or_default();
+            let why = info["error-desc"].as_str().unwrap_or(status).to_string();
+            // Leave the guest as it was.
+            let _ = q.execute("cont", None);
+            Err(error(ErrorKind::OperationFailed, format!("QEMU's {what} failed: {why}")))
+        }
+        None => Err(error(ErrorKind::Timeout, format!("QEMU's {what} did not finish within 10 minutes"))),
+    }
+}
+
+/// Spawns QEMU for `def` (paused, `-S`), with `-incoming defer` when `incoming`, and
+/// connects to its monitor; on failure, QEMU's own stderr says why.
+fn launch(def: &DomainDef, incoming: bool) -> VerbResult<(process::Child, Running, Qmp)> {
+    let dir = socket_dir()?;
+    let monitor = format!("{dir}/{}.monitor", def.uuid);
+    let mut args = cmdline::build(
+        def,
+        &cmdline::Launch {
+            monitor: &monitor,
+            runtime_dir: &dir,
+        },
+    )?;
+    if incoming {
+        args.extend(["-incoming".into(), "defer".into()]);
+    }
+    let program = def
+        .emulator
+        .clone()
+        .unwrap_or_else(|| "qemu-system-x86_64".into());
+    log::info(&format!("starting {} with {program} {}", def.name, args.join(" ")));
+    let child = process::spawn(&program, &args)?;
+    let r = Running {
+        pid: child.pid(),
+        monitor: monitor.clone(),
+    };
+    match Qmp::connect(&monitor, 10_000) {
+        Ok(q) => Ok((child, r, q)),
+        Err(e) => {
+            // QEMU refused its command line or died: its stderr says why.
+            let status = child.wait(1000).ok().flatten();
+            if status.is_none() {
+                let _ = child.kill(9);
+                let _ = child.wait(2000);
+            }
+            Err(error(
+                ErrorKind::OperationFailed,
+                format!(
+                    "QEMU failed to start {}: {} ({})",
+                    def.name,
+                    qemu_said(&child),
+                    match status {
+                        Some(s) => exit_text(&s),
+                        None => format!("no monitor: {}", e.message),
+                    }
+                ),
+            ))
+        }
     }
 }
 

@@ -67,6 +67,35 @@ impl Qmp {
         }
     }
 
+    /// Waits up to `timeout_ms` for an event named `name` for which `matches` holds (one seen
+    /// while waiting for an answer counts too). Waiting happens in the host (socket reads),
+    /// so it does not use up the plugin's time budget.
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        timeout_ms: u32,
+        matches: impl Fn(&Value) -> bool,
+    ) -> VerbResult<Option<Value>> {
+        let is = |e: &Value| e.get("event").and_then(Value::as_str) == Some(name) && matches(e);
+        if let Some(i) = self.events.iter().position(is) {
+            return Ok(Some(self.events.remove(i)));
+        }
+        let mut left = timeout_ms;
+        while left > 0 {
+            let step = left.min(200);
+            left -= step;
+            if let Some(m) = self.read_message_within(step)?
+                && m.get("event").is_some()
+            {
+                if is(&m) {
+                    return Ok(Some(m));
+                }
+                self.events.push(m);
+            }
+        }
+        Ok(None)
+    }
+
     fn read_message(&mut self) -> VerbResult<Value> {
         let mut waited = 0;
         loop {
