@@ -458,3 +458,66 @@ fn a_hot_plugged_disk_is_seen_inside_the_guest() {
     assert!(!r.ok().contains("vdb"), "{}", r.stdout);
     d.client(uri, "destroy vm7").ok();
 }
+
+#[test]
+fn live_migration_between_two_daemons_keeps_the_guest_counting() {
+    let Some(s) = setup("vm8") else { return };
+    let (src, uri, console) = (&s.d, &s.uri, &s.console);
+    // A second daemon on its own directories: the destination.
+    let dst_home = tempfile::tempdir().unwrap();
+    let dst = Daemon::start(dst_home.path(), &[]);
+    let dst_uri = dst.uri("qemu", "/system");
+    src.client(uri, "start vm8").ok();
+    wait_console(console, "counter ", 3, 90);
+    let r = src.client(
+        uri,
+        &format!("migrate vm8 '{dst_uri}' --live --p2p --verbose"),
+    );
+    assert_eq!(r.ok(), "Migration: [100 %]\n\n", "{}", r.stderr);
+    let at_move = last_counter(console);
+    assert_eq!(
+        src.client(uri, "domstate vm8 --reason").ok(),
+        "shut off (migrated)\n\n"
+    );
+    assert_eq!(
+        dst.client(&dst_uri, "domstate vm8 --reason").ok(),
+        "running (migrated)\n\n"
+    );
+    // The guest counts on at the destination (same console file: it is the same machine).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last_counter(console) <= at_move + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the counter did not continue on the destination"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !console_text(console).contains(guest::READY),
+        "the guest rebooted"
+    );
+    // The source's definition stays (persistent); the destination's copy is transient.
+    assert!(
+        src.client(uri, "list --all")
+            .ok()
+            .contains(" -    vm8    shut off")
+    );
+    dst.client(&dst_uri, "destroy vm8").ok();
+    let r = dst.client(&dst_uri, "list --all");
+    assert!(!r.ok().contains("vm8"), "{}", r.stdout);
+
+    // A destination that cannot take it: the source keeps running.
+    src.client(uri, "start vm8").ok();
+    let r = src.client(
+        uri,
+        "migrate vm8 'qemu+unix:///system?socket=/nonexistent/sock'",
+    );
+    assert!(
+        r.failed()
+            .contains("cannot reach the destination qemu+unix:///system?socket=/nonexistent/sock"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(src.client(uri, "domstate vm8").ok(), "running\n\n");
+    src.client(uri, "destroy vm8").ok();
+}

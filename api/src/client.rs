@@ -103,7 +103,9 @@ impl Client {
     pub fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
         let op = req.op();
         let value = match &self.via {
-            Via::Local(conn) => crate::dispatch::dispatch(conn, req, &|_| Ok(()))?,
+            Via::Local(conn) => {
+                crate::dispatch::dispatch(conn, req, &crate::dispatch::Context::local())?
+            }
             Via::Remote(remote) => remote.call(&req)?,
         };
         serde_json::from_value(value)
@@ -656,6 +658,16 @@ impl Client {
             config,
         })
     }
+    /// Migrates a domain to the daemon at `dest` (live when it runs, else its definition;
+    /// `offline` moves only the definition). Returns the destination's name for it.
+    pub fn migrate(&self, key: &str, dest: &str, offline: bool) -> Result<String> {
+        self.call(Request::Migrate {
+            key: key.into(),
+            dest: dest.into(),
+            offline,
+        })
+    }
+
     /// A network's DHCP leases.
     pub fn network_dhcp_leases(&self, key: &str) -> Result<Vec<DhcpLease>> {
         self.call(Request::NetworkDhcpLeases { key: key.into() })

@@ -14,13 +14,28 @@ fn json(value: impl Serialize) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::internal(format!("cannot encode answer: {e}")))
 }
 
-/// Runs `req` on `conn`. `files` decides which paths a client may name (save images):
-/// the in-process client allows any, the daemon only its own directories.
-pub fn dispatch(
-    conn: &Connection,
-    req: Request,
-    files: &dyn Fn(&str) -> Result<()>,
-) -> Result<Value> {
+/// What a request may need from whoever runs it.
+pub struct Context<'a> {
+    /// Whether a client may name a path (save images): the in-process client allows any,
+    /// the daemon only its own directories.
+    pub files: &'a dyn Fn(&str) -> Result<()>,
+    /// Where long work reports progress (done, total); an error stops the work (a cancel).
+    pub progress: &'a dyn Fn(u64, u64) -> Result<()>,
+}
+
+impl Context<'static> {
+    /// No restriction on paths, progress unheard: the in-process client's.
+    pub fn local() -> Context<'static> {
+        Context {
+            files: &|_| Ok(()),
+            progress: &|_, _| Ok(()),
+        }
+    }
+}
+
+/// Runs `req` on `conn`.
+pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value> {
+    let files = ctx.files;
     use Request as R;
     match req {
         R::NodeInfo => json(conn.node_info()?),
@@ -150,6 +165,14 @@ pub fn dispatch(
             json(conn.network_update(&key, &command, &section, &xml, parent_index, live, config)?)
         }
         R::NetworkDhcpLeases { key } => json(conn.network_dhcp_leases(&key)?),
+        R::Migrate { key, dest, offline } => {
+            json(crate::migrate::migrate(conn, &key, &dest, offline, ctx)?)
+        }
+        R::MigratePrepare { xml, listen } => {
+            let (name, uri) = conn.migrate_prepare(&xml, &listen)?;
+            json(serde_json::json!({ "name": name, "uri": uri }))
+        }
+        R::MigrateFinish { key, success } => json(conn.migrate_finish(&key, success)?),
     }
 }
 
@@ -236,7 +259,9 @@ fn find_key(req: &Request) -> Option<&str> {
         | R::NetworkUndefine { key }
         | R::NetworkSetAutostart { key, .. }
         | R::NetworkUpdate { key, .. }
-        | R::NetworkDhcpLeases { key } => Some(key),
+        | R::NetworkDhcpLeases { key }
+        | R::Migrate { key, .. }
+        | R::MigrateFinish { key, .. } => Some(key),
         _ => None,
     }
 }

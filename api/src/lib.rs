@@ -10,6 +10,7 @@ pub mod client;
 pub mod console;
 pub mod dispatch;
 pub mod endpoint;
+pub mod migrate;
 pub mod openapi;
 pub mod operation;
 pub mod ops;

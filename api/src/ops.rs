@@ -312,6 +312,22 @@ pub enum Request {
     NetworkDhcpLeases {
         key: String,
     },
+    Migrate {
+        key: String,
+        /// The destination daemon's URI (`qemu+tls://host/system`).
+        dest: String,
+        /// Only the definition, even for a running domain.
+        #[serde(default)]
+        offline: bool,
+    },
+    MigratePrepare {
+        xml: String,
+        listen: String,
+    },
+    MigrateFinish {
+        key: String,
+        success: bool,
+    },
 }
 
 /// `shutdown-modes` is a WIT `flags` type, which the bindings do not derive serde for: on the
@@ -760,6 +776,15 @@ pub const ROUTES: &[Route] = &[
         N,
         Pm::Write,
     ),
+    route("migrate", POST, "/v1/domains/{key}/migrate", D, Pm::Migrate),
+    route("migrate-prepare", POST, "/v1/migrations", D, Pm::Migrate),
+    route(
+        "migrate-finish",
+        POST,
+        "/v1/domains/{key}/migrate-finish",
+        D,
+        Pm::Migrate,
+    ),
     route(
         "network-dhcp-leases",
         GET,
@@ -791,6 +816,9 @@ pub const LONG: &[&str] = &[
     "pool-build",
     "vol-clone",
     "vol-wipe",
+    "migrate",
+    "migrate-prepare",
+    "migrate-finish",
 ];
 
 /// Percent-encodes `text` for a path segment or query value.
@@ -1236,6 +1264,19 @@ mod tests {
                 config: false,
             },
             Request::NetworkDhcpLeases { key: key() },
+            Request::Migrate {
+                key: key(),
+                dest: "qemu+tls://h/system".into(),
+                offline: false,
+            },
+            Request::MigratePrepare {
+                xml: "<domain/>".into(),
+                listen: "127.0.0.1".into(),
+            },
+            Request::MigrateFinish {
+                key: key(),
+                success: true,
+            },
         ]
     }
 

@@ -559,7 +559,11 @@ async fn handle(
                     Prepared::Call {
                         conn, req, route, ..
                     } if !virtwasm_api::ops::LONG.contains(&route.op) => {
-                        let value = dispatch::dispatch(&conn, req, &|f| d.check_file(f))?;
+                        let ctx = dispatch::Context {
+                            files: &|f| d.check_file(f),
+                            progress: &|_, _| Ok(()),
+                        };
+                        let value = dispatch::dispatch(&conn, req, &ctx)?;
                         Ok(Prepared::Answer(visible_only(&d, &p, route.op, value)))
                     }
                     other => Ok(other),
@@ -874,7 +878,9 @@ async fn run(
         route.op,
         target,
         peer.identity.describe(),
-        false,
+        // Only a migration can be stopped midway and leave the guest as it was; other long
+        // work is a driver call that runs to its end.
+        route.op == "migrate",
         (route.object, route.permission),
     );
     let d = daemon.clone();
@@ -884,7 +890,11 @@ async fn run(
     let slot = InFlight::enter_unlimited(daemon);
     let work = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let outcome = dispatch::dispatch(&conn, req, &|p| d.check_file(p));
+        let ctx = dispatch::Context {
+            files: &|p| d.check_file(p),
+            progress: &|done, total| e.progress(done, total, "bytes"),
+        };
+        let outcome = dispatch::dispatch(&conn, req, &ctx);
         e.finish(&outcome);
         outcome
     });

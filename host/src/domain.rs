@@ -784,7 +784,7 @@ impl Connection {
 
     /// The common shape of a lifecycle verb: lock the domain, check the state machine, call
     /// the plugin with no table lock held, then apply the runtime record it returns.
-    fn verb(
+    pub(crate) fn verb(
         &self,
         key: &str,
         job: &str,
@@ -855,7 +855,7 @@ impl Connection {
 }
 
 /// Parses domain XML, strictly when validating.
-fn parse(text: &str, validate: bool) -> Result<ParsedDomain> {
+pub(crate) fn parse(text: &str, validate: bool) -> Result<ParsedDomain> {
     let options = ParseOptions {
         strict: validate,
         fill_defaults: true,
@@ -912,7 +912,7 @@ fn require_active(r: &DomainRecord) -> Result<()> {
 
 /// Checks a new definition against existing names and uuids. Returns whether it replaces
 /// the domain with the same name and uuid.
-fn check_collisions(o: &Objects, def: &DomainDef) -> Result<bool> {
+pub(crate) fn check_collisions(o: &Objects, def: &DomainDef) -> Result<bool> {
     if let Some(same_uuid) = o.domains.get(&def.uuid) {
         if same_uuid.def.name != def.name {
             return Err(Error::new(

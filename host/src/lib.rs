@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod manifest;
+pub mod migrate;
 pub mod nodefile;
 pub mod objects;
 pub mod plugin;

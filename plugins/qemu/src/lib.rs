@@ -452,6 +452,119 @@ impl Hypervisor for Qemu {
         Ok(runtime(state_of(&dom), &r))
     }
 
+    fn migrate_prepare(dom: DomainRef, listen_address: String) -> VerbResult<MigrationTarget> {
+        let (child, r, mut q) = launch(&dom.def, true)?;
+        let ready = (|| {
+            q.execute(
+                "migrate-set-capabilities",
+                Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+            )?;
+            // A port QEMU can bind: the first free one of a small range (the destination
+            // may run several incoming migrations).
+            for port in 49152u32..49252 {
+                let uri = format!("tcp:{listen_address}:{port}");
+                match q.execute("migrate-incoming", Some(json!({ "uri": uri }))) {
+                    Ok(_) => return Ok(uri),
+                    Err(e) if e.message.contains("Address already in use") => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(error(
+                ErrorKind::OperationFailed,
+                format!("no free port in 49152-49251 on {listen_address} for the incoming migration"),
+            ))
+        })();
+        match ready {
+            Ok(uri) => Ok(MigrationTarget {
+                uri,
+                runtime: runtime(DomainState::Paused(PausedReason::Migration), &r),
+            }),
+            Err(e) => {
+                let _ = child.kill(9);
+                let _ = child.wait(2000);
+                Err(e)
+            }
+        }
+    }
+
+    fn migrate_perform(dom: DomainRef, target_uri: String) -> VerbResult<()> {
+        let (_, mut q) = monitor(&dom)?;
+        q.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+        )?;
+        q.execute("migrate", Some(json!({ "uri": target_uri })))?;
+        Ok(())
+    }
+
+    fn migrate_progress(dom: DomainRef) -> VerbResult<MigrationProgress> {
+        let (_, mut q) = monitor(&dom)?;
+        let m = q.execute("query-migrate", None)?;
+        let ram = &m["ram"];
+        Ok(MigrationProgress {
+            status: m["status"].as_str().unwrap_or("none").to_string(),
+            transferred_bytes: ram["transferred"].as_u64().unwrap_or(0),
+            remaining_bytes: ram["remaining"].as_u64().unwrap_or(0),
+            total_bytes: ram["total"].as_u64().unwrap_or(0),
+            downtime_ms: m["downtime"].as_u64(),
+            error: m["error-desc"].as_str().map(str::to_string),
+        })
+    }
+
+    fn migrate_cancel(dom: DomainRef) -> VerbResult<()> {
+        let (_, mut q) = monitor(&dom)?;
+        q.execute("migrate_cancel", None)?;
+        Ok(())
+    }
+
+    fn migrate_finish(dom: DomainRef, success: bool) -> VerbResult<DomainRuntime> {
+        let r = record(&dom.runtime)?;
+        if !success {
+            stop_process(r.pid, false)?;
+            return Ok(DomainRuntime {
+                state: DomainState::Shutoff(ShutoffReason::Failed),
+                driver_data: String::new(),
+            });
+        }
+        let (r, mut q) = monitor(&dom)?;
+        // The incoming stream ends with the guest paused; wait until QEMU has it all.
+        let mut tries = 0;
+        loop {
+            let st = q.execute("query-status", None)?;
+            if st["status"].as_str() != Some("inmigrate") {
+                break;
+            }
+            tries += 1;
+            if tries > 100 {
+                return Err(error(
+                    ErrorKind::Timeout,
+                    "the incoming migration did not complete",
+                ));
+            }
+            let _ = q.wait_event("MIGRATION", 100, |e| e["data"]["status"].as_str() == Some("completed"))?;
+        }
+        q.execute("cont", None)?;
+        Ok(runtime(DomainState::Running(RunningReason::Migrated), &r))
+    }
+
+    fn migrate_confirm(dom: DomainRef, success: bool) -> VerbResult<DomainRuntime> {
+        let (r, mut q) = monitor(&dom)?;
+        if success {
+            let _ = q.execute("quit", None);
+            stop_process(r.pid, false)?;
+            return Ok(DomainRuntime {
+                state: DomainState::Shutoff(ShutoffReason::Migrated),
+                driver_data: String::new(),
+            });
+        }
+        // Failed or cancelled: the guest goes on here.
+        let st = q.execute("query-status", None)?;
+        if st["status"].as_str() != Some("running") {
+            q.execute("cont", None)?;
+        }
+        Ok(runtime(DomainState::Running(RunningReason::MigrationCanceled), &r))
+    }
+
     fn open_console(dom: DomainRef, device: Option<String>) -> VerbResult<ConsoleEndpoint> {
         // QEMU knows where each serial ended up (a pty it allocated, a socket it listens
         // on); the first serial is the console.
