@@ -166,12 +166,34 @@ fn every_lifecycle_verb_on_a_real_guest() {
     // poll notices with nobody asking, and a watcher sees the event.
     let mut c = std::process::Command::new(common::binary());
     Daemon::env(d.home.as_path(), &mut c);
-    let watcher = c
-        .args(["-c", uri, "event vm1 --event lifecycle --loop --timeout 40"])
+    let mut watcher = c
+        .args(["-c", uri, "event vm1 --event lifecycle --loop --timeout 60"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    let mut out = watcher.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // Subscribed once it reports a pause and resume we cause (no fixed sleep: a loaded
+    // machine takes its time to start the watcher).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.lock().unwrap().contains("Resumed Unpaused") {
+        assert!(Instant::now() < deadline, "the watcher never subscribed");
+        d.client(uri, "suspend vm1; resume vm1").ok();
+        std::thread::sleep(Duration::from_millis(300));
+    }
     assert_eq!(
         d.client(uri, "shutdown vm1").ok(),
         "Domain 'vm1' is being shutdown\n\n"
@@ -186,14 +208,19 @@ fn every_lifecycle_verb_on_a_real_guest() {
         assert!(Instant::now() < deadline, "still {}", out.stdout);
         std::thread::sleep(Duration::from_millis(200));
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen
+        .lock()
+        .unwrap()
+        .contains("event 'lifecycle' for domain 'vm1': Stopped Shutdown")
+    {
+        assert!(Instant::now() < deadline, "{}", seen.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // SAFETY: a signal to the watcher this test started, by pid.
     unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
-    let out = watcher.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        seen.contains("event 'lifecycle' for domain 'vm1': Stopped Shutdown"),
-        "{seen}"
-    );
+    let _ = watcher.wait();
+    let _ = reader.join();
 
     // start --paused, then destroy.
     d.client(uri, "start vm1 --paused").ok();

@@ -51,10 +51,7 @@ pub fn migrate(
         return Ok(name);
     }
     let xml = conn.domain_xml(key, false)?;
-    let prepared: serde_json::Value = peer.call(Request::MigratePrepare {
-        xml,
-        listen: listen.clone(),
-    })?;
+    let prepared: serde_json::Value = peer.call(Request::MigratePrepare { xml, listen })?;
     let uri = prepared["uri"]
         .as_str()
         .ok_or_else(|| Error::failed("the destination's answer to prepare lacks a uri"))?

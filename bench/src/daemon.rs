@@ -217,16 +217,16 @@ pub fn run() {
 }
 
 /// The programs this section runs.
-struct Binaries {
-    virtwasmd: PathBuf,
-    virtwasm: PathBuf,
-    virsh: Option<PathBuf>,
-    libvirtd: Option<PathBuf>,
-    ip: Option<PathBuf>,
+pub(crate) struct Binaries {
+    pub(crate) virtwasmd: PathBuf,
+    pub(crate) virtwasm: PathBuf,
+    pub(crate) virsh: Option<PathBuf>,
+    pub(crate) libvirtd: Option<PathBuf>,
+    pub(crate) ip: Option<PathBuf>,
 }
 
 impl Binaries {
-    fn find() -> Result<Binaries, String> {
+    pub(crate) fn find() -> Result<Binaries, String> {
         let me = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
         let beside = |name: &str| -> Result<PathBuf, String> {
             let p = me.with_file_name(name);
@@ -250,7 +250,7 @@ impl Binaries {
     }
 
     /// Why libvirtd cannot be measured here, if it cannot.
-    fn peer_missing(&self) -> Option<String> {
+    pub(crate) fn peer_missing(&self) -> Option<String> {
         if self.virsh.is_none() {
             return Some("virsh not found (Debian's libvirt-clients)".into());
         }
@@ -269,7 +269,7 @@ impl Binaries {
 }
 
 /// The environment every program of this section gets: a private home and caches.
-fn client_env(work: &Path) -> Vec<(String, String)> {
+pub(crate) fn client_env(work: &Path) -> Vec<(String, String)> {
     let home = work.join("home");
     for d in [".config", ".local/share", ".local/state", ".cache", "run"] {
         std::fs::create_dir_all(home.join(d)).expect("create the private home");
@@ -290,16 +290,16 @@ fn client_env(work: &Path) -> Vec<(String, String)> {
 }
 
 /// A running `virtwasmd --root DIR`, stopped (SIGTERM) when dropped.
-struct Virtwasmd {
+pub(crate) struct Virtwasmd {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
 }
 
 impl Virtwasmd {
     /// Spawns the daemon over `dir` and waits for its first `GET /v1/domains` to succeed,
     /// polling every millisecond with the raw client; returns it and that time.
     /// `config`, if any, becomes its `virtwasmd.toml`.
-    fn start(
+    pub(crate) fn start(
         bin: &Path,
         dir: &Path,
         config: Option<&str>,
@@ -360,7 +360,7 @@ impl Virtwasmd {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -372,14 +372,18 @@ impl Drop for Virtwasmd {
 }
 
 /// A network namespace this section created, removed when dropped.
-struct Netns {
+pub(crate) struct Netns {
     ip: PathBuf,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Netns {
-    fn create(ip: &Path) -> Result<Netns, String> {
-        let name = format!("vwbench-{}", std::process::id());
+    pub(crate) fn create(ip: &Path) -> Result<Netns, String> {
+        Netns::create_named(ip, format!("vwbench-{}", std::process::id()))
+    }
+
+    /// Creates the namespace `name` (which must not exist yet).
+    pub(crate) fn create_named(ip: &Path, name: String) -> Result<Netns, String> {
         let out = Command::new(ip)
             .args(["netns", "add", &name])
             .output()
@@ -414,15 +418,15 @@ impl Drop for Netns {
 }
 
 /// A running `libvirtd` inside the section's network namespace, stopped when dropped.
-struct Libvirtd {
+pub(crate) struct Libvirtd {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
 }
 
 impl Libvirtd {
     /// Spawns libvirtd over `dir` (its config, sockets and private mounts) and polls `virsh
     /// list` until it exits 0; returns it and the time from spawn to that answer.
-    fn start(
+    pub(crate) fn start(
         bins: &Binaries,
         ns: &Netns,
         dir: &Path,
@@ -485,7 +489,7 @@ impl Libvirtd {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -513,7 +517,7 @@ fn start_libvirtd_twice(
 }
 
 /// Sends SIGTERM to a child this section started and waits for it (SIGKILL after 10 s).
-fn stop(child: &mut Child, what: &str) {
+pub(crate) fn stop(child: &mut Child, what: &str) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -534,7 +538,7 @@ fn stop(child: &mut Child, what: &str) {
 }
 
 /// The last lines of a log, for error messages.
-fn tail(log: &Path) -> String {
+pub(crate) fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(8)..].join("\n    ")

@@ -292,5 +292,22 @@ impl Drop for Daemon {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
+        // The daemon leaves guests running by design; a test must not. Every child it
+        // started is recorded in its children directory: end them, by pid.
+        let children = self.root.join("run/virtwasm/children");
+        for entry in std::fs::read_dir(&children).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let pid = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["pid"].as_i64());
+            if let Some(pid) = pid {
+                // SAFETY: a signal to a process this test's daemon started, by pid.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
     }
 }

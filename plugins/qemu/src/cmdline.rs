@@ -93,8 +93,9 @@ pub fn blockdev_nodes(d: &Disk) -> VerbResult<Vec<serde_json::Value>> {
         DiskSourceType::Block => "host_device",
         other => {
             return Err(unsupported(format!(
-                "disk '{}' of source type {other:?} (file and block are supported)",
-                d.target_dev
+                "disk '{}' of type '{}' (file and block are supported)",
+                d.target_dev,
+                disk_source_word(other)
             )));
         }
     };
@@ -136,6 +137,148 @@ fn nic_model(model: Option<&str>) -> VerbResult<&'static str> {
         other => return Err(unsupported(format!("interface model '{other}'"))),
     })
 }
+
+fn disk_source_word(t: DiskSourceType) -> &'static str {
+    match t {
+        DiskSourceType::File => "file",
+        DiskSourceType::Block => "block",
+        DiskSourceType::Dir => "dir",
+        DiskSourceType::Network => "network",
+        DiskSourceType::Volume => "volume",
+    }
+}
+
+fn interface_word(t: InterfaceType) -> &'static str {
+    match t {
+        InterfaceType::Network => "network",
+        InterfaceType::Bridge => "bridge",
+        InterfaceType::User => "user",
+        InterfaceType::Ethernet => "ethernet",
+        InterfaceType::Direct => "direct",
+    }
+}
+
+fn chardev_word(t: ChardevSourceType) -> &'static str {
+    match t {
+        ChardevSourceType::Pty => "pty",
+        ChardevSourceType::File => "file",
+        ChardevSourceType::Unix => "unix",
+        ChardevSourceType::Null => "null",
+        ChardevSourceType::Stdio => "stdio",
+        ChardevSourceType::Tcp => "tcp",
+        ChardevSourceType::Udp => "udp",
+        ChardevSourceType::Vc => "vc",
+        ChardevSourceType::Pipe => "pipe",
+        ChardevSourceType::Dev => "dev",
+        ChardevSourceType::Spicevmc => "spicevmc",
+    }
+}
+
+/// Devices the definition models beyond disks, NICs and serials: each becomes its QEMU
+/// device, or is refused by name (never silently left out).
+fn other_devices(def: &DomainDef, machine: &str) -> VerbResult<Vec<String>> {
+    let mut a = Vec::new();
+    let mut usb = false;
+    for c in &def.controllers {
+        let model = c.model.as_deref();
+        let index = c.index.unwrap_or(0);
+        match (c.controller_type.as_str(), model) {
+            // Built into the machine: the PCI root, and IDE on pc, SATA on q35.
+            ("pci", Some("pci-root" | "pcie-root")) | ("pci", None) if index == 0 => {}
+            ("ide", _) if machine.starts_with("pc") => {}
+            ("sata", _) if machine.starts_with("q35") => {}
+            ("usb", Some("none")) => {}
+            ("usb", None | Some("piix3-uhci")) => {
+                a.extend(["-device".into(), format!("piix3-usb-uhci,id=usb{}", if index == 0 { String::new() } else { index.to_string() })]);
+                usb = true;
+            }
+            ("usb", Some("qemu-xhci")) => {
+                a.extend(["-device".into(), format!("qemu-xhci,id=usb{}", if index == 0 { String::new() } else { index.to_string() })]);
+                usb = true;
+            }
+            ("virtio-serial", _) => {
+                a.extend(["-device".into(), format!("virtio-serial-pci,id=virtio-serial{index}")]);
+            }
+            (t, m) => {
+                return Err(unsupported(format!(
+                    "controller type '{t}'{} (the QEMU driver does not build it yet)",
+                    m.map(|m| format!(" model '{m}'")).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    for (i, v) in def.videos.iter().enumerate() {
+        // The first display device is the VGA one; further ones are the secondary models
+        // QEMU has (as libvirt chooses them).
+        let dev = match (v.model.as_str(), i) {
+            ("none", _) => continue,
+            ("vga", 0) => "VGA",
+            ("cirrus", 0) => "cirrus-vga",
+            ("virtio", 0) => "virtio-vga",
+            ("virtio", _) => "virtio-gpu-pci",
+            ("qxl", 0) => "qxl-vga",
+            ("qxl", _) => "qxl",
+            ("bochs", _) => "bochs-display",
+            (other, 0) => return Err(unsupported(format!("video model '{other}'"))),
+            (other, _) => {
+                return Err(unsupported(format!(
+                    "a second video device of model '{other}'"
+                )));
+            }
+        };
+        a.extend(["-device".into(), dev.into()]);
+    }
+    for i in &def.inputs {
+        let dev = match (i.input_type.as_str(), i.bus.as_deref()) {
+            // The PS/2 keyboard and mouse come with the machine.
+            ("mouse" | "keyboard", None | Some("ps2")) => continue,
+            ("tablet", Some("usb")) | ("mouse", Some("usb")) | ("keyboard", Some("usb")) if usb => {
+                match i.input_type.as_str() {
+                    "tablet" => "usb-tablet",
+                    "mouse" => "usb-mouse",
+                    _ => "usb-kbd",
+                }
+            }
+            ("tablet", Some("virtio")) => "virtio-tablet-pci",
+            ("mouse", Some("virtio")) => "virtio-mouse-pci",
+            ("keyboard", Some("virtio")) => "virtio-keyboard-pci",
+            (t, b) => {
+                return Err(unsupported(format!(
+                    "input '{t}' on bus '{}'{}",
+                    b.unwrap_or("ps2"),
+                    if b == Some("usb") && !usb { " without a USB controller" } else { "" }
+                )));
+            }
+        };
+        a.extend(["-device".into(), dev.into()]);
+    }
+    if let Some(g) = def.graphics.first() {
+        return Err(unsupported(format!(
+            "graphics of type '{}' (the QEMU driver runs headless for now; use a serial console)",
+            g.graphics_type
+        )));
+    }
+    for (i, r) in def.rngs.iter().enumerate() {
+        if r.model != "virtio" || r.backend_model != "random" {
+            return Err(unsupported(format!(
+                "rng model '{}' with backend '{}' (virtio with backend random is supported)",
+                r.model, r.backend_model
+            )));
+        }
+        let source = r.backend_source.as_deref().unwrap_or("/dev/urandom");
+        a.extend([
+            "-object".into(),
+            format!("rng-random,id=objrng{i},filename={source}"),
+            "-device".into(),
+            format!("virtio-rng-pci,rng=objrng{i},id=rng{i}"),
+        ]);
+    }
+    Ok(a)
+}
+
+/// PCI slots a `pc` or `q35` machine's root bus leaves for devices (32, less the host
+/// bridge, the ISA bridge and one for luck); bridges are not built yet.
+const PCI_SLOTS: usize = 29;
 
 /// The whole argument list (without the program).
 pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
@@ -198,7 +341,8 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
             InterfaceType::User => format!("user,id=net{i}"),
             other => {
                 return Err(unsupported(format!(
-                    "interface type {other:?} (user networking works now; bridge and network arrive with the host's netdev capability)"
+                    "interface type '{}' (user networking works now; bridge and network arrive with the host's netdev capability)",
+                    interface_word(other)
                 )));
             }
         };
@@ -251,7 +395,10 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
             }
             ChardevSourceType::Null => format!("null,id={id}"),
             other => {
-                return Err(unsupported(format!("serial of type {other:?}")));
+                return Err(unsupported(format!(
+                    "serial of type '{}' (pty, file, unix and null are supported)",
+                    chardev_word(other)
+                )));
             }
         };
         a.extend([
@@ -266,6 +413,25 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         && b.model == "virtio"
     {
         a.extend(["-device".into(), "virtio-balloon-pci,id=balloon0".into()]);
+    }
+    a.extend(other_devices(def, machine)?);
+    let pci = a
+        .iter()
+        .filter(|x| {
+            x.contains("-pci")
+                || x.starts_with("e1000")
+                || x.starts_with("rtl8139")
+                || x.starts_with("VGA")
+                || x.starts_with("cirrus-vga")
+                || x.starts_with("qxl")
+                || x.starts_with("bochs-display")
+                || x.starts_with("qemu-xhci")
+        })
+        .count();
+    if pci > PCI_SLOTS {
+        return Err(unsupported(format!(
+            "{pci} PCI devices on one bus (at most {PCI_SLOTS}; pci-bridge controllers are not built yet)"
+        )));
     }
     Ok(a)
 }

@@ -227,6 +227,21 @@ impl Hypervisor for Qemu {
         if def.emulator.is_none() {
             def.emulator = Some("qemu-system-x86_64".into());
         }
+        // libvirt gives every QEMU guest a virtio balloon unless told <memballoon model='none'/>.
+        if def.memballoon.is_none() {
+            def.memballoon = Some(Memballoon {
+                model: "virtio".into(),
+                address: vec![],
+            });
+        }
+        // Refuse at define what start would refuse, as libvirt validates a definition.
+        cmdline::build(
+            &def,
+            &cmdline::Launch {
+                monitor: "/validate",
+                runtime_dir: "/validate",
+            },
+        )?;
         Ok(def)
     }
 
