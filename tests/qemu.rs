@@ -548,3 +548,71 @@ fn live_migration_between_two_daemons_keeps_the_guest_counting() {
     assert_eq!(src.client(uri, "domstate vm8").ok(), "running\n\n");
     src.client(uri, "destroy vm8").ok();
 }
+
+#[test]
+fn a_snapshot_revert_rolls_the_guest_back() {
+    let Some(s) = setup("vm9") else { return };
+    let (d, uri, console) = (&s.d, &s.uri, &s.console);
+    let disk = d.root.join("vm9.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .output();
+    match made {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            guest::skip("qemu-img is not installed (.ci/run installs qemu-utils)");
+            return;
+        }
+    }
+    // A qcow2 disk holds the snapshot; the domain's definition gains it.
+    let r = d.client(
+        uri,
+        &format!(
+            "attach-disk vm9 {} vda --subdriver qcow2 --config",
+            disk.display()
+        ),
+    );
+    r.ok();
+    d.client(uri, "start vm9").ok();
+    wait_console(console, "counter ", 3, 90);
+    let r = d.client(uri, "snapshot-create-as vm9 s1");
+    assert_eq!(r.ok(), "Domain snapshot s1 created\n");
+    let at_snapshot = last_counter(console);
+    // Let the guest move on, well past the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last_counter(console) < at_snapshot + 6 {
+        assert!(Instant::now() < deadline, "the guest stopped counting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mark = console_text(console).len();
+    let r = d.client(uri, "snapshot-revert vm9 s1; domstate vm9 --reason");
+    assert_eq!(
+        r.ok(),
+        "Domain snapshot s1 reverted\n\nrunning (from snapshot)\n\n"
+    );
+    // What the guest prints after the revert counts on from the snapshot, not from where it
+    // had got to.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let text = console_text(console);
+        let tail = &text[mark.min(text.len())..];
+        if let Some(n) = tail
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("counter "))
+            .find_map(|n| n.trim().parse::<u64>().ok())
+        {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no counter after the revert");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        after <= at_snapshot + 2,
+        "after the revert the guest printed counter {after}; the snapshot was taken at {at_snapshot}"
+    );
+    let r = d.client(uri, "snapshot-list vm9 --name; snapshot-delete vm9 s1");
+    assert_eq!(r.ok(), "s1\n\nDomain snapshot s1 deleted\n\n");
+    d.client(uri, "destroy vm9").ok();
+}

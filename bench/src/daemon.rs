@@ -517,7 +517,7 @@ fn start_libvirtd_twice(
 }
 
 /// Sends SIGTERM to a child this section started and waits for it (SIGKILL after 10 s).
-pub(crate) fn stop(child: &mut Child, what: &str) {
+fn stop(child: &mut Child, what: &str) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }

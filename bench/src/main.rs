@@ -9,7 +9,12 @@
 //! The last section (`daemon.rs`) starts `virtwasmd` (also expected beside this program, from
 //! `cargo build --release -p virtwasm-cli`) and, as root, `libvirtd` inside a network
 //! namespace of its own, and compares them over their unix sockets. `VIRTWASM_BENCH_ONLY`
-//! (a comma-separated list of `plugins`, `e2e`, `define`, `daemon`) runs only those sections.
+//! (a comma-separated list of `plugins`, `e2e`, `define`, `daemon`, `qemu`) runs only those
+//! sections.
+//!
+//! The QEMU section (`qemu.rs`) boots the test guest under TCG (built by
+//! `cargo test -p virtwasm-cli --test guest_selftest`) through `virtwasmd`, a bare script and,
+//! as root, `libvirtd`'s QEMU driver, and compares start, save, restore and migration.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +26,7 @@ use virtwasm_host::manifest::Manifest;
 use virtwasm_host::plugin::{Plugin, PluginSource};
 
 mod daemon;
+mod qemu;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -319,5 +325,8 @@ fn main() {
     }
     if selected("daemon") {
         daemon::run();
+    }
+    if selected("qemu") {
+        qemu::run();
     }
 }

@@ -1,0 +1,1169 @@
+//! The QEMU section: real TCG guests (the test guest of `tests/common/guest.rs`: Debian's
+//! kernel and a busybox initramfs, 128 MiB, 1 vCPU, machine `pc`) started, saved, restored
+//! and migrated, each next to what it costs without a manager in the same run.
+//!
+//! What it measures, in order:
+//!
+//! 1. Start to QMP `running`, median of [`N`] after one warm-up each, the four subjects
+//!    interleaved so they see the same noise:
+//!    - `virtwasm start` through the API: an in-process [`virtwasm_api::Client`] connected to a
+//!      `virtwasmd --root TMP` (no CLI process), from the request to the answer (the driver
+//!      answers once QEMU acknowledged `cont`), then `destroy`;
+//!    - a bare script: spawn the very command line the driver ran (read from that QEMU's
+//!      `/proc/PID/cmdline`, with its own monitor socket and console file), connect to the
+//!      monitor (polled every millisecond), `qmp_capabilities`, `cont`, wait for the answer;
+//!    - `virtwasm -c … start NAME` as a process, for the process-to-process comparison;
+//!    - `virsh start NAME` (process wall time) on `libvirtd` with its QEMU driver, started as
+//!      root in a network namespace of its own over private bind mounts (as the daemon section
+//!      does) with a private `qemu.conf` (see [`QEMU_CONF`]).
+//! 2. Save and restore of the booted guest, [`ROUNDS`] rounds: `virtwasm save`/`restore`
+//!    (API) against QEMU driven directly: `stop`, `migrate exec:cat > FILE`, `query-migrate`
+//!    polled until `completed`, `quit`, QEMU's exit; then a new QEMU with `-incoming defer`,
+//!    `migrate-incoming exec:cat FILE`, polled until `completed`, `cont`.
+//! 3. Live migration: not implemented in virtwasm yet; the raw QEMU reference only, from a
+//!    source QEMU to a destination started with `-incoming tcp:127.0.0.1:PORT`, both inside the
+//!    section's network namespace (its own loopback, nothing on the host's network).
+//!
+//! The guest comes from the test guest cache, `target/tmp/test-guest/*/` (`guest.rs` reads
+//! `CARGO_TARGET_TMPDIR`, which Cargo sets for tests only, so it cannot be compiled here);
+//! without it the section is SKIPPED with the command that builds it. Every QEMU this section
+//! caused is stopped by pid at the end, including any a failure left behind.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use virtwasm_api::Client;
+
+use crate::daemon::{Binaries, Libvirtd, Netns, Virtwasmd, client_env, tail};
+use crate::{fmt, median};
+
+/// Timed starts per subject (after one warm-up each).
+const N: usize = 5;
+/// The pause before each timed start ([`settle`]).
+const SETTLE: Duration = Duration::from_millis(300);
+/// Save + restore rounds per subject.
+const ROUNDS: usize = 3;
+/// The domain's name, for virtwasm and for libvirt.
+const NAME: &str = "vwbench";
+/// The virtwasm domain's uuid: it names every QEMU of this section on its command line (the
+/// bare script's reuse the driver's), so a left-over one can be found and stopped.
+const VW_UUID: &str = "6b1f2c7e-51a4-4b9e-8c3d-7a5e0be0c001";
+/// The libvirt domain's uuid, likewise.
+const LV_UUID: &str = "6b1f2c7e-51a4-4b9e-8c3d-7a5e0be0c002";
+/// The destination port of the loopback migration, inside the section's own namespace.
+const MIGRATION_PORT: u16 = 49152;
+/// How long a guest may take from start to its userspace (TCG on a loaded machine).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one migration (save, restore, live) may take.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The test guest's source: its constants ([`guest_const`]) are read from it, so the bench
+/// boots the guest exactly as the tests describe it.
+const GUEST_SOURCE: &str = include_str!("../../tests/common/guest.rs");
+
+/// libvirt's QEMU driver configuration in the namespace's private `/etc/libvirt`: QEMU runs as
+/// root (no `libvirt-qemu` user to own the guest's files, and no chown of the kernel and
+/// initrd in the build tree: `dynamic_ownership`, `remember_owner`), no confinement
+/// (`security_driver`: no AppArmor here), no private `/dev` for QEMU (`namespaces`), no
+/// cgroups on the host (`cgroup_controllers`), and QEMU's stdout/stderr to a plain file
+/// instead of `virtlogd` (`stdio_handler`), so no second daemon is needed.
+const QEMU_CONF: &str = r#"user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+namespaces = [ ]
+cgroup_controllers = [ ]
+stdio_handler = "file"
+"#;
+
+/// The built test guest.
+struct Guest {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
+    /// What `/init` prints once userspace is up.
+    ready: String,
+}
+
+/// A `pub const NAME: &str = "…";` of `tests/common/guest.rs`.
+fn guest_const(name: &str) -> Option<String> {
+    let start = format!("pub const {name}: &str = \"");
+    let line = GUEST_SOURCE.lines().find(|l| l.starts_with(&start))?;
+    let rest = &line[start.len()..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// The newest complete guest in the test guest cache beside this program's target directory.
+fn find_guest() -> Result<Guest, String> {
+    let me = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    // target/release/virtwasm-bench -> target/tmp/test-guest
+    let root = me
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("tmp/test-guest"))
+        .ok_or_else(|| format!("no target directory above {}", me.display()))?;
+    let build = "run `cargo test -p virtwasm-cli --test guest_selftest` first, which builds it";
+    let newest = std::fs::read_dir(&root)
+        .map_err(|e| format!("no test guest in {} ({e}): {build}", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|d| {
+            let name = d.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && name != "debs"
+                && d.join("vmlinux").is_file()
+                && d.join("initrd.gz").is_file()
+        })
+        .max_by_key(|d| {
+            std::fs::metadata(d.join("initrd.gz"))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        })
+        .ok_or_else(|| format!("no built test guest in {}: {build}", root.display()))?;
+    Ok(Guest {
+        kernel: newest.join("vmlinux"),
+        initrd: newest.join("initrd.gz"),
+        cmdline: guest_const("CMDLINE").ok_or("tests/common/guest.rs has no CMDLINE")?,
+        ready: guest_const("READY").ok_or("tests/common/guest.rs has no READY")?,
+    })
+}
+
+/// The domain for virtwasm, as `tests/qemu.rs` defines it.
+fn virtwasm_xml(g: &Guest, console: &Path) -> String {
+    format!(
+        "<domain type='qemu'>
+  <name>{NAME}</name>
+  <uuid>{VW_UUID}</uuid>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{}</kernel>
+    <initrd>{}</initrd>
+    <cmdline>{}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <serial type='file'><source path='{}'/></serial>
+  </devices>
+</domain>",
+        g.kernel.display(),
+        g.initrd.display(),
+        g.cmdline,
+        console.display()
+    )
+}
+
+/// The same guest for libvirt, without the devices libvirt adds by default and virtwasm's
+/// command line does not have (a USB controller, a memory balloon).
+fn libvirt_xml(g: &Guest, console: &Path) -> String {
+    virtwasm_xml(g, console).replace(VW_UUID, LV_UUID).replace(
+        "  </devices>",
+        "    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n  </devices>",
+    )
+}
+
+/// A QMP connection, driven synchronously.
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    /// Connects to the monitor at `path` (polled every millisecond while QEMU starts, as long
+    /// as `child` lives), reads the greeting and negotiates capabilities.
+    fn connect(path: &Path, child: &mut Child, log: &Path) -> Result<Qmp, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!("QEMU exited ({status}): {}", tail(log)));
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("no QMP monitor at {} within 30 s", path.display()));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(format!("connect {}: {e}", path.display())),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut q = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        let greeting = q.read()?;
+        if greeting.get("QMP").is_none() {
+            return Err(format!("not a QMP greeting: {greeting}"));
+        }
+        q.execute("qmp_capabilities", None)?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Value, String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| format!("reading QMP: {e}"))?;
+            if n == 0 {
+                return Err("QEMU closed its monitor".into());
+            }
+            if !line.trim().is_empty() {
+                return serde_json::from_str(line.trim())
+                    .map_err(|e| format!("QMP sent something that is not JSON ({e}): {line}"));
+            }
+        }
+    }
+
+    /// Runs `command`; its `return`, or QEMU's error. Events in between are dropped.
+    fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, String> {
+        let mut msg = json!({ "execute": command });
+        if let Some(a) = arguments {
+            msg["arguments"] = a;
+        }
+        let mut line = msg.to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("writing QMP: {e}"))?;
+        loop {
+            let m = self.read()?;
+            if let Some(r) = m.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = m.get("error") {
+                return Err(format!("QEMU refused '{command}': {e}"));
+            }
+        }
+    }
+
+    /// Polls `query-migrate` (every 2 ms) until the migration this QEMU takes part in, out or
+    /// in, has completed; returns that last answer.
+    fn wait_migration(&mut self) -> Result<Value, String> {
+        let deadline = Instant::now() + MIGRATION_TIMEOUT;
+        loop {
+            let info = self.execute("query-migrate", None)?;
+            match info["status"].as_str() {
+                Some("completed") => return Ok(info),
+                Some(s @ ("failed" | "cancelled")) => {
+                    return Err(format!(
+                        "migration {s}: {}",
+                        info["error-desc"].as_str().unwrap_or("")
+                    ));
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "migration not completed within {MIGRATION_TIMEOUT:?}: {info}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// A QEMU this section spawned itself, killed (SIGKILL, by pid) when dropped.
+struct RawQemu {
+    child: Child,
+    qmp: Qmp,
+}
+
+impl RawQemu {
+    /// Spawns `argv` (inside `netns` when given, through `ip netns exec`, which execs QEMU so
+    /// the child's pid is QEMU's) and connects to its monitor at `monitor`.
+    fn spawn(
+        argv: &[String],
+        monitor: &Path,
+        log: &Path,
+        netns: Option<(&Path, &str)>,
+    ) -> Result<RawQemu, String> {
+        let _ = std::fs::remove_file(monitor);
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("open {}: {e}", log.display()))?;
+        let mut cmd = match netns {
+            Some((ip, ns)) => {
+                let mut c = Command::new(ip);
+                c.args(["netns", "exec", ns]).args(argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", argv[0]))?;
+        match Qmp::connect(monitor, &mut child, log) {
+            Ok(qmp) => Ok(RawQemu { child, qmp }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// `quit`, then waits for the process to end.
+    fn quit(mut self) -> Result<(), String> {
+        let _ = self.qmp.execute("quit", None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("QEMU did not exit within 10 s of quit".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for RawQemu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: a signal to our own unreaped child, by pid.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// At the end of the section (and after a failure), stops by pid every QEMU whose command
+/// line carries one of this section's uuids: the ones virtwasmd and libvirtd started for it
+/// outlive their daemons by design.
+struct Sweep;
+
+impl Sweep {
+    fn pids() -> Vec<(i32, String)> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let argv: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !argv.first().is_some_and(|a| {
+                a.rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .starts_with("qemu-system")
+            }) {
+                continue;
+            }
+            if let Some(w) = argv
+                .windows(2)
+                .find(|w| w[0] == "-uuid" && (w[1] == VW_UUID || w[1] == LV_UUID))
+            {
+                found.push((pid, w[1].clone()));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let left = Sweep::pids();
+        for (pid, uuid) in &left {
+            println!(
+                "!!! a QEMU of this section was still running (pid {pid}, uuid {uuid}): killing it"
+            );
+            // SAFETY: kill has no memory-safety preconditions; the pid is a QEMU this section
+            // caused (its uuid is the section's own).
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Sweep::pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Quotes `word` for the shell QEMU runs `exec:` migrations with.
+fn sh_quote(word: &Path) -> String {
+    format!("'{}'", word.display().to_string().replace('\'', "'\\''"))
+}
+
+/// The QEMU command line of the running virtwasm domain, from `/proc/PID/cmdline`.
+fn driver_cmdline() -> Result<Vec<String>, String> {
+    let pids = Sweep::pids();
+    let pid = pids
+        .iter()
+        .find(|(_, u)| u == VW_UUID)
+        .map(|(p, _)| *p)
+        .ok_or("no QEMU with the virtwasm domain's uuid is running")?;
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+    let mut argv: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if argv.last().is_some_and(|a| a.is_empty()) {
+        argv.pop();
+    }
+    Ok(argv)
+}
+
+/// `argv` with every occurrence of each `(from, to)` replaced.
+fn rewrite(argv: &[String], pairs: &[(String, String)]) -> Vec<String> {
+    argv.iter()
+        .map(|a| {
+            pairs
+                .iter()
+                .fold(a.clone(), |a, (from, to)| a.replace(from.as_str(), to))
+        })
+        .collect()
+}
+
+/// The monitor socket path on a QEMU command line (`-chardev socket,id=charmonitor,path=…`).
+fn monitor_path(argv: &[String]) -> Option<String> {
+    argv.iter()
+        .find(|a| a.contains("id=charmonitor"))?
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("path="))
+        .map(str::to_string)
+}
+
+fn console_text(p: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+}
+
+/// Waits until every console holds `needle`.
+fn wait_consoles(consoles: &[&Path], needle: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing: Vec<&&Path> = consoles
+            .iter()
+            .filter(|c| !console_text(c).contains(needle))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no '{needle}' within {timeout:?} on {}",
+                missing
+                    .iter()
+                    .map(|c| c.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a program once; its wall time, or its stderr if it failed.
+fn timed_process<S: AsRef<std::ffi::OsStr>>(
+    program: &Path,
+    args: &[S],
+    env: &[(String, String)],
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", program.display()))?;
+    let took = t.elapsed();
+    if out.status.success() {
+        Ok(took)
+    } else {
+        Err(format!(
+            "{} {} failed ({}): {}",
+            program.display(),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// libvirtd with its QEMU driver, in the section's namespace, and the `virsh` URI reaching it.
+struct Libvirt {
+    /// Held for its `Drop`, which stops libvirtd.
+    _daemon: Libvirtd,
+    uri: String,
+    virsh: PathBuf,
+    ready: Duration,
+}
+
+fn start_libvirt(
+    bins: &Binaries,
+    ns: &Netns,
+    work: &Path,
+    env: &[(String, String)],
+    xml: &str,
+) -> Result<Libvirt, String> {
+    let dir = work.join("lv");
+    let etc = dir.join("fs/etc/libvirt");
+    std::fs::create_dir_all(&etc).map_err(|e| format!("create {}: {e}", etc.display()))?;
+    std::fs::write(etc.join("qemu.conf"), QEMU_CONF).map_err(|e| e.to_string())?;
+    let (daemon, ready) = Libvirtd::start(bins, ns, &dir, env)?;
+    let uri = format!("qemu+unix:///system?socket={}", daemon.socket.display());
+    let virsh = bins.virsh.clone().ok_or("no virsh")?;
+    let file = work.join("libvirt.xml");
+    std::fs::write(&file, xml).map_err(|e| e.to_string())?;
+    let define = ["-c", uri.as_str(), "define", file.to_str().ok_or("path")?];
+    timed_process(&virsh, &define, env).map_err(|e| {
+        format!(
+            "{e}\n    libvirtd's log: {}",
+            tail(&dir.join("libvirtd.log"))
+        )
+    })?;
+    Ok(Libvirt {
+        _daemon: daemon,
+        uri,
+        virsh,
+        ready,
+    })
+}
+
+/// What the start comparison measured.
+#[derive(Default)]
+struct Starts {
+    api: Vec<Duration>,
+    bare: Vec<Duration>,
+    cli: Vec<Duration>,
+    virsh: Vec<Duration>,
+}
+
+/// What save/restore measured.
+#[derive(Default)]
+struct SaveRestore {
+    vw_save: Vec<Duration>,
+    vw_restore: Vec<Duration>,
+    raw_save: Vec<Duration>,
+    raw_restore: Vec<Duration>,
+    vw_size: u64,
+    raw_size: u64,
+    vw_continued: Option<bool>,
+    raw_continued: Option<bool>,
+}
+
+/// What the live migration measured.
+struct Migration {
+    wall: Duration,
+    dest_running: Duration,
+    total_ms: Option<u64>,
+    downtime_ms: Option<u64>,
+    transferred: Option<u64>,
+}
+
+/// Runs the QEMU section and prints its tables.
+pub fn run() {
+    println!(
+        "\n== QEMU under TCG: the test guest (128 MiB, 1 vCPU, pc), start / save / restore / migrate (`cargo run --release -p virtwasm-bench`, or VIRTWASM_BENCH_ONLY=qemu) =="
+    );
+    let guest = match find_guest() {
+        Ok(g) => g,
+        Err(e) => {
+            println!("!!! SKIPPED the QEMU section: {e}");
+            return;
+        }
+    };
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("!!! SKIPPED the QEMU section: qemu-system-x86_64 not found (qemu-system-x86)");
+        return;
+    }
+    let bins = match Binaries::find() {
+        Ok(b) => b,
+        Err(e) => {
+            println!("!!! SKIPPED the QEMU section: {e}");
+            return;
+        }
+    };
+    // Short paths: QEMU's monitor sockets live under the daemon's root (108-byte limit).
+    let work = tempfile::Builder::new()
+        .prefix("vwq")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    // Dropped after everything below (declared first): stops any QEMU left behind.
+    let _sweep = Sweep;
+    let env = client_env(work.path());
+    let section = Instant::now();
+
+    // The namespace: libvirtd's, then the loopback of the raw live migration.
+    let mut ns_skip = bins.peer_missing();
+    let mut netns: Option<Netns> = None;
+    if ns_skip.is_none() {
+        let ip = bins.ip.as_ref().expect("ip");
+        match Netns::create_named(ip, format!("vwbench-qemu-{}", std::process::id())) {
+            Ok(ns) => {
+                let up = Command::new(ip)
+                    .args(["-n", &ns.name, "link", "set", "lo", "up"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !up {
+                    ns_skip = Some(format!("could not bring up lo in {}", ns.name));
+                }
+                netns = Some(ns);
+            }
+            Err(e) => ns_skip = Some(e),
+        }
+    }
+
+    let vw = match Virtwasmd::start(&bins.virtwasmd, &work.path().join("vw"), None) {
+        Ok((d, _)) => d,
+        Err(e) => {
+            println!("!!! FAILED: virtwasmd did not answer: {e}");
+            return;
+        }
+    };
+    let uri = format!("qemu+unix:///system?socket={}", vw.socket.display());
+    let client = match Client::connect(&uri, false, || {
+        Err(virtwasm_host::Error::failed(
+            "the bench reaches the daemon only",
+        ))
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("!!! FAILED: connect to virtwasmd ({uri}): {e}");
+            return;
+        }
+    };
+    let vw_console = work.path().join("vw.console");
+    if let Err(e) = client.define_xml(&virtwasm_xml(&guest, &vw_console), false) {
+        println!("!!! FAILED: define the domain on virtwasmd: {e}");
+        return;
+    }
+
+    // libvirtd, before anything is timed (its first start probes QEMU's capabilities).
+    let mut libvirt: Option<Libvirt> = None;
+    let mut lv_skip = ns_skip.clone();
+    if let (None, Some(ns)) = (&lv_skip, &netns) {
+        let lv_console = work.path().join("lv.console");
+        match start_libvirt(
+            &bins,
+            ns,
+            work.path(),
+            &env,
+            &libvirt_xml(&guest, &lv_console),
+        ) {
+            Ok(l) => libvirt = Some(l),
+            Err(e) => lv_skip = Some(format!("libvirtd's QEMU driver did not work here: {e}")),
+        }
+    }
+
+    let mut starts = Starts::default();
+    let mut argv: Vec<String> = Vec::new();
+    let result = measure_starts(
+        &client,
+        &bins,
+        &uri,
+        &env,
+        work.path(),
+        &mut argv,
+        libvirt.as_ref(),
+        &mut starts,
+    );
+    if let Err(e) = &result {
+        println!("!!! FAILED during the start comparison: {e}");
+        if let Some(l) = &libvirt {
+            println!(
+                "    libvirtd's log: {}",
+                tail(&work.path().join("lv/libvirtd.log"))
+            );
+            let _ = timed_process(&l.virsh, &["-c", l.uri.as_str(), "destroy", NAME], &env);
+        }
+    }
+    let _ = client.destroy(NAME, false);
+    let lv_ready = libvirt.as_ref().map(|l| l.ready);
+    // libvirtd stops (SIGTERM, by pid) before anything else is timed.
+    drop(libvirt.take());
+    print_starts(&starts, lv_skip.as_deref(), lv_ready);
+
+    // Save / restore and migration need the driver's command line.
+    let mut sr = SaveRestore::default();
+    let mut migration: Result<Migration, String> = Err("not measured".into());
+    if !argv.is_empty() {
+        if let Err(e) = measure_save_restore(
+            &client,
+            &guest,
+            &argv,
+            work.path(),
+            &work.path().join("vw/root"),
+            &mut sr,
+        ) {
+            println!("!!! FAILED during save/restore: {e}");
+        }
+        let _ = client.destroy(NAME, false);
+        migration = match (&ns_skip, &netns) {
+            (None, Some(ns)) => measure_migration(
+                &argv,
+                work.path(),
+                bins.ip.as_deref().expect("ip"),
+                &ns.name,
+            ),
+            (Some(why), _) => Err(format!("SKIPPED: {why}")),
+            _ => Err("SKIPPED: no network namespace".into()),
+        };
+    }
+    print_save_restore(&sr, &migration);
+    println!(
+        "(the QEMU section took {:.1} s)",
+        section.elapsed().as_secs_f64()
+    );
+    drop(client);
+    drop(vw);
+    drop(netns);
+}
+
+/// A pause before each timed start, so the previous subject's teardown (a QEMU exiting,
+/// libvirtd's cleanup after `virsh destroy` returned) is not charged to the next one.
+fn settle() {
+    std::thread::sleep(SETTLE);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_starts(
+    client: &Client,
+    bins: &Binaries,
+    uri: &str,
+    env: &[(String, String)],
+    work: &Path,
+    argv: &mut Vec<String>,
+    libvirt: Option<&Libvirt>,
+    out: &mut Starts,
+) -> Result<(), String> {
+    let bare_monitor = work.join("bare.monitor");
+    let bare_console = work.join("bare.console");
+    let bare_log = work.join("bare-qemu.log");
+    let cli_args = ["-c", uri, "start", NAME];
+    for i in 0..=N {
+        let keep = i > 0;
+
+        // virtwasm through the API, in this process.
+        settle();
+        let t = Instant::now();
+        client
+            .start(NAME, false)
+            .map_err(|e| format!("virtwasm start: {e}"))?;
+        let took = t.elapsed();
+        if argv.is_empty() {
+            let driver = driver_cmdline()?;
+            let monitor = monitor_path(&driver).ok_or("no monitor on the driver's command line")?;
+            *argv = rewrite(
+                &driver,
+                &[
+                    (monitor, bare_monitor.display().to_string()),
+                    (
+                        work.join("vw.console").display().to_string(),
+                        bare_console.display().to_string(),
+                    ),
+                ],
+            );
+        }
+        client
+            .destroy(NAME, false)
+            .map_err(|e| format!("virtwasm destroy: {e}"))?;
+        if keep {
+            out.api.push(took);
+        }
+
+        // The bare script: the same QEMU, monitor, capabilities, cont.
+        settle();
+        let t = Instant::now();
+        let mut q = RawQemu::spawn(argv, &bare_monitor, &bare_log, None)?;
+        q.qmp.execute("cont", None)?;
+        let took = t.elapsed();
+        drop(q);
+        if keep {
+            out.bare.push(took);
+        }
+
+        // virtwasm's CLI, a process.
+        settle();
+        let took = timed_process(&bins.virtwasm, &cli_args, env)?;
+        client
+            .destroy(NAME, false)
+            .map_err(|e| format!("virtwasm destroy: {e}"))?;
+        if keep {
+            out.cli.push(took);
+        }
+
+        // virsh on libvirtd.
+        if let Some(l) = libvirt {
+            settle();
+            let took = timed_process(&l.virsh, &["-c", l.uri.as_str(), "start", NAME], env)?;
+            timed_process(&l.virsh, &["-c", l.uri.as_str(), "destroy", NAME], env)?;
+            if keep {
+                out.virsh.push(took);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_starts(s: &Starts, lv_skip: Option<&str>, lv_ready: Option<Duration>) {
+    println!("start to QMP `running`, median of {N} after one warm-up each, interleaved:");
+    if s.bare.is_empty() {
+        return;
+    }
+    if std::env::var_os("VIRTWASM_BENCH_SAMPLES").is_some() {
+        for (what, v) in [
+            ("api", &s.api),
+            ("bare", &s.bare),
+            ("cli", &s.cli),
+            ("virsh", &s.virsh),
+        ] {
+            let all: Vec<String> = v.iter().map(|d| fmt(*d)).collect();
+            println!("  samples {what}: {}", all.join(", "));
+        }
+    }
+    let bare = median(s.bare.clone());
+    let virsh = (!s.virsh.is_empty()).then(|| median(s.virsh.clone()));
+    let ratio = |a: Duration, b: Option<Duration>| match b {
+        Some(b) => format!("{:>6.2}", a.as_secs_f64() / b.as_secs_f64()),
+        None => format!("{:>6}", "-"),
+    };
+    println!("{:<62} {:>10} {:>8} {:>8}", "", "time", "/ bare", "/ virsh");
+    let row = |label: &str, d: Duration, goal: &str| {
+        println!(
+            "{label:<62} {:>10} {:>8} {:>8}{goal}",
+            fmt(d),
+            ratio(d, Some(bare)),
+            ratio(d, virsh)
+        );
+    };
+    row("bare script: spawn QEMU, QMP caps, cont, answer", bare, "");
+    if !s.api.is_empty() {
+        row(
+            "virtwasm start, API (in-process client -> virtwasmd)",
+            median(s.api.clone()),
+            "   (goals: / bare <= 1.10, / virsh <= 0.3)",
+        );
+    }
+    if !s.cli.is_empty() {
+        row(
+            "virtwasm -c qemu+unix:///system start (process)",
+            median(s.cli.clone()),
+            "",
+        );
+    }
+    match virsh {
+        Some(v) => row(
+            "virsh -c qemu+unix:///system start (process), libvirtd",
+            v,
+            "",
+        ),
+        None => println!("{:<62} {:>10}", "virsh start on libvirtd", "SKIPPED"),
+    }
+    if let Some(r) = lv_ready {
+        println!(
+            "  (libvirtd: spawn to first answer {} in its namespace, QEMU capability probing included; virsh timed as a process, stdio_handler = \"file\" so no virtlogd)",
+            fmt(r)
+        );
+    }
+    println!(
+        "  (the bare script polls the monitor socket every 1 ms; virtwasm's driver every 5 ms. virsh and the CLI row include their process start)"
+    );
+    if let Some(why) = lv_skip {
+        println!("!!! SKIPPED the libvirtd numbers: {why}");
+    }
+}
+
+/// Boots both guests, then [`ROUNDS`] rounds of: virtwasm save, raw save, virtwasm restore,
+/// raw restore.
+fn measure_save_restore(
+    client: &Client,
+    guest: &Guest,
+    argv: &[String],
+    work: &Path,
+    vw_root: &Path,
+    out: &mut SaveRestore,
+) -> Result<(), String> {
+    let vw_console = work.join("vw.console");
+    let raw_console = work.join("raw.console");
+    let raw_monitor = work.join("raw.monitor");
+    let raw_log = work.join("raw-qemu.log");
+    let argv = rewrite(
+        argv,
+        &[
+            (
+                work.join("bare.monitor").display().to_string(),
+                raw_monitor.display().to_string(),
+            ),
+            (
+                work.join("bare.console").display().to_string(),
+                raw_console.display().to_string(),
+            ),
+        ],
+    );
+    let mut incoming = argv.clone();
+    incoming.extend(["-incoming".into(), "defer".into()]);
+    let vw_image = vw_root.join("vwbench.save");
+    let raw_image = work.join("raw.save");
+
+    // Both guests boot at once, to their userspace.
+    let t = Instant::now();
+    client
+        .start(NAME, false)
+        .map_err(|e| format!("virtwasm start: {e}"))?;
+    let mut raw = RawQemu::spawn(&argv, &raw_monitor, &raw_log, None)?;
+    raw.qmp.execute("cont", None)?;
+    wait_consoles(&[&vw_console, &raw_console], &guest.ready, BOOT_TIMEOUT)?;
+    println!(
+        "\nsave / restore: both guests reached userspace ({}) {:.1} s after their start",
+        guest.ready,
+        t.elapsed().as_secs_f64()
+    );
+    let bandwidth = raw
+        .qmp
+        .execute("query-migrate-parameters", None)?
+        .get("max-bandwidth")
+        .and_then(Value::as_u64);
+
+    for _ in 0..ROUNDS {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = std::fs::remove_file(&vw_image);
+        let _ = std::fs::remove_file(&raw_image);
+
+        let t = Instant::now();
+        client
+            .save(NAME, &vw_image)
+            .map_err(|e| format!("virtwasm save: {e}"))?;
+        out.vw_save.push(t.elapsed());
+
+        let t = Instant::now();
+        raw.qmp.execute("stop", None)?;
+        raw.qmp.execute(
+            "migrate",
+            Some(json!({ "uri": format!("exec:cat > {}", sh_quote(&raw_image)) })),
+        )?;
+        raw.qmp.wait_migration()?;
+        raw.quit()?;
+        out.raw_save.push(t.elapsed());
+
+        out.vw_size = std::fs::metadata(&vw_image).map_or(0, |m| m.len());
+        out.raw_size = std::fs::metadata(&raw_image).map_or(0, |m| m.len());
+
+        let t = Instant::now();
+        client
+            .restore(&vw_image, false)
+            .map_err(|e| format!("virtwasm restore: {e}"))?;
+        out.vw_restore.push(t.elapsed());
+
+        let t = Instant::now();
+        raw = RawQemu::spawn(&incoming, &raw_monitor, &raw_log, None)?;
+        raw.qmp.execute(
+            "migrate-incoming",
+            Some(json!({ "uri": format!("exec:cat {}", sh_quote(&raw_image)) })),
+        )?;
+        raw.qmp.wait_migration()?;
+        raw.qmp.execute("cont", None)?;
+        out.raw_restore.push(t.elapsed());
+    }
+
+    // Both guests go on counting (a restored QEMU truncated its console file: what is there
+    // came after the restore), without booting again.
+    let continued = |p: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = console_text(p);
+            if text.contains("counter ") {
+                return !text.contains(&guest.ready);
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    out.vw_continued = Some(continued(&vw_console));
+    out.raw_continued = Some(continued(&raw_console));
+    if let Some(b) = bandwidth {
+        println!(
+            "  (QEMU's default max-bandwidth here: {:.0} MiB/s; neither virtwasm nor the raw script changes it)",
+            b as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// The raw live migration: a source QEMU restored from the raw image and running, a
+/// destination with `-incoming tcp:127.0.0.1:PORT`, both in the namespace `ns`.
+fn measure_migration(
+    argv: &[String],
+    work: &Path,
+    ip: &Path,
+    ns: &str,
+) -> Result<Migration, String> {
+    let image = work.join("raw.save");
+    if !image.exists() {
+        return Err("no raw save image to start the source from".into());
+    }
+    let pairs = |tag: &str| {
+        vec![
+            (
+                work.join("bare.monitor").display().to_string(),
+                work.join(format!("{tag}.monitor")).display().to_string(),
+            ),
+            (
+                work.join("bare.console").display().to_string(),
+                work.join(format!("{tag}.console")).display().to_string(),
+            ),
+        ]
+    };
+    let log = work.join("migration-qemu.log");
+    let mut src_argv = rewrite(argv, &pairs("src"));
+    src_argv.extend(["-incoming".into(), "defer".into()]);
+    let mut dst_argv = rewrite(argv, &pairs("dst"));
+    let target = format!("tcp:127.0.0.1:{MIGRATION_PORT}");
+    dst_argv.extend(["-incoming".into(), target.clone()]);
+
+    let mut src = RawQemu::spawn(&src_argv, &work.join("src.monitor"), &log, Some((ip, ns)))?;
+    src.qmp.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("exec:cat {}", sh_quote(&image)) })),
+    )?;
+    src.qmp.wait_migration()?;
+    src.qmp.execute("cont", None)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut dst = RawQemu::spawn(&dst_argv, &work.join("dst.monitor"), &log, Some((ip, ns)))?;
+
+    let t = Instant::now();
+    src.qmp.execute("migrate", Some(json!({ "uri": target })))?;
+    let info = src.qmp.wait_migration()?;
+    let wall = t.elapsed();
+    dst.qmp.wait_migration()?;
+    dst.qmp.execute("cont", None)?;
+    let dest_running = t.elapsed();
+    let status = dst.qmp.execute("query-status", None)?;
+    if status["status"].as_str() != Some("running") {
+        return Err(format!("the destination is not running: {status}"));
+    }
+    Ok(Migration {
+        wall,
+        dest_running,
+        total_ms: info["total-time"].as_u64(),
+        downtime_ms: info["downtime"].as_u64(),
+        transferred: info["ram"]["transferred"].as_u64(),
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn print_save_restore(s: &SaveRestore, migration: &Result<Migration, String>) {
+    println!(
+        "save / restore of the running guest, median of {} rounds (virtwasm: API save/restore, file under the daemon's root; raw: QMP by hand):",
+        s.vw_save.len()
+    );
+    println!(
+        "{:<46} {:>12} {:>12} {:>8}",
+        "", "virtwasm", "raw QEMU", "ratio"
+    );
+    let row = |label: &str, a: &[Duration], b: &[Duration]| {
+        if a.is_empty() || b.is_empty() {
+            println!("{label:<46} {:>12} {:>12}", "-", "-");
+            return;
+        }
+        let (a, b) = (median(a.to_vec()), median(b.to_vec()));
+        println!(
+            "{label:<46} {:>12} {:>12} {:>8.2}",
+            fmt(a),
+            fmt(b),
+            a.as_secs_f64() / b.as_secs_f64()
+        );
+    };
+    row(
+        "save (running -> image written, QEMU gone)",
+        &s.vw_save,
+        &s.raw_save,
+    );
+    row(
+        "restore (image -> new QEMU running)",
+        &s.vw_restore,
+        &s.raw_restore,
+    );
+    if s.vw_size > 0 {
+        println!(
+            "{:<46} {:>12} {:>12} {:>8.2}",
+            "image size",
+            mib(s.vw_size),
+            mib(s.raw_size),
+            s.vw_size as f64 / s.raw_size.max(1) as f64
+        );
+    }
+    let yes = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "NO (!!!)",
+        None => "-",
+    };
+    if s.vw_continued.is_some() {
+        println!(
+            "{:<46} {:>12} {:>12}",
+            "guest counts on after the last restore",
+            yes(s.vw_continued),
+            yes(s.raw_continued)
+        );
+    }
+    println!(
+        "  (raw save = stop, migrate exec:cat > FILE, query-migrate polled every 2 ms until completed, quit, QEMU's exit;"
+    );
+    println!(
+        "   raw restore = spawn with -incoming defer, monitor, migrate-incoming exec:cat FILE, polled until completed, cont)"
+    );
+    println!(
+        "{:<46} {:>12} {}",
+        "live migration, loopback TCP",
+        "n/a",
+        match migration {
+            Ok(m) => format!(
+                "raw QEMU: migrate to completed {}, to destination running {} (QEMU: total-time {} ms, downtime {} ms, {} sent)",
+                fmt(m.wall),
+                fmt(m.dest_running),
+                m.total_ms.map_or("?".into(), |v| v.to_string()),
+                m.downtime_ms.map_or("?".into(), |v| v.to_string()),
+                m.transferred.map_or("?".into(), mib),
+            ),
+            Err(e) => format!("raw QEMU: {e}"),
+        }
+    );
+    println!(
+        "  virtwasm: live migration is not implemented yet in virtwasm (no column); the raw number is the reference, source and destination QEMU in the section's own network namespace"
+    );
+}
