@@ -616,3 +616,102 @@ fn a_snapshot_revert_rolls_the_guest_back() {
     assert_eq!(r.ok(), "s1\n\nDomain snapshot s1 deleted\n\n");
     d.client(uri, "destroy vm9").ok();
 }
+
+/// One request on a daemon's socket; the status line and body.
+fn api(socket: &Path, method: &str, target: &str, headers: &str, body: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-virtwasm-uri: qemu:///system\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.lines().next().unwrap_or_default().to_string();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn a_cancelled_migration_leaves_the_source_running() {
+    let Some(s) = setup("vm10") else { return };
+    let (src, uri, console) = (&s.d, &s.uri, &s.console);
+    let dst_home = tempfile::tempdir().unwrap();
+    let dst = Daemon::start(dst_home.path(), &[]);
+    let dst_uri = dst.uri("qemu", "/system");
+    src.client(uri, "start vm10").ok();
+    wait_console(console, "counter ", 2, 90);
+    // 1 MiB/s: a 128 MiB guest would take minutes, so the operation is surely running.
+    let (status, body) = api(
+        &src.socket(),
+        "POST",
+        "/v1/domains/vm10/migrate",
+        "Prefer: respond-async\r\n",
+        &format!(r#"{{"dest": "{dst_uri}", "bandwidth_mib": 1}}"#),
+    );
+    assert_eq!(status, "HTTP/1.1 202 Accepted", "{body}");
+    let op: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = op["id"].as_str().unwrap().to_string();
+    assert_eq!(op["may_cancel"], true);
+    // Progress shows bytes moving.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let (_, body) = api(
+            &src.socket(),
+            "GET",
+            &format!("/v1/operations/{id}"),
+            "",
+            "",
+        );
+        let op: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if op["progress"]["done"].as_u64().unwrap_or(0) > 0 {
+            break op["progress"].clone();
+        }
+        assert!(Instant::now() < deadline, "no progress: {op}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(progress["unit"], "bytes");
+    assert!(
+        progress["total"].as_u64().unwrap() >= 128 << 20,
+        "{progress}"
+    );
+    let (status, body) = api(
+        &src.socket(),
+        "DELETE",
+        &format!("/v1/operations/{id}"),
+        "",
+        "",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let (_, body) = api(
+        &src.socket(),
+        "GET",
+        &format!("/v1/operations/{id}/wait?timeout=60"),
+        "",
+        "",
+    );
+    let op: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(op["status"], "cancelled", "{op}");
+    // The guest runs on at the source; the destination kept nothing.
+    assert_eq!(
+        src.client(uri, "domstate vm10 --reason").ok(),
+        "running (migration canceled)\n\n"
+    );
+    let before = last_counter(console);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last_counter(console) <= before + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest stopped after the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = dst.client(&dst_uri, "list --all --name");
+    assert_eq!(r.ok(), "\n", "{}", r.stdout);
+    src.client(uri, "destroy vm10").ok();
+}

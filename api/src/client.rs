@@ -660,11 +660,18 @@ impl Client {
     }
     /// Migrates a domain to the daemon at `dest` (live when it runs, else its definition;
     /// `offline` moves only the definition). Returns the destination's name for it.
-    pub fn migrate(&self, key: &str, dest: &str, offline: bool) -> Result<String> {
+    pub fn migrate(
+        &self,
+        key: &str,
+        dest: &str,
+        offline: bool,
+        bandwidth_mib: Option<u64>,
+    ) -> Result<String> {
         self.call(Request::Migrate {
             key: key.into(),
             dest: dest.into(),
             offline,
+            bandwidth_mib,
         })
     }
 

@@ -165,9 +165,19 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             json(conn.network_update(&key, &command, &section, &xml, parent_index, live, config)?)
         }
         R::NetworkDhcpLeases { key } => json(conn.network_dhcp_leases(&key)?),
-        R::Migrate { key, dest, offline } => {
-            json(crate::migrate::migrate(conn, &key, &dest, offline, ctx)?)
-        }
+        R::Migrate {
+            key,
+            dest,
+            offline,
+            bandwidth_mib,
+        } => json(crate::migrate::migrate(
+            conn,
+            &key,
+            &dest,
+            offline,
+            bandwidth_mib,
+            ctx,
+        )?),
         R::MigratePrepare { xml, listen } => {
             let (name, uri) = conn.migrate_prepare(&xml, &listen)?;
             json(serde_json::json!({ "name": name, "uri": uri }))

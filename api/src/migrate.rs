@@ -17,6 +17,7 @@ pub fn migrate(
     key: &str,
     dest: &str,
     offline: bool,
+    bandwidth_mib: Option<u64>,
     ctx: &Context,
 ) -> Result<String> {
     let target = resolve(dest, false)?;
@@ -57,7 +58,7 @@ pub fn migrate(
         .ok_or_else(|| Error::failed("the destination's answer to prepare lacks a uri"))?
         .to_string();
     let there = prepared["name"].as_str().unwrap_or(&name).to_string();
-    let streamed = conn.migrate_perform(key, &uri, &mut |p| {
+    let streamed = conn.migrate_perform(key, &uri, bandwidth_mib, &mut |p| {
         (ctx.progress)(p.transferred_bytes, p.total_bytes.max(p.transferred_bytes))
     });
     match streamed {

@@ -319,6 +319,9 @@ pub enum Request {
         /// Only the definition, even for a running domain.
         #[serde(default)]
         offline: bool,
+        /// A cap on the stream, MiB/s (virsh's `--bandwidth`).
+        #[serde(default)]
+        bandwidth_mib: Option<u64>,
     },
     MigratePrepare {
         xml: String,
@@ -1268,6 +1271,7 @@ mod tests {
                 key: key(),
                 dest: "qemu+tls://h/system".into(),
                 offline: false,
+                bandwidth_mib: Some(10),
             },
             Request::MigratePrepare {
                 xml: "<domain/>".into(),

@@ -94,13 +94,14 @@ impl Connection {
         )
     }
 
-    /// Source: streams the running domain to `target_uri`, telling `progress` how far it
-    /// is about every 100 ms; an error from `progress` (a cancel) stops the migration and
+    /// Source: streams the running domain to `target_uri` (at most `bandwidth_mib` MiB/s),
+    /// telling `progress` how far it is about every 100 ms; an error from `progress` (a cancel) stops the migration and
     /// the domain keeps running here.
     pub fn migrate_perform(
         &self,
         key: &str,
         target_uri: &str,
+        bandwidth_mib: Option<u64>,
         progress: &mut dyn FnMut(&MigrationProgress) -> Result<()>,
     ) -> Result<()> {
         self.writable()?;
@@ -112,7 +113,7 @@ impl Connection {
         }
         let dom = rec.as_ref();
         self.plugin.hypervisor("migrate-perform", |g, s| {
-            g.call_migrate_perform(s, &dom, target_uri)
+            g.call_migrate_perform(s, &dom, target_uri, bandwidth_mib)
         })?;
         loop {
             std::thread::sleep(std::time::Duration::from_millis(100));

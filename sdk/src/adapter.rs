@@ -87,8 +87,12 @@ impl<T: crate::Hypervisor> hypervisor::Guest for Adapter<T> {
     fn migrate_prepare(dom: DomainRef, listen_address: String) -> Result<MigrationTarget, Error> {
         T::migrate_prepare(dom, listen_address)
     }
-    fn migrate_perform(dom: DomainRef, target_uri: String) -> Result<(), Error> {
-        T::migrate_perform(dom, target_uri)
+    fn migrate_perform(
+        dom: DomainRef,
+        target_uri: String,
+        bandwidth_mib: Option<u64>,
+    ) -> Result<(), Error> {
+        T::migrate_perform(dom, target_uri, bandwidth_mib)
     }
     fn migrate_progress(dom: DomainRef) -> Result<MigrationProgress, Error> {
         T::migrate_progress(dom)

@@ -272,7 +272,11 @@ pub trait Hypervisor {
         Err(unsupported("migrate-prepare"))
     }
     /// Source: starts sending.
-    fn migrate_perform(dom: DomainRef, target_uri: String) -> VerbResult<()> {
+    fn migrate_perform(
+        dom: DomainRef,
+        target_uri: String,
+        bandwidth_mib: Option<u64>,
+    ) -> VerbResult<()> {
         Err(unsupported("migrate-perform"))
     }
     /// Source: progress.

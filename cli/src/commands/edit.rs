@@ -54,6 +54,7 @@ pub static COMMANDS: &[Command] = &[
             flag("persistent", "persist VM on destination"),
             flag("undefinesource", "undefine VM on source"),
             flag("verbose", "display the progress of migration"),
+            super::value("bandwidth", "migration bandwidth limit in MiB/s"),
         ],
         run: migrate,
     },
@@ -212,8 +213,16 @@ fn migrate(sess: &mut Session, a: &Args) -> Outcome {
     let dest = a.req("desturi");
     // Always peer to peer: the source's host talks to the destination's daemon itself, so
     // --p2p and --live (a running domain migrates live) are accepted for virsh's scripts.
+    let bandwidth = match a.get("bandwidth") {
+        None => None,
+        Some(b) => Some(b.parse::<u64>().map_err(|_| {
+            Failure::msg(format!(
+                "Numeric value '{b}' for <bandwidth> option is malformed or out of range"
+            ))
+        })?),
+    };
     sess.conn()?
-        .migrate(&rec.def.uuid, dest, a.flag("offline"))
+        .migrate(&rec.def.uuid, dest, a.flag("offline"), bandwidth)
         .map_err(|e| {
             Failure(vec![
                 format!("Failed to migrate domain '{}' to {dest}", rec.def.name),

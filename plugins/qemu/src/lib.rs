@@ -502,11 +502,21 @@ impl Hypervisor for Qemu {
         }
     }
 
-    fn migrate_perform(dom: DomainRef, target_uri: String) -> VerbResult<()> {
+    fn migrate_perform(
+        dom: DomainRef,
+        target_uri: String,
+        bandwidth_mib: Option<u64>,
+    ) -> VerbResult<()> {
         let (_, mut q) = monitor(&dom)?;
         q.execute(
             "migrate-set-capabilities",
             Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+        )?;
+        // QEMU's default is 128 MiB/s; 0 would mean no limit in newer versions only.
+        let bytes = bandwidth_mib.map_or(u64::MAX / 2, |m| m.max(1) << 20);
+        q.execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": bytes })),
         )?;
         q.execute("migrate", Some(json!({ "uri": target_uri })))?;
         Ok(())
