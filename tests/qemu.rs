@@ -479,6 +479,33 @@ fn a_hot_plugged_disk_is_seen_inside_the_guest() {
         "{}",
         r.stdout
     );
+    // domstats comes from QEMU: the guest read the new disk when it found it.
+    let r = d.client(uri, "domstats vm7");
+    let stats = r.ok();
+    assert!(
+        stats.contains("  block.count=1\n  block.0.name=vdb\n"),
+        "{stats}"
+    );
+    let reads: u64 = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("block.0.rd.reqs="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(reads > 0, "{stats}");
+    assert!(stats.contains("  vcpu.current=1\n"), "{stats}");
+    // A user-mode NIC, hot-plugged and removed by its MAC.
+    let r = d.client(
+        uri,
+        "attach-interface vm7 user none --mac 52:54:00:12:34:56 --model virtio --live",
+    );
+    assert_eq!(r.ok(), "Interface attached successfully\n\n");
+    let r = d.client(uri, "domiflist vm7");
+    assert!(r.ok().contains("52:54:00:12:34:56"), "{}", r.stdout);
+    let r = d.client(
+        uri,
+        "detach-interface vm7 user --mac 52:54:00:12:34:56 --live",
+    );
+    assert_eq!(r.ok(), "Interface detached successfully\n\n");
     let r = d.client(uri, "detach-disk vm7 vdb --live");
     assert_eq!(r.ok(), "Disk detached successfully\n\n");
     let r = d.client(uri, "domblklist vm7");

@@ -128,7 +128,8 @@ pub fn blockdev_nodes(d: &Disk) -> VerbResult<Vec<serde_json::Value>> {
     Ok(vec![file, fmt])
 }
 
-fn nic_model(model: Option<&str>) -> VerbResult<&'static str> {
+/// The QEMU device for a NIC model.
+pub fn nic_model(model: Option<&str>) -> VerbResult<&'static str> {
     Ok(match model.unwrap_or("virtio") {
         "virtio" => "virtio-net-pci",
         "e1000" => "e1000",

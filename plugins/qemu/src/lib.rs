@@ -432,10 +432,29 @@ impl Hypervisor for Qemu {
                     return Err(e);
                 }
             }
+            Device::Interface(n) if n.interface_type == InterfaceType::User => {
+                let mac = n.mac.clone().ok_or_else(|| {
+                    error(ErrorKind::InvalidArgument, "the interface has no MAC address")
+                })?;
+                // Named after the MAC: unique per domain, and what detach finds it by.
+                let id = format!("net-{}", mac.replace(':', ""));
+                q.execute(
+                    "netdev_add",
+                    Some(json!({ "type": "user", "id": id })),
+                )?;
+                let model = cmdline::nic_model(n.model.as_deref())?;
+                if let Err(e) = q.execute(
+                    "device_add",
+                    Some(json!({ "driver": model, "netdev": id, "id": id, "mac": mac })),
+                ) {
+                    let _ = q.execute("netdev_del", Some(json!({ "id": id })));
+                    return Err(e);
+                }
+            }
             other => {
                 return Err(error(
                     ErrorKind::Unsupported,
-                    format!("unsupported configuration: hot-plugging {} devices (disks hot-plug)", device_kind(other)),
+                    format!("unsupported configuration: hot-plugging {} devices of this kind (virtio disks and user-mode interfaces hot-plug)", device_kind(other)),
                 ));
             }
         }
@@ -444,10 +463,24 @@ impl Hypervisor for Qemu {
 
     fn detach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
         let (r, mut q) = monitor(&dom)?;
+        if let Device::Interface(n) = &dev {
+            let mac = n.mac.clone().unwrap_or_default();
+            let id = format!("net-{}", mac.replace(':', ""));
+            q.execute("device_del", Some(json!({ "id": id })))?;
+            let gone = q.wait_event("DEVICE_DELETED", 20_000, |e| e["data"]["device"].as_str() == Some(id.as_str()))?;
+            if gone.is_none() {
+                return Err(error(
+                    ErrorKind::Timeout,
+                    format!("the guest did not release interface {mac} within 20 s"),
+                ));
+            }
+            q.execute("netdev_del", Some(json!({ "id": id })))?;
+            return Ok(runtime(state_of(&dom), &r));
+        }
         let Device::Disk(d) = &dev else {
             return Err(error(
                 ErrorKind::Unsupported,
-                format!("unsupported configuration: hot-unplugging {} devices (disks hot-unplug)", device_kind(&dev)),
+                format!("unsupported configuration: hot-unplugging {} devices (disks and interfaces hot-unplug)", device_kind(&dev)),
             ));
         };
         let id = format!("disk-{}", d.target_dev);
@@ -694,6 +727,56 @@ impl Hypervisor for Qemu {
                 format!("the domain has no character device {wanted} (add <serial type='pty'/>)"),
             )),
         }
+    }
+
+    fn stats(dom: DomainRef) -> VerbResult<Vec<(String, StatValue)>> {
+        // libvirt's domstats names, from QMP: the balloon, the vCPUs, each disk's counters.
+        let (_, mut q) = monitor(&dom)?;
+        let mut out = Vec::new();
+        if let Ok(b) = q.execute("query-balloon", None)
+            && let Some(actual) = b["actual"].as_u64()
+        {
+            out.push(("balloon.current".into(), StatValue::Unsigned(actual / 1024)));
+            out.push((
+                "balloon.maximum".into(),
+                StatValue::Unsigned(dom.def.memory_kib),
+            ));
+        }
+        let cpus = q.execute("query-cpus-fast", None)?;
+        let n = cpus.as_array().map_or(0, Vec::len) as u64;
+        out.push(("vcpu.current".into(), StatValue::Unsigned(n)));
+        out.push(("vcpu.maximum".into(), StatValue::Unsigned(dom.def.vcpus.into())));
+        let blocks = q.execute("query-blockstats", Some(json!({ "query-nodes": false })))?;
+        let devs: Vec<&Value> = blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["qdev"].as_str().is_some_and(|d| d.contains("disk-")))
+            .collect();
+        out.push(("block.count".into(), StatValue::Unsigned(devs.len() as u64)));
+        for (i, b) in devs.iter().enumerate() {
+            let name = b["qdev"]
+                .as_str()
+                .and_then(|d| d.rsplit("disk-").next())
+                .unwrap_or_default()
+                .trim_end_matches("/virtio-backend")
+                .to_string();
+            let st = &b["stats"];
+            out.push((format!("block.{i}.name"), StatValue::Text(name)));
+            for (k, field) in [
+                ("rd.reqs", "rd_operations"),
+                ("rd.bytes", "rd_bytes"),
+                ("wr.reqs", "wr_operations"),
+                ("wr.bytes", "wr_bytes"),
+                ("fl.reqs", "flush_operations"),
+            ] {
+                out.push((
+                    format!("block.{i}.{k}"),
+                    StatValue::Unsigned(st[field].as_u64().unwrap_or(0)),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     fn info(dom: DomainRef) -> VerbResult<DomainInfo> {
