@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/guest.rs"]
 mod guest;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -741,4 +743,47 @@ fn a_cancelled_migration_leaves_the_source_running() {
     let r = dst.client(&dst_uri, "list --all --name");
     assert_eq!(r.ok(), "\n", "{}", r.stdout);
     src.client(uri, "destroy vm10").ok();
+}
+
+#[test]
+fn migration_reaches_the_destination_daemon_over_mutual_tls() {
+    let Some(s) = setup("vm11") else { return };
+    let (src, uri, console) = (&s.d, &s.uri, &s.console);
+    // The destination listens for TLS only to clients of its CA; the source daemon
+    // presents its own client certificate, which a rule makes an admin there.
+    let dst_home = tempfile::tempdir().unwrap();
+    let ca = pki::Pki::new(dst_home.path(), "pki");
+    let source_cert = ca.client("source-daemon");
+    let (dst, port) = pki::tls_daemon(
+        dst_home.path(),
+        &ca,
+        "[[access.rule]]\nidentity = \"dn:O=virtwasm,CN=source-daemon\"\nrole = \"admin\"\n",
+    );
+    let dest = format!(
+        "qemu+tls://127.0.0.1:{port}/system?pkipath={}",
+        source_cert.display()
+    );
+    src.client(uri, "start vm11").ok();
+    wait_console(console, "counter ", 2, 90);
+    let r = src.client(uri, &format!("migrate vm11 '{dest}' --live"));
+    r.ok();
+    let at_move = last_counter(console);
+    assert_eq!(
+        src.client(uri, "domstate vm11 --reason").ok(),
+        "shut off (migrated)\n\n"
+    );
+    let dst_uri = dst.uri("qemu", "/system");
+    assert_eq!(
+        dst.client(&dst_uri, "domstate vm11 --reason").ok(),
+        "running (migrated)\n\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last_counter(console) <= at_move + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the counter did not continue on the destination"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dst.client(&dst_uri, "destroy vm11").ok();
 }

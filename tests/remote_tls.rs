@@ -3,87 +3,14 @@
 //! and third-party clients (curl; Python's ssl and http.client) with client certificates.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::{Daemon, Run};
-
-/// A PKI made with the CLI: the daemon's directory (CA, server certificate) and one client
-/// directory per name, each in libvirt's client layout (cacert.pem, clientcert.pem,
-/// clientkey.pem).
-struct Pki {
-    server: PathBuf,
-    home: PathBuf,
-}
-
-fn pki_cmd(home: &Path, args: &[&str]) {
-    let r = common::virtwasm(home, &[&["pki"], args].concat());
-    r.ok();
-}
-
-impl Pki {
-    fn new(home: &Path, dir: &str) -> Pki {
-        let server = home.join(dir);
-        let s = server.to_str().unwrap();
-        pki_cmd(home, &["ca", "--dir", s, "--name", &format!("{dir} CA")]);
-        pki_cmd(
-            home,
-            &["server", "--dir", s, "--hostname", "127.0.0.1,localhost"],
-        );
-        Pki {
-            server,
-            home: home.to_path_buf(),
-        }
-    }
-
-    /// Issues a client certificate for `name` and returns its directory.
-    fn client(&self, name: &str) -> PathBuf {
-        let s = self.server.to_str().unwrap();
-        pki_cmd(
-            &self.home,
-            &["client", "--dir", s, "--name", name, "--force"],
-        );
-        let dir = self.home.join(format!("client-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(self.server.join("cacert.pem"), dir.join("cacert.pem")).unwrap();
-        std::fs::copy(
-            self.server.join("clientcert.pem"),
-            dir.join("clientcert.pem"),
-        )
-        .unwrap();
-        std::fs::copy(
-            self.server.join("private/clientkey.pem"),
-            dir.join("clientkey.pem"),
-        )
-        .unwrap();
-        dir
-    }
-}
-
-/// A daemon listening for TLS on a free loopback port with `config` as virtwasmd.toml.
-fn tls_daemon(home: &Path, pki: &Pki, config: &str) -> (Daemon, u16) {
-    let etc = home.join("daemon-root/etc/virtwasm");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(etc.join("virtwasmd.toml"), config).unwrap();
-    let d = Daemon::start(
-        home,
-        &[
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--pki-dir",
-            pki.server.to_str().unwrap(),
-        ],
-    );
-    let log = d.log_text();
-    let port = log
-        .split("tls://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no TLS port in the daemon's log:\n{log}"));
-    (d, port)
-}
+use pki::{Pki, tls_daemon};
 
 fn tls_client(d: &Daemon, port: u16, client: &Path, script: &str) -> Run {
     let uri = format!(
