@@ -563,6 +563,8 @@ struct Starts {
     bare: Vec<Duration>,
     cli: Vec<Duration>,
     virsh: Vec<Duration>,
+    /// Every timed start in order: the subject, the one before it, the time.
+    order: Vec<(&'static str, &'static str, Duration)>,
 }
 
 /// What save/restore measured.
@@ -756,6 +758,29 @@ fn settle() {
     std::thread::sleep(SETTLE);
 }
 
+/// The subjects of the start comparison.
+#[derive(Clone, Copy, PartialEq)]
+enum Subject {
+    Api,
+    Bare,
+    Cli,
+    Virsh,
+}
+
+impl Subject {
+    fn name(self) -> &'static str {
+        match self {
+            Subject::Api => "api",
+            Subject::Bare => "bare",
+            Subject::Cli => "cli",
+            Subject::Virsh => "virsh",
+        }
+    }
+}
+
+/// One warm-up round (the API first: its QEMU gives the bare script its command line), then
+/// [`N`] rounds, each starting one subject further on, so that every subject follows every
+/// other as often (a start right after another's teardown pays for it).
 #[allow(clippy::too_many_arguments)]
 fn measure_starts(
     client: &Client,
@@ -771,66 +796,79 @@ fn measure_starts(
     let bare_console = work.join("bare.console");
     let bare_log = work.join("bare-qemu.log");
     let cli_args = ["-c", uri, "start", NAME];
+    let mut subjects = vec![Subject::Api, Subject::Bare, Subject::Cli];
+    if libvirt.is_some() {
+        subjects.push(Subject::Virsh);
+    }
+    let mut previous = "-";
     for i in 0..=N {
         let keep = i > 0;
-
-        // virtwasm through the API, in this process.
-        settle();
-        let t = Instant::now();
-        client
-            .start(NAME, false)
-            .map_err(|e| format!("virtwasm start: {e}"))?;
-        let took = t.elapsed();
-        if argv.is_empty() {
-            let driver = driver_cmdline()?;
-            let monitor = monitor_path(&driver).ok_or("no monitor on the driver's command line")?;
-            *argv = rewrite(
-                &driver,
-                &[
-                    (monitor, bare_monitor.display().to_string()),
-                    (
-                        work.join("vw.console").display().to_string(),
-                        bare_console.display().to_string(),
-                    ),
-                ],
-            );
-        }
-        client
-            .destroy(NAME, false)
-            .map_err(|e| format!("virtwasm destroy: {e}"))?;
-        if keep {
-            out.api.push(took);
-        }
-
-        // The bare script: the same QEMU, monitor, capabilities, cont.
-        settle();
-        let t = Instant::now();
-        let mut q = RawQemu::spawn(argv, &bare_monitor, &bare_log, None)?;
-        q.qmp.execute("cont", None)?;
-        let took = t.elapsed();
-        drop(q);
-        if keep {
-            out.bare.push(took);
-        }
-
-        // virtwasm's CLI, a process.
-        settle();
-        let took = timed_process(&bins.virtwasm, &cli_args, env)?;
-        client
-            .destroy(NAME, false)
-            .map_err(|e| format!("virtwasm destroy: {e}"))?;
-        if keep {
-            out.cli.push(took);
-        }
-
-        // virsh on libvirtd.
-        if let Some(l) = libvirt {
+        for k in 0..subjects.len() {
+            let subject = subjects[(k + i) % subjects.len()];
             settle();
-            let took = timed_process(&l.virsh, &["-c", l.uri.as_str(), "start", NAME], env)?;
-            timed_process(&l.virsh, &["-c", l.uri.as_str(), "destroy", NAME], env)?;
+            let took = match subject {
+                // virtwasm through the API, in this process.
+                Subject::Api => {
+                    let t = Instant::now();
+                    client
+                        .start(NAME, false)
+                        .map_err(|e| format!("virtwasm start: {e}"))?;
+                    let took = t.elapsed();
+                    if argv.is_empty() {
+                        let driver = driver_cmdline()?;
+                        let monitor = monitor_path(&driver)
+                            .ok_or("no monitor on the driver's command line")?;
+                        *argv = rewrite(
+                            &driver,
+                            &[
+                                (monitor, bare_monitor.display().to_string()),
+                                (
+                                    work.join("vw.console").display().to_string(),
+                                    bare_console.display().to_string(),
+                                ),
+                            ],
+                        );
+                    }
+                    client
+                        .destroy(NAME, false)
+                        .map_err(|e| format!("virtwasm destroy: {e}"))?;
+                    took
+                }
+                // The bare script: the same QEMU, monitor, capabilities, cont.
+                Subject::Bare => {
+                    let t = Instant::now();
+                    let mut q = RawQemu::spawn(argv, &bare_monitor, &bare_log, None)?;
+                    q.qmp.execute("cont", None)?;
+                    t.elapsed()
+                }
+                // virtwasm's CLI, a process.
+                Subject::Cli => {
+                    let took = timed_process(&bins.virtwasm, &cli_args, env)?;
+                    client
+                        .destroy(NAME, false)
+                        .map_err(|e| format!("virtwasm destroy: {e}"))?;
+                    took
+                }
+                // virsh on libvirtd.
+                Subject::Virsh => {
+                    let l = libvirt.expect("libvirtd");
+                    let uri = l.uri.as_str();
+                    let took = timed_process(&l.virsh, &["-c", uri, "start", NAME], env)?;
+                    timed_process(&l.virsh, &["-c", uri, "destroy", NAME], env)?;
+                    took
+                }
+            };
             if keep {
-                out.virsh.push(took);
+                let v = match subject {
+                    Subject::Api => &mut out.api,
+                    Subject::Bare => &mut out.bare,
+                    Subject::Cli => &mut out.cli,
+                    Subject::Virsh => &mut out.virsh,
+                };
+                v.push(took);
+                out.order.push((subject.name(), previous, took));
             }
+            previous = subject.name();
         }
     }
     Ok(())
@@ -842,15 +880,12 @@ fn print_starts(s: &Starts, lv_skip: Option<&str>, lv_ready: Option<Duration>) {
         return;
     }
     if std::env::var_os("VIRTWASM_BENCH_SAMPLES").is_some() {
-        for (what, v) in [
-            ("api", &s.api),
-            ("bare", &s.bare),
-            ("cli", &s.cli),
-            ("virsh", &s.virsh),
-        ] {
-            let all: Vec<String> = v.iter().map(|d| fmt(*d)).collect();
-            println!("  samples {what}: {}", all.join(", "));
-        }
+        let all: Vec<String> = s
+            .order
+            .iter()
+            .map(|(what, after, d)| format!("{what} (after {after}) {}", fmt(*d)))
+            .collect();
+        println!("  samples in order: {}", all.join(", "));
     }
     let bare = median(s.bare.clone());
     let virsh = (!s.virsh.is_empty()).then(|| median(s.virsh.clone()));

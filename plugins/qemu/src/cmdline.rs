@@ -22,6 +22,12 @@ fn unsupported(what: String) -> virtwasm_sdk::types::Error {
     )
 }
 
+/// A value inside a QEMU `key=value,...` option: a comma is written doubled, or QEMU would
+/// take the rest for another key (a name or path with a comma must not add options).
+fn opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
 /// The accelerator for a domain type: `kvm` needs KVM, `qemu` is TCG.
 pub fn accel(domain_type: &str) -> VerbResult<&'static str> {
     match domain_type {
@@ -269,7 +275,7 @@ fn other_devices(def: &DomainDef, machine: &str) -> VerbResult<Vec<String>> {
         let source = r.backend_source.as_deref().unwrap_or("/dev/urandom");
         a.extend([
             "-object".into(),
-            format!("rng-random,id=objrng{i},filename={source}"),
+            format!("rng-random,id=objrng{i},filename={}", opt(source)),
             "-device".into(),
             format!("virtio-rng-pci,rng=objrng{i},id=rng{i}"),
         ]);
@@ -287,9 +293,9 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     let accel = accel(&def.domain_type)?;
     let machine = def.os.machine.as_deref().unwrap_or("pc");
-    push(&["-name", &format!("guest={},debug-threads=on", def.name)]);
+    push(&["-name", &format!("guest={},debug-threads=on", opt(&def.name))]);
     push(&["-S", "-nodefaults", "-no-user-config", "-display", "none"]);
-    push(&["-machine", &format!("{machine},usb=off,dump-guest-core=off")]);
+    push(&["-machine", &format!("{},usb=off,dump-guest-core=off", opt(machine))]);
     push(&["-accel", accel]);
     // QEMU starts with the maximum, as libvirt does; the balloon takes the guest down to
     // currentMemory.
@@ -312,7 +318,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     }
     push(&[
         "-chardev",
-        &format!("socket,id=charmonitor,path={},server=on,wait=off", launch.monitor),
+        &format!("socket,id=charmonitor,path={},server=on,wait=off", opt(launch.monitor)),
         "-mon",
         "chardev=charmonitor,id=monitor,mode=control",
     ]);
@@ -349,7 +355,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         };
         let mut dev = format!("{},netdev=net{i},id=net{i}", nic_model(n.model.as_deref())?);
         if let Some(mac) = &n.mac {
-            dev.push_str(&format!(",mac={mac}"));
+            dev.push_str(&format!(",mac={}", opt(mac)));
         }
         a.extend(["-netdev".into(), netdev, "-device".into(), dev]);
     }
@@ -380,7 +386,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
                 let p = c.source_path.as_deref().ok_or_else(|| {
                     unsupported(format!("serial {i} of type file without a path"))
                 })?;
-                format!("file,id={id},path={p}")
+                format!("file,id={id},path={}", opt(p))
             }
             ChardevSourceType::Unix => {
                 let p = c
@@ -389,9 +395,9 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
                     .unwrap_or_else(|| format!("{}/{}-serial{serial}.sock", launch.runtime_dir, def.uuid));
                 let server = c.source_mode.as_deref() != Some("connect");
                 if server {
-                    format!("socket,id={id},path={p},server=on,wait=off")
+                    format!("socket,id={id},path={},server=on,wait=off", opt(&p))
                 } else {
-                    format!("socket,id={id},path={p}")
+                    format!("socket,id={id},path={}", opt(&p))
                 }
             }
             ChardevSourceType::Null => format!("null,id={id}"),
