@@ -542,3 +542,48 @@ fn an_idle_session_daemon_exits_by_itself() {
     assert!(d.log_text().contains("idle timeout"), "{}", d.log_text());
     assert!(!d.socket().exists(), "the socket is removed on exit");
 }
+
+#[test]
+fn on_a_terminal_long_work_is_followed_as_an_operation() {
+    // `script` gives the CLI a terminal, so it asks for operations (Prefer: respond-async)
+    // and follows them with a progress display, yet answers as before.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: `script` (util-linux) is not installed");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("test", "/default");
+    let mut c = std::process::Command::new("script");
+    Daemon::env(home.path(), &mut c);
+    let out = c
+        .args([
+            "-qfec",
+            &format!(
+                "{} -c '{uri}' 'destroy test; start test; domstate test'",
+                common::binary().display()
+            ),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Domain 'test' started"), "{text}");
+    assert!(text.contains("running"), "{text}");
+    // The start went through the daemon as an asynchronous operation.
+    let r = d.client(&uri, "operation-list --json");
+    let ops: serde_json::Value = serde_json::from_str(r.ok()).unwrap();
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["op"] == "start" && o["status"] == "success"),
+        "{ops}"
+    );
+}

@@ -37,6 +37,8 @@ enum Via {
 pub struct Client {
     via: Via,
     uri: String,
+    /// Told about each long operation's progress through a daemon (a CLI's progress bar).
+    watcher: Option<std::sync::Mutex<Box<dyn FnMut(&crate::operation::Operation) + Send>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -69,6 +71,7 @@ impl Client {
         Ok(Client {
             via,
             uri: target.uri.clone(),
+            watcher: None,
         })
     }
 
@@ -77,6 +80,7 @@ impl Client {
         Client {
             uri: conn.uri().to_string(),
             via: Via::Local(conn),
+            watcher: None,
         }
     }
 
@@ -99,14 +103,27 @@ impl Client {
         matches!(self.via, Via::Remote(_))
     }
 
+    /// Has long operations through a daemon run asynchronously, telling `watch` how each
+    /// one is doing until it ends (a progress bar).
+    pub fn watch_operations(
+        &mut self,
+        watch: impl FnMut(&crate::operation::Operation) + Send + 'static,
+    ) {
+        self.watcher = Some(std::sync::Mutex::new(Box::new(watch)));
+    }
+
     /// Runs `req` and decodes its answer as `T`.
     pub fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
         let op = req.op();
-        let value = match &self.via {
-            Via::Local(conn) => {
+        let value = match (&self.via, &self.watcher) {
+            (Via::Local(conn), _) => {
                 crate::dispatch::dispatch(conn, req, &crate::dispatch::Context::local())?
             }
-            Via::Remote(remote) => remote.call(&req)?,
+            (Via::Remote(remote), Some(w)) if crate::ops::LONG.contains(&op.as_str()) => {
+                let mut w = w.lock().unwrap();
+                remote.call_watched(&req, &mut |o| (w)(o))?
+            }
+            (Via::Remote(remote), _) => remote.call(&req)?,
         };
         serde_json::from_value(value)
             .map_err(|e| Error::failed(format!("unexpected answer to '{op}': {e}")))

@@ -98,6 +98,82 @@ impl Remote {
         }
     }
 
+    /// Runs a long operation asynchronously (`Prefer: respond-async`), telling `watch`
+    /// about the operation each time it is checked (about twice a second), and returns its
+    /// result once it has finished: what a progress bar needs.
+    pub fn call_watched(
+        &self,
+        req: &Request,
+        watch: &mut dyn FnMut(&crate::operation::Operation),
+    ) -> Result<Value> {
+        use crate::operation::{Operation, Status};
+        let wire = req.to_http()?;
+        let mut request = self.request(wire.method.as_str(), &wire.target(), wire.body)?;
+        request.headers_mut().insert(
+            hyper::header::HeaderName::from_static("prefer"),
+            hyper::header::HeaderValue::from_static(crate::wire::PREFER_ASYNC),
+        );
+        let (status, body) = {
+            let mut sender = self.sender.lock().unwrap();
+            if sender.is_closed() {
+                *sender = self.reconnect()?;
+            }
+            self.rt
+                .block_on(async {
+                    sender.ready().await?;
+                    let resp = sender.send_request(request).await?;
+                    let status = resp.status().as_u16();
+                    let body = resp.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>((status, body.to_vec()))
+                })
+                .map_err(|e| self.transport_error(e))?
+        };
+        match status {
+            // Not a long operation after all: the answer is here.
+            200 => {
+                return serde_json::from_slice(&body).map_err(|e| {
+                    Error::failed(format!(
+                        "the daemon's answer to '{}' is not valid JSON: {e}",
+                        req.op()
+                    ))
+                });
+            }
+            202 => {}
+            _ => return Err(parse_error(status, &body)),
+        }
+        let mut op: Operation = serde_json::from_slice(&body)
+            .map_err(|e| Error::failed(format!("the daemon's operation is not valid JSON: {e}")))?;
+        loop {
+            watch(&op);
+            if op.status != Status::Running {
+                break;
+            }
+            let (status, body) = self.send(
+                "GET",
+                &format!(
+                    "/v1/operations/{}/wait?timeout=1",
+                    crate::ops::escape(&op.id)
+                ),
+                None,
+            )?;
+            if status != 200 {
+                return Err(parse_error(status, &body));
+            }
+            op = serde_json::from_slice(&body).map_err(|e| {
+                Error::failed(format!("the daemon's operation is not valid JSON: {e}"))
+            })?;
+        }
+        match (op.status, op.result, op.error) {
+            (Status::Success, Some(v), _) => Ok(v),
+            (Status::Success, None, _) => Ok(Value::Null),
+            (_, _, Some(e)) => Err(e),
+            (s, _, None) => Err(Error::failed(format!(
+                "operation {} ended {s:?} without a reason",
+                op.id
+            ))),
+        }
+    }
+
     /// Sends a request and reads the whole answer: status and body.
     pub fn send(
         &self,

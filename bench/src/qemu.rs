@@ -755,7 +755,8 @@ pub fn run() {
 /// A pause before each timed start, so the previous subject's teardown (a QEMU exiting,
 /// libvirtd's cleanup after `virsh destroy` returned) is not charged to the next one.
 fn settle() {
-    std::thread::sleep(SETTLE);
+    let ms = std::env::var("XSETTLE").ok().and_then(|v| v.parse().ok());
+    std::thread::sleep(ms.map(Duration::from_millis).unwrap_or(SETTLE));
 }
 
 /// The subjects of the start comparison.

@@ -50,3 +50,48 @@ impl Bar {
         }
     }
 }
+
+/// The bar of one long operation through the daemon: bytes when the daemon measures them
+/// (a migration, a transfer), a spinner with the operation's name otherwise.
+#[derive(Default)]
+pub struct OperationBar {
+    bar: Option<(String, indicatif::ProgressBar)>,
+}
+
+impl OperationBar {
+    /// Shows `op` as it now is; clears the bar once it has ended.
+    pub fn show(&mut self, op: &virtwasm_api::operation::Operation) {
+        use virtwasm_api::operation::Status;
+        if self.bar.as_ref().is_some_and(|(id, _)| id != &op.id) {
+            if let Some((_, b)) = self.bar.take() {
+                b.finish_and_clear();
+            }
+        }
+        if op.status != Status::Running {
+            if let Some((_, b)) = self.bar.take() {
+                b.finish_and_clear();
+            }
+            return;
+        }
+        let (_, bar) = self.bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_message(format!("{} {}", op.op, op.target.as_deref().unwrap_or("")));
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            (op.id.clone(), b)
+        });
+        if let Some(p) = &op.progress
+            && p.total > 0
+        {
+            if bar.length() != Some(p.total) {
+                bar.set_length(p.total);
+                let style = indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                bar.set_style(style);
+            }
+            bar.set_position(p.done);
+        }
+    }
+}

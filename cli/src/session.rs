@@ -91,12 +91,18 @@ impl Session {
             if let Some(f) = host_error {
                 return Err(f);
             }
-            let conn = conn.map_err(|e| {
+            let mut conn = conn.map_err(|e| {
                 Failure(vec![
                     "failed to connect to the hypervisor".into(),
                     e.message,
                 ])
             })?;
+            // On a terminal, long work through a daemon shows a progress bar (stderr only:
+            // the output scripts read stays as virsh's).
+            if conn.is_remote() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let mut bar = crate::progress::OperationBar::default();
+                conn.watch_operations(move |op| bar.show(op));
+            }
             self.conn = Some(conn);
         }
         Ok(self.conn.as_ref().expect("just opened"))
