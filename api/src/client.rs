@@ -38,8 +38,11 @@ pub struct Client {
     via: Via,
     uri: String,
     /// Told about each long operation's progress through a daemon (a CLI's progress bar).
-    watcher: Option<std::sync::Mutex<Box<dyn FnMut(&crate::operation::Operation) + Send>>>,
+    watcher: Option<std::sync::Mutex<Watcher>>,
 }
+
+/// What follows long operations (a progress bar).
+type Watcher = Box<dyn FnMut(&crate::operation::Operation) + Send>;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
