@@ -62,10 +62,10 @@ impl OperationBar {
     /// Shows `op` as it now is; clears the bar once it has ended.
     pub fn show(&mut self, op: &virtwasm_api::operation::Operation) {
         use virtwasm_api::operation::Status;
-        if self.bar.as_ref().is_some_and(|(id, _)| id != &op.id) {
-            if let Some((_, b)) = self.bar.take() {
-                b.finish_and_clear();
-            }
+        if self.bar.as_ref().is_some_and(|(id, _)| id != &op.id)
+            && let Some((_, b)) = self.bar.take()
+        {
+            b.finish_and_clear();
         }
         if op.status != Status::Running {
             if let Some((_, b)) = self.bar.take() {
