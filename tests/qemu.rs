@@ -383,7 +383,7 @@ fn save_and_restore_continue_the_guest_where_it_was() {
     d.client(uri, "start vm6").ok();
     wait_console(console, "counter ", 3, 90);
     // Under the daemon's root: the only place its clients may name files.
-    let image = d.root.join("vm6.save");
+    let image = d.root.join("images/vm6.save");
     let r = d.client(uri, &format!("save vm6 {}", image.display()));
     assert_eq!(
         r.ok(),

@@ -16,9 +16,10 @@ fn json(value: impl Serialize) -> Result<Value> {
 
 /// What a request may need from whoever runs it.
 pub struct Context<'a> {
-    /// Whether a client may name a path (save images): the in-process client allows any,
-    /// the daemon only its own directories.
-    pub files: &'a dyn Fn(&str) -> Result<()>,
+    /// Whether a client may name a path (save images), and whether it would create it:
+    /// the in-process client allows any, the daemon only its images directories and never a
+    /// file that exists already.
+    pub files: &'a dyn Fn(&str, bool) -> Result<()>,
     /// Where long work reports progress (done, total); an error stops the work (a cancel).
     pub progress: &'a dyn Fn(u64, u64) -> Result<()>,
 }
@@ -27,7 +28,7 @@ impl Context<'static> {
     /// No restriction on paths, progress unheard: the in-process client's.
     pub fn local() -> Context<'static> {
         Context {
-            files: &|_| Ok(()),
+            files: &|_, _| Ok(()),
             progress: &|_, _| Ok(()),
         }
     }
@@ -103,11 +104,11 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         R::SnapshotRevert { key, name } => json(conn.snapshot_revert(&key, &name)?),
         R::SnapshotDelete { key, name } => json(conn.snapshot_delete(&key, &name)?),
         R::Save { key, path } => {
-            files(&path)?;
+            files(&path, true)?;
             json(conn.save(&key, Path::new(&path))?)
         }
         R::Restore { path, paused } => {
-            files(&path)?;
+            files(&path, false)?;
             json(conn.restore(Path::new(&path), paused)?)
         }
         R::ManagedSave { key } => json(conn.managed_save(&key)?),

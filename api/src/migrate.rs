@@ -67,7 +67,12 @@ pub fn migrate(
                 key: there.clone(),
                 success: true,
             }) {
-                // The destination could not resume: the guest must go on here.
+                // The destination could not resume: discard its copy, and the guest goes on
+                // here.
+                let _ = peer.call::<()>(Request::MigrateFinish {
+                    key: there.clone(),
+                    success: false,
+                });
                 let _ = conn.migrate_confirm(key, false);
                 return Err(Error::new(
                     ErrorKind::OperationFailed,

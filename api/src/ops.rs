@@ -564,7 +564,12 @@ use Method::{Delete as DELETE, Get as GET, Post as POST};
 use ObjectKind::{Domain as D, Network as N, Node as H, Pool as P, Volume as V};
 use Permission as Pm;
 
-/// Every operation's route. Literal segments are matched before `{field}` segments, so
+/// Every operation's route. Whatever runs a definition the client wrote (create, restore,
+/// a pool or network created from XML, an incoming migration) needs `write`, not just
+/// `start`: the definition decides which host files and devices the backend opens, as
+/// libvirt requires `domain:write` there too.
+///
+/// Literal segments are matched before `{field}` segments, so
 /// `/v1/domains/restore` is an action, not a domain named `restore`.
 pub const ROUTES: &[Route] = &[
     route("node-info", GET, "/v1/node", H, Pm::Getattr),
@@ -573,8 +578,8 @@ pub const ROUTES: &[Route] = &[
     route("list-plugins", GET, "/v1/plugins", H, Pm::Search),
     route("list-domains", GET, "/v1/domains", D, Pm::Search),
     route("define-xml", POST, "/v1/domains", D, Pm::Write),
-    route("create-xml", POST, "/v1/domains/create", D, Pm::Start),
-    route("restore", POST, "/v1/domains/restore", D, Pm::Start),
+    route("create-xml", POST, "/v1/domains/create", D, Pm::Write),
+    route("restore", POST, "/v1/domains/restore", D, Pm::Write),
     route("domain", GET, "/v1/domains/{key}", D, Pm::Getattr),
     route("undefine", DELETE, "/v1/domains/{key}", D, Pm::Delete),
     route("domain-info", GET, "/v1/domains/{key}/info", D, Pm::Getattr),
@@ -689,7 +694,7 @@ pub const ROUTES: &[Route] = &[
     route("list-pools", GET, "/v1/pools", P, Pm::Search),
     route("pool-define-xml", POST, "/v1/pools", P, Pm::Write),
     route("pool-define", POST, "/v1/pools/define", P, Pm::Write),
-    route("pool-create", POST, "/v1/pools/create", P, Pm::Start),
+    route("pool-create", POST, "/v1/pools/create", P, Pm::Write),
     route("pool", GET, "/v1/pools/{key}", P, Pm::Getattr),
     route("pool-undefine", DELETE, "/v1/pools/{key}", P, Pm::Delete),
     route("pool-xml", GET, "/v1/pools/{key}/xml", P, Pm::Read),
@@ -740,7 +745,7 @@ pub const ROUTES: &[Route] = &[
         POST,
         "/v1/networks/create",
         N,
-        Pm::Start,
+        Pm::Write,
     ),
     route("network", GET, "/v1/networks/{key}", N, Pm::Getattr),
     route(
@@ -780,7 +785,7 @@ pub const ROUTES: &[Route] = &[
         Pm::Write,
     ),
     route("migrate", POST, "/v1/domains/{key}/migrate", D, Pm::Migrate),
-    route("migrate-prepare", POST, "/v1/migrations", D, Pm::Migrate),
+    route("migrate-prepare", POST, "/v1/migrations", D, Pm::Write),
     route(
         "migrate-finish",
         POST,

@@ -958,7 +958,7 @@ fn load_test(socket: &Path, clients: usize, calls: usize, label: &str) -> usize 
     failed
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) => v.trim().parse().unwrap_or_else(|_| {
             eprintln!("warning: {name}={v:?} is not a count; using {default}");

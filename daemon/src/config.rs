@@ -225,8 +225,8 @@ fn any() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Files {
-    /// Directories under which clients may name save images (besides the daemon's own
-    /// state directory).
+    /// Directories under which clients may name save images, besides the daemon's images
+    /// directory.
     pub allowed: Vec<PathBuf>,
 }
 

@@ -84,7 +84,7 @@ fn layout(args: &Args, mode: Mode) -> Layout {
             state: root.join("var/lib/virtwasm"),
             sockets: root.join("run/virtwasm"),
             host_dirs: Some(Dirs::under(root)),
-            files_allowed: vec![root.clone()],
+            files_allowed: vec![root.join("images")],
         };
     }
     match mode {
@@ -93,7 +93,7 @@ fn layout(args: &Args, mode: Mode) -> Layout {
             state: "/var/lib/virtwasm".into(),
             sockets: socket_dir(false),
             host_dirs: None,
-            files_allowed: vec!["/var/lib/virtwasm".into()],
+            files_allowed: vec!["/var/lib/virtwasm/images".into()],
         },
         Mode::Session => Layout {
             config_file: std::env::var_os("XDG_CONFIG_HOME")
@@ -106,8 +106,13 @@ fn layout(args: &Args, mode: Mode) -> Layout {
                 .join("virtwasm"),
             sockets: socket_dir(true),
             host_dirs: None,
-            // The user's own daemon may touch what the user may.
-            files_allowed: vec![home],
+            // Apart from the daemon's own state (trust store, managed-save images).
+            files_allowed: vec![
+                std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| home.join(".local/share"))
+                    .join("virtwasm/images"),
+            ],
         },
     }
 }
@@ -204,6 +209,12 @@ fn run(args: Args) -> Result<()> {
     // controls the guests its predecessor started.
     host_config.children_dir = Some(lay.sockets.join("children"));
     let host = Arc::new(Host::new(host_config)?);
+    // The images directory clients save into: created, private to the daemon's user.
+    for d in &lay.files_allowed {
+        std::fs::create_dir_all(d).map_err(|e| Error::io("cannot create", d, e))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("cannot set the mode of", d, e))?;
+    }
     let mut files_allowed = lay.files_allowed.clone();
     files_allowed.extend(config.files.allowed.iter().cloned());
 
@@ -495,6 +506,26 @@ async fn accept_tls(daemon: Arc<Daemon>, listener: TcpListener, config: Arc<rust
                     .trust
                     .as_ref()
                     .is_some_and(|t| t.store.knows(&cert.fingerprint));
+            let revoked = daemon
+                .trust
+                .as_ref()
+                .is_some_and(|t| t.store.revoked(&cert.fingerprint));
+            if revoked {
+                tracing::warn!(peer = %addr, subject = %cert.subject, "revoked client certificate");
+                let peer = Peer {
+                    refusal: Some((
+                        403,
+                        Error::denied(format!(
+                            "client certificate '{}' ({}) was revoked (`virtwasm trust remove`)",
+                            cert.subject, cert.fingerprint
+                        )),
+                    )),
+                    identity: Identity::Cert(cert),
+                    readonly_socket: false,
+                };
+                serve(daemon, tls, peer).await;
+                return;
+            }
             let refusal = (!listed).then(|| {
                 tracing::warn!(peer = %addr, subject = %cert.subject, "client certificate not on the allow-list");
                 (403, Error::denied(format!(

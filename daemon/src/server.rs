@@ -30,6 +30,9 @@ use virtwasm_host::{Connection, Error, ErrorKind, Host, Result};
 use crate::access::{Identity, authorize, decide};
 use crate::config::Config;
 
+/// Certificate-less TLS connections served at once.
+const ANONYMOUS_CLIENTS: usize = 16;
+
 /// Whether this daemon serves `DRIVER:///system` or a user's `DRIVER:///session`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -67,6 +70,10 @@ pub struct Daemon {
     /// Driver URIs opened so far: the poller's round.
     opened: Mutex<std::collections::BTreeSet<String>>,
     clients: Arc<Semaphore>,
+    anonymous: Arc<Semaphore>,
+    /// Long operations running per client identity (answered at once, so not counted by
+    /// the per-client request places).
+    running_ops: Mutex<HashMap<String, usize>>,
     in_flight: AtomicUsize,
     per_client: Mutex<HashMap<String, Arc<Semaphore>>>,
     last_activity: Mutex<Instant>,
@@ -132,6 +139,8 @@ impl Daemon {
             access: std::sync::RwLock::new(Arc::new(config.access.clone())),
             opened: Mutex::new(Default::default()),
             clients: Arc::new(Semaphore::new(config.limits.max_clients)),
+            anonymous: Arc::new(Semaphore::new(ANONYMOUS_CLIENTS)),
+            running_ops: Mutex::new(HashMap::new()),
             config,
             mode,
             files_allowed,
@@ -229,8 +238,15 @@ impl Daemon {
     }
 
     /// Whether a client may name `path` (absolute, under an allowed directory once
-    /// symbolic links are resolved).
-    fn check_file(&self, path: &str) -> Result<()> {
+    /// symbolic links are resolved); one it would `create` must not exist yet, so a client
+    /// can never replace a file (another domain's image, the daemon's own state).
+    fn check_file(&self, path: &str, create: bool) -> Result<()> {
+        if create && std::fs::symlink_metadata(path).is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("'{path}' exists; through the daemon a save never replaces a file"),
+            ));
+        }
         let p = Path::new(path);
         if !p.is_absolute() {
             return Err(Error::invalid(format!(
@@ -259,7 +275,7 @@ impl Daemon {
             return Ok(());
         }
         Err(Error::denied(format!(
-            "'{path}' is outside the directories this daemon lets clients name ({}); add its directory to [files] allowed in virtwasmd.toml",
+            "'{path}' is outside the directories this daemon lets clients name ({}); add one to [files] allowed in virtwasmd.toml",
             self.files_allowed
                 .iter()
                 .map(|p| p.display().to_string())
@@ -296,7 +312,14 @@ pub async fn serve<S>(daemon: Arc<Daemon>, io: S, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let permit = daemon.clients.clone().try_acquire_owned();
+    // Certificate-less TLS peers (who may only redeem a token) draw from a small pool of
+    // their own, so they cannot take the places of real clients.
+    let pool = if matches!(peer.identity, Identity::Anonymous { .. }) {
+        daemon.anonymous.clone()
+    } else {
+        daemon.clients.clone()
+    };
+    let permit = pool.try_acquire_owned();
     let peer = Arc::new(match permit {
         Ok(_) => peer,
         Err(_) => Peer {
@@ -508,7 +531,26 @@ async fn handle(
         return response;
     }
     let limit = daemon.config.limits.max_request_bytes;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    // The header timer stops once the headers are in: bound the body too.
+    let body_wait = Duration::from_secs(daemon.config.limits.idle_timeout_secs.max(1));
+    let collected =
+        match tokio::time::timeout(body_wait, Limited::new(req.into_body(), limit).collect()).await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                return json_response(
+                    408,
+                    error_body(&Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the request body did not arrive within {} s",
+                            body_wait.as_secs()
+                        ),
+                    )),
+                );
+            }
+        };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_big = e
@@ -560,7 +602,7 @@ async fn handle(
                         conn, req, route, ..
                     } if !virtwasm_api::ops::LONG.contains(&route.op) => {
                         let ctx = dispatch::Context {
-                            files: &|f| d.check_file(f),
+                            files: &|f, create| d.check_file(f, create),
                             progress: &|_, _| Ok(()),
                         };
                         let value = dispatch::dispatch(&conn, req, &ctx)?;
@@ -874,6 +916,25 @@ async fn run(
             target,
         } => (conn, req, route, target),
     };
+    let who = peer.identity.key();
+    {
+        let mut running = daemon.running_ops.lock().unwrap();
+        let n = running.entry(who.clone()).or_default();
+        let cap = daemon.config.limits.max_requests_per_client.max(1);
+        if *n >= cap {
+            return json_response(
+                429,
+                error_body(&Error::new(
+                    ErrorKind::OperationFailed,
+                    format!(
+                        "too many operations running for {} (at most {cap}, [limits] max_requests_per_client)",
+                        peer.identity.describe()
+                    ),
+                )),
+            );
+        }
+        *n += 1;
+    }
     let entry = daemon.operations.start(
         route.op,
         target,
@@ -888,10 +949,25 @@ async fn run(
     // The work holds an in-flight slot of its own, so SIGTERM waits for it even when the
     // client was answered at once.
     let slot = InFlight::enter_unlimited(daemon);
+    let d2 = daemon.clone();
     let work = tokio::task::spawn_blocking(move || {
         let _slot = slot;
+        // Counted until the work ends, however it ends.
+        struct Running(Arc<Daemon>, String);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                let mut m = self.0.running_ops.lock().unwrap();
+                if let Some(n) = m.get_mut(&self.1) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&self.1);
+                    }
+                }
+            }
+        }
+        let _running = Running(d2, who);
         let ctx = dispatch::Context {
-            files: &|p| d.check_file(p),
+            files: &|p, create| d.check_file(p, create),
             progress: &|done, total| e.progress(done, total, "bytes"),
         };
         let outcome = dispatch::dispatch(&conn, req, &ctx);

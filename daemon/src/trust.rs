@@ -44,6 +44,10 @@ pub struct Client {
 struct Stored {
     tokens: Vec<Token>,
     clients: Vec<Client>,
+    /// Fingerprints of removed clients: refused at the handshake from then on, even where
+    /// the allow-list would let any certificate of the CA in.
+    #[serde(default)]
+    revoked: Vec<String>,
 }
 
 /// The trust store.
@@ -187,6 +191,7 @@ impl Trust {
             .position(|c| c.name == key || c.fingerprint.eq_ignore_ascii_case(key))
             .ok_or_else(|| Error::not_found(format!("no trusted client '{key}'")))?;
         let c = s.clients.remove(i);
+        s.revoked.push(c.fingerprint.clone());
         self.save(&s)?;
         Ok(c)
     }
@@ -219,6 +224,16 @@ impl Trust {
                 deny: Vec::new(),
             })
             .collect()
+    }
+
+    /// Whether a certificate was revoked (its client removed).
+    pub fn revoked(&self, fingerprint: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .revoked
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(fingerprint))
     }
 
     /// Whether a certificate fingerprint belongs to a trusted client (past the allow-list).
@@ -265,6 +280,7 @@ mod tests {
         assert!(t.knows(&format!("sha256:{}", "CD".repeat(32))));
         t.remove_client("laptop").unwrap();
         assert!(t.rules().is_empty());
+        assert!(t.revoked(&format!("sha256:{}", "cd".repeat(32))));
     }
 
     #[test]

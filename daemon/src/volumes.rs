@@ -127,7 +127,15 @@ pub async fn transfer(
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut file = data.file;
         let mut done = 0u64;
+        let capacity = data.capacity;
         while let Some(chunk) = rx.blocking_recv() {
+            // A body without a length (chunked) is held to the capacity as it arrives.
+            if capacity > 0 && done + chunk.len() as u64 > capacity {
+                return Err(Error::invalid(format!(
+                    "the upload is larger than volume '{}' (capacity {capacity} bytes)",
+                    data.name
+                )));
+            }
             file.write_all(&chunk)
                 .map_err(|err| Error::io("cannot write", &data.path, err))?;
             done += chunk.len() as u64;

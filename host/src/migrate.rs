@@ -69,6 +69,9 @@ impl Connection {
                     .is_some_and(|d| !d.persistent && !d.is_active())
                 {
                     o.domains.remove(&def.uuid);
+                } else if let Some(rec) = o.domains.get_mut(&def.uuid).filter(|d| !d.is_active()) {
+                    // The incoming definition must not be what the next start boots.
+                    rec.live = None;
                 }
                 Err(e)
             }

@@ -271,6 +271,20 @@ impl Connection {
             return Ok(None);
         }
         let path = self.managed_save_path(&rec.def.name)?;
+        // The image must be this domain's: a file put there by other means must not start
+        // another guest under this name.
+        let (xml, _) = read_header(&path)?;
+        let theirs = crate::xml::parse_domain(&xml)
+            .map(|p| p.def.uuid)
+            .unwrap_or_default();
+        if theirs != rec.def.uuid {
+            return Err(Error::invalid(format!(
+                "the managed-save image '{}' holds domain {theirs}, not '{}' ({})",
+                path.display(),
+                rec.def.name,
+                rec.def.uuid
+            )));
+        }
         self.restore(&path, paused)?;
         let _ = std::fs::remove_file(&path);
         let mut now = self.domain(uuid)?;

@@ -243,8 +243,12 @@ impl ChildRegistry {
                 continue;
             };
             let alive = start_time_of(rec.pid) == Some(rec.start_time)
-                && std::fs::read_link(format!("/proc/{}/exe", rec.pid))
-                    .is_ok_and(|exe| exe == Path::new(&rec.program));
+                && std::fs::read_link(format!("/proc/{}/exe", rec.pid)).is_ok_and(|exe| {
+                    // An upgraded package replaced the binary under the running process:
+                    // the kernel then names it "PATH (deleted)". Still the same child.
+                    let exe = exe.to_string_lossy();
+                    exe.strip_suffix(" (deleted)").unwrap_or(&exe) == rec.program
+                });
             let err_path = dir.join(format!("{}.stderr", rec.pid));
             if !alive {
                 let _ = std::fs::remove_file(&path);

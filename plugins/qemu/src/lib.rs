@@ -348,8 +348,16 @@ impl Hypervisor for Qemu {
         let (r, mut q) = monitor(&dom)?;
         // Paused first, so the image is one consistent moment; the migration stream goes
         // after the host's header (QEMU 7.2 has no file: URI; exec: appends).
+        let was_running = matches!(state_of(&dom), DomainState::Running(_));
         q.execute("stop", None)?;
-        migrate(&mut q, &format!("exec:cat >> {}", sh_quote(&path)), "save")?;
+        if let Err(e) = migrate(&mut q, &format!("exec:cat >> {}", sh_quote(&path)), "save") {
+            // The guest goes on as it was; the host removes the partial image.
+            let _ = q.execute("migrate_cancel", None);
+            if was_running {
+                let _ = q.execute("cont", None);
+            }
+            return Err(e);
+        }
         let _ = q.execute("quit", None);
         stop_process(r.pid, false)?;
         Ok(DomainRuntime {
@@ -398,7 +406,11 @@ impl Hypervisor for Qemu {
         if paused {
             return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
         }
-        q.execute("cont", None)?;
+        if let Err(e) = q.execute("cont", None) {
+            let _ = child.kill(9);
+            let _ = child.wait(2000);
+            return Err(e);
+        }
         Ok(runtime(DomainState::Running(RunningReason::Restored), &r))
     }
 
@@ -891,7 +903,13 @@ fn migrate(q: &mut Qmp, uri: &str, what: &str) -> VerbResult<()> {
             let _ = q.execute("cont", None);
             Err(error(ErrorKind::OperationFailed, format!("QEMU's {what} failed: {why}")))
         }
-        None => Err(error(ErrorKind::Timeout, format!("QEMU's {what} did not finish within 10 minutes"))),
+        None => {
+            let _ = q.execute("migrate_cancel", None);
+            Err(error(
+                ErrorKind::Timeout,
+                format!("QEMU's {what} did not finish within 10 minutes (cancelled)"),
+            ))
+        }
     }
 }
 
