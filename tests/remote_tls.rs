@@ -263,7 +263,8 @@ fn a_trust_token_admits_a_new_client_in_one_command() {
     // The token worked once.
     let r = d.client(&remote, &format!("trust add {token} --force"));
     assert!(
-        r.failed().contains("the token is unknown or already used"),
+        r.failed()
+            .contains("the token is unknown, expired or already used"),
         "{}",
         r.stderr
     );

@@ -709,6 +709,67 @@ pub fn run() {
         }
     }
 
+    if std::env::var_os("XEXP").is_some() {
+        let cli_args = ["-c", uri.as_str(), "start", NAME];
+        let mut res: Vec<(&str, Vec<Duration>)> = vec![
+            ("persist", vec![]),
+            ("fresh", vec![]),
+            ("cli", vec![]),
+            ("persist-nosleep", vec![]),
+        ];
+        for _ in 0..8 {
+            settle();
+            let t = Instant::now();
+            client.start(NAME, false).unwrap();
+            res[0].1.push(t.elapsed());
+            client.destroy(NAME, false).unwrap();
+            settle();
+            let c2 =
+                Client::connect(&uri, false, || Err(virtwasm_host::Error::failed("x"))).unwrap();
+            let t = Instant::now();
+            c2.start(NAME, false).unwrap();
+            res[1].1.push(t.elapsed());
+            c2.destroy(NAME, false).unwrap();
+            settle();
+            res[2]
+                .1
+                .push(timed_process(&bins.virtwasm, &cli_args, &env).unwrap());
+            client.destroy(NAME, false).unwrap();
+            let t = Instant::now();
+            client.start(NAME, false).unwrap();
+            res[3].1.push(t.elapsed());
+            client.destroy(NAME, false).unwrap();
+        }
+        let mut info: Vec<(&str, Vec<Duration>)> = vec![("info persist after 300ms", vec![]), ("info persist no sleep", vec![]), ("info fresh after 300ms (connect excluded)", vec![]), ("info persist after 20ms", vec![])];
+        for _ in 0..10 {
+            settle();
+            let t = Instant::now();
+            client.domain_info(NAME).unwrap();
+            info[0].1.push(t.elapsed());
+            let t = Instant::now();
+            client.domain_info(NAME).unwrap();
+            info[1].1.push(t.elapsed());
+            let c2 = Client::connect(&uri, false, || Err(virtwasm_host::Error::failed("x"))).unwrap();
+            settle();
+            let t = Instant::now();
+            c2.domain_info(NAME).unwrap();
+            info[2].1.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+            let t = Instant::now();
+            client.domain_info(NAME).unwrap();
+            info[3].1.push(t.elapsed());
+        }
+        for (n, v) in info {
+            println!("{n}: {}", v.iter().map(|d| fmt(*d)).collect::<Vec<_>>().join(", "));
+        }
+        for (n, v) in res {
+            println!(
+                "{n}: {}",
+                v.iter().map(|d| fmt(*d)).collect::<Vec<_>>().join(", ")
+            );
+        }
+        return;
+    }
     let mut starts = Starts::default();
     let mut argv: Vec<String> = Vec::new();
     let result = measure_starts(

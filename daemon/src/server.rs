@@ -789,9 +789,11 @@ fn trust_request(
             }
             let join: Join = serde_json::from_slice(body)
                 .map_err(|e| Error::invalid(format!("invalid join request: {e}")))?;
-            let token = trust.store.redeem(&join.secret)?;
+            // Check the request before spending the token: a malformed one must not burn it.
+            let pending = trust.store.peek(&join.secret)?;
             let cert =
-                virtwasm_api::pki::sign_client_request(&trust.ca_dir, &join.csr, &token.name)?;
+                virtwasm_api::pki::sign_client_request(&trust.ca_dir, &join.csr, &pending.name)?;
+            let token = trust.store.redeem(&join.secret)?;
             let der = rustls_pemfile::certs(&mut cert.as_bytes())
                 .next()
                 .and_then(|c| c.ok())

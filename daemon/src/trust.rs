@@ -67,6 +67,15 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// Compares two hashes in full, so timing says nothing about how much matched.
+fn same_hash(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// The token's text: `vwt1.SECRET.FINGERPRINT` (the server certificate's SHA-256, hex).
 pub fn format_token(secret: &str, server_fingerprint: &str) -> String {
     format!(
@@ -133,6 +142,23 @@ impl Trust {
         Ok((secret, token))
     }
 
+    /// The pending, unexpired token whose secret this is, without spending it (a join
+    /// checks the rest of its request first, so a malformed request does not burn it).
+    pub fn peek(&self, secret: &str) -> Result<Token> {
+        let wanted = sha256_hex(secret);
+        let s = self.state.lock().unwrap();
+        let now = now_ms();
+        s.tokens
+            .iter()
+            .find(|t| same_hash(&t.secret_sha256, &wanted) && t.expires_ms > now)
+            .cloned()
+            .ok_or_else(|| {
+                Error::denied(
+                    "the token is unknown, expired or already used (ask the daemon's admin for a new one: `virtwasm trust token NAME`)",
+                )
+            })
+    }
+
     /// Spends a token: the pending token whose secret this is, unexpired. One use only.
     pub fn redeem(&self, secret: &str) -> Result<Token> {
         let wanted = sha256_hex(secret);
@@ -141,14 +167,7 @@ impl Trust {
         // Compare every hash in full, so timing says nothing about how much matched.
         let mut found = None;
         for (i, t) in s.tokens.iter().enumerate() {
-            let same = t
-                .secret_sha256
-                .bytes()
-                .zip(wanted.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-                && t.secret_sha256.len() == wanted.len();
-            if same {
+            if same_hash(&t.secret_sha256, &wanted) {
                 found = Some(i);
             }
         }

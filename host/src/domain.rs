@@ -311,9 +311,52 @@ impl Connection {
         }
         let dom = rec.as_ref();
         let device = device.map(str::to_string);
-        self.plugin.hypervisor("open-console", |g, s| {
+        let endpoint = self.plugin.hypervisor("open-console", |g, s| {
             g.call_open_console(s, &dom, device.as_deref())
-        })
+        })?;
+        self.check_console(endpoint)
+    }
+
+    /// A console the host will open for a client must be what the driver may hand out: a
+    /// pseudo-terminal, or a socket under the driver's granted socket directories (the
+    /// host, possibly root, opens it, not the sandboxed plugin).
+    fn check_console(
+        &self,
+        endpoint: crate::bindings::hypervisor::ConsoleEndpoint,
+    ) -> Result<crate::bindings::hypervisor::ConsoleEndpoint> {
+        use crate::bindings::hypervisor::ConsoleEndpoint;
+        use std::os::unix::fs::FileTypeExt;
+        let refuse = |what: &str, path: &str| {
+            Error::denied(format!(
+                "plugin '{}' named {what} '{path}' as a console",
+                self.plugin.name()
+            ))
+        };
+        match &endpoint {
+            ConsoleEndpoint::Pty(p) => {
+                let real = std::fs::canonicalize(p)
+                    .map_err(|e| Error::io("cannot resolve console", std::path::Path::new(p), e))?;
+                let is_pty = real.starts_with("/dev/pts/")
+                    && std::fs::metadata(&real).is_ok_and(|m| m.file_type().is_char_device());
+                if !is_pty {
+                    return Err(refuse("something other than a pseudo-terminal", p));
+                }
+            }
+            ConsoleEndpoint::UnixSocket(p) => {
+                let path = std::path::Path::new(p);
+                let lexical = crate::capabilities::socket::normalize(path);
+                let real = path
+                    .parent()
+                    .and_then(|d| std::fs::canonicalize(d).ok())
+                    .map(|d| d.join(path.file_name().unwrap_or_default()));
+                let granted = &self.plugin.grants().socket_prefixes;
+                let inside = |q: &std::path::Path| granted.iter().any(|g| q.starts_with(g));
+                if !inside(&lexical) || !real.as_deref().is_some_and(inside) {
+                    return Err(refuse("a socket outside its granted directories", p));
+                }
+            }
+        }
+        Ok(endpoint)
     }
 
     /// Numbers behind `dominfo`, from the driver.

@@ -868,7 +868,12 @@ fn qemu_img(args: &[&str]) -> VerbResult<()> {
 /// A human-monitor command (savevm and kin have no QMP form in QEMU 7.2); its output is
 /// empty on success and QEMU's message otherwise.
 fn hmp(q: &mut Qmp, command: &str) -> VerbResult<()> {
-    let out = q.execute("human-monitor-command", Some(json!({ "command-line": command })))?;
+    // savevm and loadvm copy the guest's whole memory before answering.
+    let out = q.execute_within(
+        "human-monitor-command",
+        Some(json!({ "command-line": command })),
+        600_000,
+    )?;
     let text = out.as_str().unwrap_or_default().trim().to_string();
     if text.is_empty() {
         return Ok(());

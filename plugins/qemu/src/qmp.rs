@@ -28,7 +28,7 @@ impl Qmp {
             buf: Vec::new(),
             events: Vec::new(),
         };
-        let greeting = q.read_message()?;
+        let greeting = q.read_message(ANSWER_MS)?;
         if greeting.get("QMP").is_none() {
             return Err(error(
                 ErrorKind::OperationFailed,
@@ -41,6 +41,17 @@ impl Qmp {
 
     /// Runs `command` with `arguments`; returns its `return` value, or QEMU's error.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> VerbResult<Value> {
+        self.execute_within(command, arguments, ANSWER_MS)
+    }
+
+    /// [`execute`](Self::execute) for a command that takes as long as the guest's memory
+    /// (`savevm`, `loadvm`): waits up to `answer_ms` for the answer.
+    pub fn execute_within(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        answer_ms: u32,
+    ) -> VerbResult<Value> {
         let mut msg = json!({ "execute": command });
         if let Some(a) = arguments {
             msg["arguments"] = a;
@@ -49,7 +60,7 @@ impl Qmp {
         line.push(b'\n');
         self.conn.send(&line)?;
         loop {
-            let m = self.read_message()?;
+            let m = self.read_message(answer_ms)?;
             if let Some(r) = m.get("return") {
                 return Ok(r.clone());
             }
@@ -96,17 +107,17 @@ impl Qmp {
         Ok(None)
     }
 
-    fn read_message(&mut self) -> VerbResult<Value> {
+    fn read_message(&mut self, answer_ms: u32) -> VerbResult<Value> {
         let mut waited = 0;
         loop {
             if let Some(m) = self.read_message_within(500)? {
                 return Ok(m);
             }
             waited += 500;
-            if waited >= ANSWER_MS {
+            if waited >= answer_ms {
                 return Err(error(
                     ErrorKind::Timeout,
-                    format!("QEMU's monitor did not answer within {} s", ANSWER_MS / 1000),
+                    format!("QEMU's monitor did not answer within {} s", answer_ms / 1000),
                 ));
             }
         }
