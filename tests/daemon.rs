@@ -587,3 +587,32 @@ fn on_a_terminal_long_work_is_followed_as_an_operation() {
         "{ops}"
     );
 }
+
+#[test]
+fn plain_tcp_is_off_unless_enabled_and_then_read_only() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--listen-tcp", "127.0.0.1:0"]);
+    let log = d.log_text();
+    let port: u16 = log
+        .split("tcp://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no TCP port in the log:\n{log}"));
+    let uri = format!("test+tcp://127.0.0.1:{port}/default");
+    // Nothing is proven about a TCP peer: it may read, not change.
+    let r = d.client(&uri, "domstate test");
+    assert_eq!(r.ok(), "running\n\n");
+    let r = d.client(&uri, "destroy test");
+    assert!(
+        r.failed().contains("access denied: tcp:127.0.0.1:")
+            && r.stderr
+                .contains("(role read-only) lacks permission 'domain:stop'"),
+        "{}",
+        r.stderr
+    );
+    // Without --listen-tcp nothing listens.
+    let other = tempfile::tempdir().unwrap();
+    let plain = Daemon::start(other.path(), &[]);
+    assert!(!plain.log_text().contains("tcp://"), "{}", plain.log_text());
+}

@@ -6,7 +6,7 @@
 //! default members, which include the CLI). The machines this runs on are shared and noisy:
 //! read the ratios, which compare runs made seconds apart, rather than the absolute numbers.
 //!
-//! The last section (`daemon.rs`) starts `virtwasmd` (also expected beside this program, from
+//! The daemon section (`daemon.rs`) starts `virtwasmd` (also expected beside this program, from
 //! `cargo build --release -p virtwasm-cli`) and, as root, `libvirtd` inside a network
 //! namespace of its own, and compares them over their unix sockets. `VIRTWASM_BENCH_ONLY`
 //! (a comma-separated list of `plugins`, `e2e`, `define`, `daemon`, `qemu`) runs only those
