@@ -79,7 +79,9 @@ pub async fn attach(
     let who = peer.identity.describe();
     tracing::info!(client = %who, domain = %name, "console attached");
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let held = daemon.hold_connection();
     tokio::spawn(async move {
+        let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);

@@ -171,6 +171,21 @@ impl Daemon {
         *self.access.write().unwrap() = Arc::new(a);
     }
 
+    /// Counts an upgraded connection (a console) as a connected client until the guard is
+    /// dropped: hyper forgets a connection once it is upgraded, yet the idle exit must not
+    /// cut an attached console. (SIGTERM does not wait for consoles: they are not work.)
+    pub(crate) fn hold_connection(self: &Arc<Self>) -> impl Drop + Send + use<> {
+        struct Held(Arc<Daemon>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.0.connected.fetch_sub(1, Ordering::SeqCst);
+                *self.0.last_activity.lock().unwrap() = Instant::now();
+            }
+        }
+        self.connected.fetch_add(1, Ordering::SeqCst);
+        Held(self.clone())
+    }
+
     /// Requests running now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
