@@ -304,6 +304,18 @@ impl Virtwasmd {
         dir: &Path,
         config: Option<&str>,
     ) -> Result<(Virtwasmd, Duration), String> {
+        Virtwasmd::start_in(bin, dir, config, None)
+    }
+
+    /// [`Virtwasmd::start`], inside the network namespace `netns` (`ip`, name) when given:
+    /// `ip netns exec` execs the daemon, so the child's pid is the daemon's, and the QEMUs it
+    /// starts are in the namespace too. Its unix socket is reachable from outside.
+    pub(crate) fn start_in(
+        bin: &Path,
+        dir: &Path,
+        config: Option<&str>,
+        netns: Option<(&Path, &str)>,
+    ) -> Result<(Virtwasmd, Duration), String> {
         let root = dir.join("root");
         let etc = root.join("etc/virtwasm");
         std::fs::create_dir_all(&etc).map_err(|e| format!("create {}: {e}", etc.display()))?;
@@ -319,7 +331,15 @@ impl Virtwasmd {
             .map_err(|e| format!("open {}: {e}", log.display()))?;
         let env = client_env(dir);
         let t = Instant::now();
-        let child = Command::new(bin)
+        let mut cmd = match netns {
+            Some((ip, name)) => {
+                let mut c = Command::new(ip);
+                c.args(["netns", "exec", name]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("--root")
             .arg(&root)
             .envs(env.iter().map(|(k, v)| (k, v)))

@@ -5,7 +5,7 @@
 //! What it measures, in order:
 //!
 //! 1. Start to QMP `running`, median of [`N`] after one warm-up each, the four subjects
-//!    interleaved so they see the same noise:
+//!    interleaved so they see the same noise, each timed start after the untimed [`Primer`]:
 //!    - `virtwasm start` through the API: an in-process [`virtwasm_api::Client`] connected to a
 //!      `virtwasmd --root TMP` (no CLI process), from the request to the answer (the driver
 //!      answers once QEMU acknowledged `cont`), then `destroy`;
@@ -22,10 +22,12 @@
 //!    `migrate-incoming exec:cat FILE`, polled until `completed`, `cont`. Both keep QEMU's
 //!    default `max-bandwidth` (128 MiB/s in QEMU 7.2); three more raw saves with it raised
 //!    (libvirt raises it for a save) show what that limit costs.
-//! 3. Live migration: not implemented in virtwasm yet; the raw QEMU reference only, from a
-//!    source QEMU to a destination started with `-incoming tcp:127.0.0.1:PORT`, at the default
-//!    `max-bandwidth` and then raised, all inside the section's network namespace (its own
-//!    loopback, nothing on the host's network).
+//! 3. Live migration, all inside the section's network namespace (its own loopback, nothing on
+//!    the host's network): virtwasm's `migrate` through the API between two more `virtwasmd`
+//!    started in the namespace, back and forth, against raw QEMU: a destination spawned with
+//!    `-incoming tcp:127.0.0.1:PORT`, `migrate`, `query-migrate` polled until `completed`,
+//!    `cont` there, `quit` here; once at QEMU's default `max-bandwidth`, then with it raised
+//!    as virtwasm's driver raises it for a migration.
 //!
 //! The guest comes from the test guest cache, `target/tmp/test-guest/*/` (`guest.rs` reads
 //! `CARGO_TARGET_TMPDIR`, which Cargo sets for tests only, so it cannot be compiled here);
@@ -48,8 +50,8 @@ use crate::{fmt, median};
 /// Timed starts per subject (after one warm-up each), unless `VIRTWASM_BENCH_QEMU_RUNS`
 /// says otherwise.
 const N: usize = 5;
-/// The pause before each timed start ([`settle`]).
-const SETTLE: Duration = Duration::from_millis(300);
+/// The pause before each timed save, and after the [`Primer`] before each timed start.
+const SETTLE: Duration = Duration::from_millis(100);
 /// Save + restore rounds per subject.
 const ROUNDS: usize = 5;
 /// The domain's name, for virtwasm and for libvirt.
@@ -403,7 +405,9 @@ impl Drop for Sweep {
     fn drop(&mut self) {
         let left = Sweep::pids();
         for (pid, uuid) in &left {
-            println!(
+            // Not println!, which panics: this may run while unwinding from a closed stdout.
+            let _ = writeln!(
+                std::io::stdout(),
                 "!!! a QEMU of this section was still running (pid {pid}, uuid {uuid}): killing it"
             );
             // SAFETY: kill has no memory-safety preconditions; the pid is a QEMU this section
@@ -596,18 +600,32 @@ struct SaveRestore {
     raw_continued: Option<bool>,
 }
 
-/// What one live migration measured.
+/// What one raw live migration measured.
 struct Migration {
     /// `max-bandwidth` during it, bytes/s.
     bandwidth: Option<u64>,
+    /// From spawning the destination QEMU to the source QEMU's exit, as a manager's migrate
+    /// spans it (prepare, stream, resume there, end here).
+    whole: Duration,
     /// `migrate` to the source's `query-migrate` saying `completed`.
     wall: Duration,
-    /// `migrate` to the destination's `cont` answered.
-    dest_running: Duration,
     total_ms: Option<u64>,
     downtime_ms: Option<u64>,
     transferred: Option<u64>,
 }
+
+/// The live migrations: virtwasm's between two daemons, and raw QEMU's.
+struct Migrations {
+    /// `migrate` through the API, request to answer, or why not measured.
+    virtwasm: Result<Vec<Duration>, String>,
+    /// Raw, `max-bandwidth` raised as virtwasm's driver (and libvirt) does.
+    raw: Vec<Migration>,
+    /// Raw, once at QEMU's default `max-bandwidth`.
+    raw_default: Option<Migration>,
+}
+
+/// Live migrations per subject (alternating direction), after one untimed.
+const MIGRATIONS: usize = 3;
 
 /// The `max-bandwidth` (bytes/s) of the "raised" raw references: 1 TiB/s, unlimited in effect
 /// (libvirt sets its maximum for a save to a file and, by default, for migrations).
@@ -721,44 +739,6 @@ pub fn run() {
 
     let mut starts = Starts::default();
     let mut argv: Vec<String> = Vec::new();
-    if std::env::var_os("XEXP").is_some() {
-        let l = libvirt.as_ref().unwrap();
-        let lu = l.uri.as_str();
-        let mut res: Vec<(u64, Vec<Duration>)> = vec![
-            (300, vec![]),
-            (1000, vec![]),
-            (2000, vec![]),
-            (3000, vec![]),
-        ];
-        for _ in 0..4 {
-            for k in 0..res.len() {
-                timed_process(&l.virsh, &["-c", lu, "start", NAME], &env).unwrap();
-                let d = timed_process(&l.virsh, &["-c", lu, "destroy", NAME], &env).unwrap();
-                let pids = Sweep::pids();
-                std::thread::sleep(Duration::from_millis(res[k].0));
-                if std::env::var_os("XPRIME").is_some() {
-                    let p = Instant::now();
-                    let v = vec![1u8; 384 << 20];
-                    std::hint::black_box(&v);
-                    drop(v);
-                    print!("prime {} ", fmt(p.elapsed()));
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let t = Instant::now();
-                client.start(NAME, false).unwrap();
-                res[k].1.push(t.elapsed());
-                println!("virsh destroy {} left {:?}", fmt(d), pids);
-                client.destroy(NAME, false).unwrap();
-            }
-        }
-        for (n, v) in res {
-            println!(
-                "{n} ms after virsh destroy: {}",
-                v.iter().map(|d| fmt(*d)).collect::<Vec<_>>().join(", ")
-            );
-        }
-        return;
-    }
     let result = measure_starts(
         &client,
         &bins,
@@ -787,7 +767,7 @@ pub fn run() {
 
     // Save / restore and migration need the driver's command line.
     let mut sr = SaveRestore::default();
-    let mut migration: Result<Vec<Migration>, String> = Err("not measured".into());
+    let mut migration: Result<Migrations, String> = Err("not measured".into());
     if !argv.is_empty() {
         if let Err(e) = measure_save_restore(
             &client,
@@ -801,7 +781,9 @@ pub fn run() {
         }
         let _ = client.destroy(NAME, false);
         migration = match (&ns_skip, &netns) {
-            (None, Some(ns)) => measure_migration(
+            (None, Some(ns)) => measure_migrations(
+                &bins,
+                &guest,
                 &argv,
                 work.path(),
                 bins.ip.as_deref().expect("ip"),
@@ -825,10 +807,36 @@ fn runs() -> usize {
     env_usize("VIRTWASM_BENCH_QEMU_RUNS", N).max(1)
 }
 
-/// A pause before each timed start, so the previous subject's teardown (a QEMU exiting,
-/// libvirtd's cleanup after `virsh destroy` returned) is not charged to the next one.
-fn settle() {
-    std::thread::sleep(SETTLE);
+/// Runs before every timed QEMU start (start, restore): the bare command line started,
+/// continued and killed, untimed, then a [`SETTLE`] pause.
+///
+/// Why: on this kind of machine (a VM whose free memory goes back to its host: virtio-balloon
+/// free page reporting, DAMON) a QEMU start after a second or more without one costs 100-150
+/// ms more, and a QEMU start right after another does not. Without the primer that cost falls
+/// on whichever subject follows libvirt's `virsh destroy` (1.2-1.8 s here) and decides the
+/// comparison; with it, every subject starts from the same state.
+struct Primer {
+    argv: Vec<String>,
+    monitor: PathBuf,
+    log: PathBuf,
+}
+
+impl Primer {
+    fn new(argv: &[String], work: &Path) -> Primer {
+        Primer {
+            argv: rewrite(argv, &pairs(work, "primer")),
+            monitor: work.join("primer.monitor"),
+            log: work.join("primer-qemu.log"),
+        }
+    }
+
+    fn run(&self) -> Result<(), String> {
+        let mut q = RawQemu::spawn(&self.argv, &self.monitor, &self.log, None)?;
+        q.qmp.execute("cont", None)?;
+        drop(q);
+        std::thread::sleep(SETTLE);
+        Ok(())
+    }
 }
 
 /// The subjects of the start comparison.
@@ -852,8 +860,7 @@ impl Subject {
 }
 
 /// One warm-up round (the API first: its QEMU gives the bare script its command line), then
-/// [`N`] rounds, each starting one subject further on, so that every subject follows every
-/// other as often (a start right after another's teardown pays for it).
+/// [`N`] rounds; every timed start after the [`Primer`].
 #[allow(clippy::too_many_arguments)]
 fn measure_starts(
     client: &Client,
@@ -874,11 +881,14 @@ fn measure_starts(
         subjects.push(Subject::Virsh);
     }
     let mut previous = "-";
+    let mut primer: Option<Primer> = None;
     for i in 0..=runs() {
         let keep = i > 0;
-        for k in 0..subjects.len() {
-            let subject = subjects[(k + i) % subjects.len()];
-            settle();
+        for &subject in &subjects {
+            match &primer {
+                Some(p) => p.run()?,
+                None => std::thread::sleep(SETTLE),
+            }
             let took = match subject {
                 // virtwasm through the API, in this process.
                 Subject::Api => {
@@ -887,7 +897,7 @@ fn measure_starts(
                         .start(NAME, false)
                         .map_err(|e| format!("virtwasm start: {e}"))?;
                     let took = t.elapsed();
-                    if argv.is_empty() {
+                    if primer.is_none() {
                         let driver = driver_cmdline()?;
                         let monitor = monitor_path(&driver)
                             .ok_or("no monitor on the driver's command line")?;
@@ -901,6 +911,7 @@ fn measure_starts(
                                 ),
                             ],
                         );
+                        primer = Some(Primer::new(argv, work));
                     }
                     let t = Instant::now();
                     client
@@ -956,7 +967,7 @@ fn measure_starts(
 
 fn print_starts(s: &Starts, lv_skip: Option<&str>, lv_ready: Option<(Duration, Duration)>) {
     println!(
-        "start to QMP `running`: median (and min) of {} after one warm-up each, subjects interleaved in rotating order, {SETTLE:?} pause before each:",
+        "start to QMP `running`: median (and min) of {} after one warm-up each, subjects interleaved, each timed start after an untimed primer start ({SETTLE:?} pause):",
         runs()
     );
     if s.bare.is_empty() {
@@ -1059,10 +1070,15 @@ fn measure_save_restore(
     let raw_console = work.join("raw.console");
     let raw_monitor = work.join("raw.monitor");
     let raw_log = work.join("raw-qemu.log");
+    // Built from the bare script's command line, before that becomes the raw guest's.
+    let primer = Primer::new(argv, work);
     let argv = rewrite(argv, &pairs(work, "raw"));
     let mut incoming = argv.clone();
     incoming.extend(["-incoming".into(), "defer".into()]);
-    let vw_image = vw_root.join("vwbench.save");
+    // The daemon lets clients name save images under its images directory only.
+    let images = vw_root.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| format!("create {}: {e}", images.display()))?;
+    let vw_image = images.join("vwbench.save");
     let raw_image = work.join("raw.save");
 
     // Both guests boot at once, to their userspace.
@@ -1120,14 +1136,14 @@ fn measure_save_restore(
         out.raw_save.push(raw_save(raw, None)?);
         out.raw_size = std::fs::metadata(&raw_image).map_or(0, |m| m.len());
 
-        std::thread::sleep(SETTLE);
+        primer.run()?;
         let t = Instant::now();
         client
             .restore(&vw_image, false)
             .map_err(|e| format!("virtwasm restore: {e}"))?;
         out.vw_restore.push(t.elapsed());
 
-        std::thread::sleep(SETTLE);
+        primer.run()?;
         let (took, q) = raw_restore()?;
         out.raw_restore.push(took);
         raw = q;
@@ -1185,16 +1201,85 @@ fn pairs(work: &Path, tag: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// The raw live migrations, all QEMUs in the namespace `ns`: a source restored from the raw
-/// image and running migrates to a destination started with `-incoming tcp:127.0.0.1:PORT`
-/// at QEMU's default `max-bandwidth`; then that destination, running, migrates on to a third
-/// QEMU with `max-bandwidth` raised.
-fn measure_migration(
+/// Live migration of the running guest, everything inside the namespace `ns` (its own
+/// loopback): virtwasm between two more `virtwasmd` started in it (`migrate` through the API,
+/// back and forth), then raw QEMU: a source restored from the raw image migrating to a fresh
+/// destination started with `-incoming tcp:127.0.0.1:PORT`, once at QEMU's default
+/// `max-bandwidth`, then back and forth with it raised as virtwasm's driver does. Every timed
+/// migration starts after the [`Primer`].
+fn measure_migrations(
+    bins: &Binaries,
+    guest: &Guest,
     argv: &[String],
     work: &Path,
     ip: &Path,
     ns: &str,
-) -> Result<Vec<Migration>, String> {
+) -> Result<Migrations, String> {
+    let primer = Primer::new(argv, work);
+    let virtwasm = measure_vw_migration(bins, guest, work, ip, ns, &primer);
+    let (raw_default, raw) = measure_raw_migration(argv, work, ip, ns, &primer)?;
+    Ok(Migrations {
+        virtwasm,
+        raw,
+        raw_default: Some(raw_default),
+    })
+}
+
+fn measure_vw_migration(
+    bins: &Binaries,
+    guest: &Guest,
+    work: &Path,
+    ip: &Path,
+    ns: &str,
+    primer: &Primer,
+) -> Result<Vec<Duration>, String> {
+    let (a, _) = Virtwasmd::start_in(&bins.virtwasmd, &work.join("ma"), None, Some((ip, ns)))?;
+    let (b, _) = Virtwasmd::start_in(&bins.virtwasmd, &work.join("mb"), None, Some((ip, ns)))?;
+    let uri = |d: &Virtwasmd| format!("qemu+unix:///system?socket={}", d.socket.display());
+    let (ua, ub) = (uri(&a), uri(&b));
+    let connect = |u: &str| {
+        Client::connect(u, false, || {
+            Err(virtwasm_host::Error::failed(
+                "the bench reaches the daemon only",
+            ))
+        })
+        .map_err(|e| format!("connect to {u}: {e}"))
+    };
+    let (ca, cb) = (connect(&ua)?, connect(&ub)?);
+    let console = work.join("mig.console");
+    let result = (|| {
+        ca.define_xml(&virtwasm_xml(guest, &console), false)
+            .map_err(|e| format!("define: {e}"))?;
+        // Both daemons load (compile) their QEMU driver before anything is timed.
+        cb.list_domains().map_err(|e| format!("list: {e}"))?;
+        ca.start(NAME, false).map_err(|e| format!("start: {e}"))?;
+        wait_consoles(&[&console], &guest.ready, BOOT_TIMEOUT)?;
+        let mut times = Vec::new();
+        for i in 0..=MIGRATIONS {
+            let (from, to) = if i % 2 == 0 { (&ca, &ub) } else { (&cb, &ua) };
+            primer.run()?;
+            let t = Instant::now();
+            from.migrate(NAME, to, false, None)
+                .map_err(|e| format!("virtwasm migrate to {to}: {e}"))?;
+            if i > 0 {
+                times.push(t.elapsed());
+            }
+        }
+        Ok(times)
+    })();
+    let _ = ca.destroy(NAME, false);
+    let _ = cb.destroy(NAME, false);
+    result
+}
+
+/// The raw migrations: `(at QEMU's default max-bandwidth, [raised; MIGRATIONS])`.
+fn measure_raw_migration(
+    argv: &[String],
+    work: &Path,
+    ip: &Path,
+    ns: &str,
+    primer: &Primer,
+) -> Result<(Migration, Vec<Migration>), String> {
     let image = work.join("raw.save");
     if !image.exists() {
         return Err("no raw save image to start the source from".into());
@@ -1212,7 +1297,7 @@ fn measure_migration(
         )
     };
 
-    let mut src = spawn("src", "defer")?;
+    let mut src = spawn("src0", "defer")?;
     src.qmp.execute(
         "migrate-incoming",
         Some(json!({ "uri": format!("exec:cat {}", sh_quote(&image)) })),
@@ -1221,40 +1306,58 @@ fn measure_migration(
     src.qmp.execute("cont", None)?;
     std::thread::sleep(Duration::from_secs(1));
 
-    let mut results = Vec::new();
-    for (tag, limit) in [("dst1", None), ("dst2", Some(UNTHROTTLED))] {
-        let mut dst = spawn(tag, &target)?;
-        if let Some(b) = limit {
-            src.qmp.execute(
-                "migrate-set-parameters",
-                Some(json!({ "max-bandwidth": b })),
-            )?;
+    // One migration: a new destination (tagged by parity, so the monitor and console of the
+    // QEMU still running are never reused), the stream, the destination resumed, the source
+    // ended. Returns the destination, now the source.
+    let migrate_once =
+        |mut src: RawQemu, i: usize, limit: Option<u64>| -> Result<(Migration, RawQemu), String> {
+            if let Some(b) = limit {
+                src.qmp.execute(
+                    "migrate-set-parameters",
+                    Some(json!({ "max-bandwidth": b })),
+                )?;
+            }
+            let bandwidth = bandwidth(&mut src.qmp)?;
+            primer.run()?;
+            let t = Instant::now();
+            let mut dst = spawn(&format!("dst{}", i % 2), &target)?;
+            let m = Instant::now();
+            src.qmp.execute("migrate", Some(json!({ "uri": target })))?;
+            let info = src.qmp.wait_migration()?;
+            let wall = m.elapsed();
+            dst.qmp.wait_migration()?;
+            dst.qmp.execute("cont", None)?;
+            src.quit()?;
+            let whole = t.elapsed();
+            let status = dst.qmp.execute("query-status", None)?;
+            if status["status"].as_str() != Some("running") {
+                return Err(format!("the destination is not running: {status}"));
+            }
+            Ok((
+                Migration {
+                    bandwidth,
+                    whole,
+                    wall,
+                    total_ms: info["total-time"].as_u64(),
+                    downtime_ms: info["downtime"].as_u64(),
+                    transferred: info["ram"]["transferred"].as_u64(),
+                },
+                dst,
+            ))
+        };
+
+    let (default, next) = migrate_once(src, 0, None)?;
+    src = next;
+    let mut raised = Vec::new();
+    for i in 1..=MIGRATIONS + 1 {
+        let (m, next) = migrate_once(src, i, Some(UNTHROTTLED))?;
+        src = next;
+        if i > 1 {
+            raised.push(m);
         }
-        let bw = bandwidth(&mut src.qmp)?;
-        std::thread::sleep(SETTLE);
-        let t = Instant::now();
-        src.qmp.execute("migrate", Some(json!({ "uri": target })))?;
-        let info = src.qmp.wait_migration()?;
-        let wall = t.elapsed();
-        dst.qmp.wait_migration()?;
-        dst.qmp.execute("cont", None)?;
-        let dest_running = t.elapsed();
-        let status = dst.qmp.execute("query-status", None)?;
-        if status["status"].as_str() != Some("running") {
-            return Err(format!("the destination is not running: {status}"));
-        }
-        results.push(Migration {
-            bandwidth: bw,
-            wall,
-            dest_running,
-            total_ms: info["total-time"].as_u64(),
-            downtime_ms: info["downtime"].as_u64(),
-            transferred: info["ram"]["transferred"].as_u64(),
-        });
-        // The destination, running, is the next source; the old source is killed.
-        src = dst;
     }
-    Ok(results)
+    drop(src);
+    Ok((default, raised))
 }
 
 fn mib(bytes: u64) -> String {
@@ -1269,7 +1372,7 @@ fn rate(bytes: Option<u64>) -> String {
     }
 }
 
-fn print_save_restore(s: &SaveRestore, migration: &Result<Vec<Migration>, String>) {
+fn print_save_restore(s: &SaveRestore, migration: &Result<Migrations, String>) {
     println!(
         "save / restore of the running guest: median (and min) of {} rounds, interleaved (virtwasm: API, image under the daemon's root; raw: QMP by hand):",
         s.vw_save.len()
@@ -1357,23 +1460,77 @@ fn print_save_restore(s: &SaveRestore, migration: &Result<Vec<Migration>, String
     println!(
         "   virtwasm's save keeps it, so do the raw rows; the \"raised\" row shows what that limit costs)"
     );
+    print_migrations(migration);
+}
+
+fn print_migrations(migration: &Result<Migrations, String>) {
     println!(
-        "live migration, 128 MiB guest, loopback TCP: virtwasm: not implemented yet in virtwasm. Raw QEMU reference (source and destination in the section's own network namespace):"
+        "live migration of the running guest over loopback TCP, all in the section's own network namespace: median (and min) of {MIGRATIONS}, back and forth, after one untimed:"
     );
-    match migration {
-        Ok(all) => {
-            for m in all {
-                println!(
-                    "  max-bandwidth {:<18} migrate to completed {:>10}, to destination running {:>10}   (QEMU: total-time {} ms, downtime {} ms, {} sent)",
-                    rate(m.bandwidth),
-                    fmt(m.wall),
-                    fmt(m.dest_running),
-                    m.total_ms.map_or("?".into(), |v| v.to_string()),
-                    m.downtime_ms.map_or("?".into(), |v| v.to_string()),
-                    m.transferred.map_or("?".into(), mib),
-                );
-            }
+    let m = match migration {
+        Ok(m) => m,
+        Err(e) => {
+            println!("!!! {e}");
+            return;
         }
-        Err(e) => println!("  !!! {e}"),
+    };
+    println!(
+        "{:<50} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "", "virtwasm", "(min)", "raw QEMU", "(min)", "ratio"
+    );
+    let min = |v: &[Duration]| v.iter().min().copied().map(fmt).unwrap_or_default();
+    let whole: Vec<Duration> = m.raw.iter().map(|r| r.whole).collect();
+    let wall: Vec<Duration> = m.raw.iter().map(|r| r.wall).collect();
+    let label = "migrate (destination started .. source gone)";
+    match (&m.virtwasm, whole.is_empty()) {
+        (Ok(v), false) if !v.is_empty() => {
+            let (a, b) = (median(v.clone()), median(whole.clone()));
+            println!(
+                "{label:<50} {:>10} {:>10} {:>10} {:>10} {:>7.2}",
+                fmt(a),
+                min(v),
+                fmt(b),
+                min(&whole),
+                a.as_secs_f64() / b.as_secs_f64()
+            );
+        }
+        (Err(e), false) => {
+            println!(
+                "{label:<50} {:>10} {:>10} {:>10} {:>10}",
+                "FAILED",
+                "",
+                fmt(median(whole.clone())),
+                min(&whole)
+            );
+            println!("!!! virtwasm's migration: {e}");
+        }
+        _ => println!("{label:<50} {:>10}", "-"),
     }
+    if !wall.is_empty() {
+        println!(
+            "{:<50} {:>10} {:>10} {:>10} {:>10}",
+            "  raw: `migrate` to completed only",
+            "",
+            "",
+            fmt(median(wall)),
+            ""
+        );
+    }
+    for r in m.raw.iter().take(1).chain(m.raw_default.iter()) {
+        println!(
+            "  raw at max-bandwidth {:<18} whole {:>10}, migrate to completed {:>10}   (QEMU: total-time {} ms, downtime {} ms, {} sent)",
+            rate(r.bandwidth),
+            fmt(r.whole),
+            fmt(r.wall),
+            r.total_ms.map_or("?".into(), |v| v.to_string()),
+            r.downtime_ms.map_or("?".into(), |v| v.to_string()),
+            r.transferred.map_or("?".into(), mib),
+        );
+    }
+    println!(
+        "  (virtwasm: `migrate` through the API between two virtwasmd (--live --p2p semantics; the destination prepares a QEMU on -incoming defer, the source's host polls the"
+    );
+    println!(
+        "   progress every 100 ms); raw: spawn the destination with -incoming tcp:127.0.0.1:PORT, migrate, query-migrate polled every 2 ms, cont there, quit here)"
+    );
 }

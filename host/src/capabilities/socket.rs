@@ -119,7 +119,9 @@ impl Host for HostState {
                             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                         ) =>
                 {
-                    std::thread::sleep(Duration::from_millis(5));
+                    // A backend listens within tens of milliseconds of its spawn; a coarse
+                    // retry would add its whole period to every start.
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(e) => break Err(e),
             }
