@@ -619,6 +619,7 @@ async fn handle(
                         let ctx = dispatch::Context {
                             files: &|f, create| d.check_file(f, create),
                             progress: &|_, _| Ok(()),
+                            refresh_on_read: false,
                         };
                         let value = dispatch::dispatch(&conn, req, &ctx)?;
                         Ok(Prepared::Answer(visible_only(&d, &p, route.op, value)))
@@ -986,6 +987,7 @@ async fn run(
         let ctx = dispatch::Context {
             files: &|p, create| d.check_file(p, create),
             progress: &|done, total| e.progress(done, total, "bytes"),
+            refresh_on_read: false,
         };
         let outcome = dispatch::dispatch(&conn, req, &ctx);
         e.finish(&outcome);
