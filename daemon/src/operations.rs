@@ -25,6 +25,8 @@ pub struct Entry {
     done: watch::Sender<bool>,
     /// What cancelling it needs: the operation's own permission on its object.
     pub guard: (ObjectKind, Permission),
+    /// Who started it (`Identity::key`): only they and admins see it.
+    pub owner: String,
 }
 
 impl Entry {
@@ -108,6 +110,7 @@ impl Operations {
         op: &str,
         target: Option<String>,
         client: String,
+        owner: String,
         may_cancel: bool,
         guard: (ObjectKind, Permission),
     ) -> Arc<Entry> {
@@ -131,6 +134,7 @@ impl Operations {
             cancel: AtomicBool::new(false),
             done,
             guard,
+            owner,
         });
         let mut all = self.all.lock().unwrap();
         all.retain(|_, e| {
@@ -143,13 +147,14 @@ impl Operations {
         entry
     }
 
-    /// Every operation, newest first.
-    pub fn list(&self) -> Vec<Operation> {
+    /// The operations `owner` may see (every one for `None`, an admin), newest first.
+    pub fn list(&self, owner: Option<&str>) -> Vec<Operation> {
         let mut v: Vec<Operation> = self
             .all
             .lock()
             .unwrap()
             .values()
+            .filter(|e| owner.is_none_or(|o| e.owner == o))
             .map(|e| e.snapshot())
             .collect();
         v.sort_by_key(|o| std::cmp::Reverse(o.created_ms));

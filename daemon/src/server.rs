@@ -682,14 +682,25 @@ async fn operation_request(
             name,
         )
     };
+    // An operation is its starter's business (and an admin's): others do not learn of it.
+    let admin = decide(&daemon.access(), &peer.identity, Permission::Write, None).role
+        == crate::config::Role::Admin
+        && !readonly;
+    let me = peer.identity.key();
+    let owner = (!admin).then_some(me.as_str());
     match (method, rest) {
         ("GET", []) => match check(ObjectKind::Node, Permission::Getattr, None, "operations") {
-            Ok(()) => ok(&daemon.operations.list()),
+            Ok(()) => ok(&daemon.operations.list(owner)),
             Err(e) => error_response(&e),
         },
         ("GET", [id]) | ("GET", [id, "wait"]) | ("DELETE", [id]) => {
             let entry = match daemon.operations.get(id) {
-                Ok(e) => e,
+                Ok(e) if owner.is_none_or(|o| e.owner == o) => e,
+                Ok(_) => {
+                    return error_response(&Error::not_found(format!(
+                        "no operation with id '{id}'"
+                    )));
+                }
                 Err(e) => return error_response(&e),
             };
             let info = entry.snapshot();
@@ -957,6 +968,7 @@ async fn run(
         route.op,
         target,
         peer.identity.describe(),
+        peer.identity.key(),
         // Only a migration can be stopped midway and leave the guest as it was; other long
         // work is a driver call that runs to its end.
         route.op == "migrate",

@@ -64,6 +64,7 @@ pub async fn transfer(
         op,
         Some(data.name.clone()),
         peer.identity.describe(),
+        peer.identity.key(),
         true,
         (ObjectKind::Volume, permission),
     );

@@ -133,6 +133,9 @@ pub struct ChildEntry {
     /// started and this one found again (it can be signalled, not reaped).
     child: Mutex<Option<Child>>,
     status: Mutex<Option<WitExitStatus>>,
+    /// When the host first saw it ended: an ended child is kept a while (a driver reads its
+    /// last stderr lines after waiting for it), then forgotten with its open stderr file.
+    ended: Mutex<Option<std::time::Instant>>,
     /// The child's stderr: a private file (in the registry's directory when it persists, so
     /// a later host can still read QEMU's last words), which the child can write after the
     /// host exits (a pipe would kill it with SIGPIPE).
@@ -156,11 +159,12 @@ impl ChildEntry {
                 }),
                 None => None,
             };
-            if status.is_some()
-                && let Some((record, stderr)) = &self.files
-            {
-                let _ = std::fs::remove_file(record);
-                let _ = std::fs::remove_file(stderr);
+            if status.is_some() {
+                *self.ended.lock().unwrap() = Some(std::time::Instant::now());
+                if let Some((record, stderr)) = &self.files {
+                    let _ = std::fs::remove_file(record);
+                    let _ = std::fs::remove_file(stderr);
+                }
             }
         }
         Ok(*status)
@@ -273,6 +277,7 @@ impl ChildRegistry {
                     start_time: rec.start_time,
                     child: Mutex::new(None),
                     status: Mutex::new(None),
+                    ended: Mutex::new(None),
                     stderr: Mutex::new(stderr),
                     files: Some((path.clone(), err_path.clone())),
                 }),
@@ -307,6 +312,14 @@ impl ChildRegistry {
 
     /// Records a new child (its file first, then the table).
     fn add(&self, mut entry: ChildEntry, stderr_path: Option<PathBuf>) {
+        // Forget children that ended a while ago, so a long-lived daemon does not keep an
+        // open stderr file per guest it ever started.
+        self.children.lock().unwrap().retain(|_, e| {
+            e.ended
+                .lock()
+                .unwrap()
+                .is_none_or(|t| t.elapsed() < std::time::Duration::from_secs(600))
+        });
         if let Some(dir) = self.dir.get() {
             let pid = entry.pid;
             if let Some(tmp) = stderr_path {
@@ -509,6 +522,7 @@ impl Host for HostState {
             start_time: start_time_of(pid).unwrap_or(0),
             child: Mutex::new(Some(child)),
             status: Mutex::new(None),
+            ended: Mutex::new(None),
             stderr: Mutex::new(log),
             files: None,
         };
