@@ -92,8 +92,10 @@ fn last_counter(p: &Path) -> u64 {
 }
 
 struct Setup {
-    _home: tempfile::TempDir,
+    // Fields drop in this order: the daemon (which ends the guests it recorded under its
+    // root) before the directory that holds those records.
     d: Daemon,
+    _home: tempfile::TempDir,
     uri: String,
     console: PathBuf,
 }
