@@ -130,18 +130,18 @@ impl DiskStore {
                 },
             );
             let path = self.def_path(name);
-            write_atomically(&path, xml.as_bytes()).map_err(io("cannot write", &path))?;
+            write_if_changed(&path, xml.as_bytes()).map_err(io("cannot write", &path))?;
             let snaps = self.snapshots_path(name);
             if rec.snapshots.is_empty() {
                 remove_if_present(&snaps)?;
             } else {
                 let body = serde_json::to_vec_pretty(&(&rec.snapshots, &rec.current_snapshot))
                     .map_err(|e| Error::internal(format!("encoding snapshots of '{name}': {e}")))?;
-                write_atomically(&snaps, &body).map_err(io("cannot write", &snaps))?;
+                write_if_changed(&snaps, &body).map_err(io("cannot write", &snaps))?;
             }
             let mark = self.autostart_path(name);
             if rec.autostart {
-                write_atomically(&mark, b"").map_err(io("cannot write", &mark))?;
+                write_if_changed(&mark, b"").map_err(io("cannot write", &mark))?;
             } else {
                 remove_if_present(&mark)?;
             }
@@ -395,6 +395,16 @@ impl DiskStore {
 
 /// Removes `path` and flushes the removal, so a power loss cannot bring the file back (a
 /// destroyed domain's status file returning would make it look running).
+/// Writes `bytes` atomically unless the file already holds exactly them: every state change
+/// saves the record, and most (a start, a pause) leave the definition as it was; its two
+/// fsyncs would be paid for nothing on the path of every verb.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    write_atomically(path, bytes)
+}
+
 fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {
