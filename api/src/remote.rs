@@ -63,17 +63,7 @@ impl Remote {
     pub fn connect(target: &Target) -> Result<Remote> {
         let rt = runtime()?;
         let (stream, ssh) = rt.block_on(open_stream(target))?;
-        let handshake = rt.block_on(hyper::client::conn::http1::handshake::<_, Body>(
-            TokioIo::new(stream),
-        ));
-        let (sender, conn) = handshake
-            .map_err(|e| Error::failed(format!("HTTP handshake with {}: {e}", describe(target))))?;
-        rt.spawn(async move {
-            // Upgrades enabled: a console turns the connection into a byte stream.
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("daemon connection ended: {e}");
-            }
-        });
+        let sender = handshake(&rt, stream, target)?;
         Ok(Remote {
             rt,
             target: target.clone(),
@@ -113,21 +103,7 @@ impl Remote {
             hyper::header::HeaderName::from_static("prefer"),
             hyper::header::HeaderValue::from_static(crate::wire::PREFER_ASYNC),
         );
-        let (status, body) = {
-            let mut sender = self.sender.lock().unwrap();
-            if sender.is_closed() {
-                *sender = self.reconnect()?;
-            }
-            self.rt
-                .block_on(async {
-                    sender.ready().await?;
-                    let resp = sender.send_request(request).await?;
-                    let status = resp.status().as_u16();
-                    let body = resp.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>((status, body.to_vec()))
-                })
-                .map_err(|e| self.transport_error(e))?
-        };
+        let (status, body) = self.exchange(request)?;
         match status {
             // Not a long operation after all: the answer is here.
             200 => {
@@ -182,6 +158,11 @@ impl Remote {
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Vec<u8>)> {
         let request = self.request(method, target, body)?;
+        self.exchange(request)
+    }
+
+    /// Sends a built request on the connection and reads the whole answer.
+    fn exchange(&self, request: hyper::Request<Body>) -> Result<(u16, Vec<u8>)> {
         let mut sender = self.sender.lock().unwrap();
         if sender.is_closed() {
             // The daemon closed an idle connection; nothing was sent on it, so reconnecting
@@ -203,21 +184,7 @@ impl Remote {
         if let Some(old) = std::mem::replace(&mut *self.ssh.lock().unwrap(), ssh) {
             drop(old); // kill_on_drop ends the old ssh
         }
-        let (sender, conn) = self
-            .rt
-            .block_on(hyper::client::conn::http1::handshake::<_, Body>(
-                TokioIo::new(stream),
-            ))
-            .map_err(|e| {
-                Error::failed(format!(
-                    "HTTP handshake with {}: {e}",
-                    describe(&self.target)
-                ))
-            })?;
-        self.rt.spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        handshake(&self.rt, stream, &self.target)
     }
 
     fn request(
@@ -416,19 +383,7 @@ impl Remote {
     pub fn console(&self, key: &str, device: Option<&str>) -> Result<crate::console::Console> {
         let rt = runtime()?;
         let (stream, _ssh) = rt.block_on(open_stream(&self.target))?;
-        let (mut sender, conn) = rt
-            .block_on(hyper::client::conn::http1::handshake::<_, Body>(
-                TokioIo::new(stream),
-            ))
-            .map_err(|e| {
-                Error::failed(format!(
-                    "HTTP handshake with {}: {e}",
-                    describe(&self.target)
-                ))
-            })?;
-        rt.spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
+        let mut sender = handshake(&rt, stream, &self.target)?;
         let mut target = format!("/v1/domains/{}/console", crate::ops::escape(key));
         if let Some(d) = device {
             target.push_str(&format!("?device={}", crate::ops::escape(d)));
@@ -547,6 +502,22 @@ impl Drop for Remote {
     }
 }
 
+/// Speaks HTTP/1.1 over `stream`, the connection driven by `rt` (with upgrades: a console
+/// turns it into a byte stream).
+fn handshake(rt: &Runtime, stream: Box<dyn Stream>, target: &Target) -> Result<SendRequest<Body>> {
+    let (sender, conn) = rt
+        .block_on(hyper::client::conn::http1::handshake::<_, Body>(
+            TokioIo::new(stream),
+        ))
+        .map_err(|e| Error::failed(format!("HTTP handshake with {}: {e}", describe(target))))?;
+    rt.spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("daemon connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
 /// Where a target leads, for error messages.
 fn describe(target: &Target) -> String {
     match &target.endpoint {
@@ -589,13 +560,7 @@ async fn open_stream(target: &Target) -> Result<Opened> {
             };
             Ok((Box::new(stream), None))
         }
-        Endpoint::Tcp { host, port } => {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| Error::failed(format!("cannot connect to {host}:{port}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            Ok((Box::new(tcp), None))
-        }
+        Endpoint::Tcp { host, port } => Ok((Box::new(tcp(host, *port).await?), None)),
         Endpoint::Tls {
             host,
             port,
@@ -603,24 +568,12 @@ async fn open_stream(target: &Target) -> Result<Opened> {
         } => {
             let paths = crate::tls::PkiPaths::client(pki_dir.as_deref());
             let config = crate::tls::client_config(&paths, crate::tls::TlsVersions::default())?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| Error::failed(format!("cannot connect to {host}:{port}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-                Error::invalid(format!("'{host}' is not a valid TLS server name: {e}"))
-            })?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| {
-                    Error::failed(format!(
-                        "TLS handshake with {host}:{port} failed: {e} (client certificate {}, CA {})",
-                        paths.cert.display(),
-                        paths.ca_cert.display()
-                    ))
-                })?;
-            Ok((Box::new(tls), None))
+            let why = format!(
+                "client certificate {}, CA {}",
+                paths.cert.display(),
+                paths.ca_cert.display()
+            );
+            Ok((Box::new(tls(host, *port, config, &why).await?), None))
         }
         Endpoint::TlsPinned {
             host,
@@ -628,22 +581,8 @@ async fn open_stream(target: &Target) -> Result<Opened> {
             fingerprint,
         } => {
             let config = crate::tls::pinned_client_config(fingerprint)?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| Error::failed(format!("cannot connect to {host}:{port}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-                Error::invalid(format!("'{host}' is not a valid TLS server name: {e}"))
-            })?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| {
-                    Error::failed(format!(
-                        "TLS handshake with {host}:{port} failed: {e} (the token pins the server certificate {fingerprint})"
-                    ))
-                })?;
-            Ok((Box::new(tls), None))
+            let why = format!("the token pins the server certificate {fingerprint}");
+            Ok((Box::new(tls(host, *port, config, &why).await?), None))
         }
         Endpoint::Ssh {
             user,
@@ -724,6 +663,37 @@ async fn open_stream(target: &Target) -> Result<Opened> {
             ))
         }
     }
+}
+
+/// A TCP connection to `host:port`, without Nagle's delay (requests are small and
+/// answered one at a time).
+async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| Error::failed(format!("cannot connect to {host}:{port}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// A TLS connection to `host:port` with `config`; a failed handshake names `why` it may
+/// have failed (the files used, the pinned certificate).
+async fn tls(
+    host: &str,
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    why: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tcp(host, port).await?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| Error::invalid(format!("'{host}' is not a valid TLS server name: {e}")))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            Error::failed(format!(
+                "TLS handshake with {host}:{port} failed: {e} ({why})"
+            ))
+        })
 }
 
 /// Quotes `word` for a POSIX shell.
