@@ -251,8 +251,7 @@ impl Hypervisor for Qemu {
             return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
         }
         if let Err(e) = q.execute("cont", None) {
-            let _ = child.kill(9);
-            let _ = child.wait(2000);
+            end(&child);
             return Err(e);
         }
         Ok(runtime(DomainState::Running(RunningReason::Booted), &r))
@@ -375,10 +374,7 @@ impl Hypervisor for Qemu {
         let (child, r, mut q) = launch(&dom.def, true)?;
         let source = format!("exec:tail -c +{} {}", offset + 1, sh_quote(&path));
         let result = (|| {
-            q.execute(
-                "migrate-set-capabilities",
-                Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
-            )?;
+            migration_events(&mut q)?;
             q.execute("migrate-incoming", Some(json!({ "uri": source })))?;
             let done = q.wait_event("MIGRATION", 120_000, |e| {
                 matches!(e["data"]["status"].as_str(), Some("completed" | "failed"))
@@ -399,16 +395,14 @@ impl Hypervisor for Qemu {
             }
         })();
         if let Err(e) = result {
-            let _ = child.kill(9);
-            let _ = child.wait(2000);
+            end(&child);
             return Err(e);
         }
         if paused {
             return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
         }
         if let Err(e) = q.execute("cont", None) {
-            let _ = child.kill(9);
-            let _ = child.wait(2000);
+            end(&child);
             return Err(e);
         }
         Ok(runtime(DomainState::Running(RunningReason::Restored), &r))
@@ -515,10 +509,7 @@ impl Hypervisor for Qemu {
     fn migrate_prepare(dom: DomainRef, listen_address: String) -> VerbResult<MigrationTarget> {
         let (child, r, mut q) = launch(&dom.def, true)?;
         let ready = (|| {
-            q.execute(
-                "migrate-set-capabilities",
-                Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
-            )?;
+            migration_events(&mut q)?;
             // A port QEMU can bind: the first free one of a small range (the destination
             // may run several incoming migrations).
             for port in 49152u32..49252 {
@@ -540,8 +531,7 @@ impl Hypervisor for Qemu {
                 runtime: runtime(DomainState::Paused(PausedReason::Migration), &r),
             }),
             Err(e) => {
-                let _ = child.kill(9);
-                let _ = child.wait(2000);
+                end(&child);
                 Err(e)
             }
         }
@@ -553,17 +543,7 @@ impl Hypervisor for Qemu {
         bandwidth_mib: Option<u64>,
     ) -> VerbResult<()> {
         let (_, mut q) = monitor(&dom)?;
-        q.execute(
-            "migrate-set-capabilities",
-            Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
-        )?;
-        // QEMU's default is 128 MiB/s; 0 would mean no limit in newer versions only.
-        let bytes = bandwidth_mib.map_or(u64::MAX / 2, |m| m.max(1) << 20);
-        q.execute(
-            "migrate-set-parameters",
-            Some(json!({ "max-bandwidth": bytes })),
-        )?;
-        q.execute("migrate", Some(json!({ "uri": target_uri })))?;
+        start_migration(&mut q, &target_uri, bandwidth_mib)?;
         Ok(())
     }
 
@@ -886,19 +866,40 @@ fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
-/// Runs an outgoing migration to `uri` (a save: to a file) and waits for it to finish.
-fn migrate(q: &mut Qmp, uri: &str, what: &str) -> VerbResult<()> {
+/// Ends a QEMU this verb started and must not leave behind (it failed before the host
+/// recorded it), and reaps it.
+fn end(child: &process::Child) {
+    let _ = child.kill(9);
+    let _ = child.wait(2000);
+}
+
+/// Has QEMU report its migration's progress as MIGRATION events, which the waits read.
+fn migration_events(q: &mut Qmp) -> VerbResult<()> {
     q.execute(
         "migrate-set-capabilities",
         Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
     )?;
-    // QEMU's default cap (128 MiB/s) is for networks; a save to a local file goes as fast
-    // as the disk takes it, as libvirt's does.
+    Ok(())
+}
+
+/// Starts an outgoing migration to `uri`, at most `bandwidth_mib` MiB/s. Without a cap it
+/// is lifted: QEMU's default (128 MiB/s) is for shared networks, and 0 means "no limit" only
+/// in newer QEMUs.
+fn start_migration(q: &mut Qmp, uri: &str, bandwidth_mib: Option<u64>) -> VerbResult<()> {
+    migration_events(q)?;
+    let bytes = bandwidth_mib.map_or(u64::MAX / 2, |m| m.max(1) << 20);
     q.execute(
         "migrate-set-parameters",
-        Some(json!({ "max-bandwidth": u64::MAX / 2 })),
+        Some(json!({ "max-bandwidth": bytes })),
     )?;
     q.execute("migrate", Some(json!({ "uri": uri })))?;
+    Ok(())
+}
+
+/// Runs an outgoing migration to `uri` (a save: to a file) and waits for it to finish.
+fn migrate(q: &mut Qmp, uri: &str, what: &str) -> VerbResult<()> {
+    // A save to a local file goes as fast as the disk takes it, as libvirt's does.
+    start_migration(q, uri, None)?;
     let done = q.wait_event("MIGRATION", 600_000, |e| {
         matches!(
             e["data"]["status"].as_str(),
@@ -955,8 +956,7 @@ fn launch(def: &DomainDef, incoming: bool) -> VerbResult<(process::Child, Runnin
             // QEMU refused its command line or died: its stderr says why.
             let status = child.wait(1000).ok().flatten();
             if status.is_none() {
-                let _ = child.kill(9);
-                let _ = child.wait(2000);
+                end(&child);
             }
             Err(error(
                 ErrorKind::OperationFailed,
