@@ -50,6 +50,17 @@ fn domain_with_serial(name: &str, g: &guest::Guest, serial: &str) -> String {
     )
 }
 
+/// Waits until the guest has printed a counter above `n` (it runs on), failing with
+/// `what` after `secs` seconds.
+#[track_caller]
+fn wait_counter_above(p: &Path, n: u64, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while last_counter(p) <= n {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The first `counter N` in the console file (QEMU truncates a file console when it
 /// starts, so after a restore this is the first line the restored guest printed).
 fn first_counter(p: &Path) -> u64 {
@@ -153,14 +164,7 @@ fn every_lifecycle_verb_on_a_real_guest() {
         "the counter moved while paused"
     );
     d.client(uri, "resume vm1").ok();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while last_counter(console) <= frozen {
-        assert!(
-            Instant::now() < deadline,
-            "the counter did not move after resume"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_counter_above(console, frozen, 20, "the counter did not move after resume");
 
     // reset: the guest boots again.
     d.client(uri, "reset vm1").ok();
@@ -412,14 +416,12 @@ fn save_and_restore_continue_the_guest_where_it_was() {
     );
     // The guest goes on counting from where it was: no second boot, no counter reset.
     // (The restored QEMU reopened the console file, so it holds only what came after.)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while last_counter(console) <= at_save + 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the counter did not continue after restore"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_counter_above(
+        console,
+        at_save + 1,
+        30,
+        "the counter did not continue after restore",
+    );
     assert!(
         first_counter(console) >= at_save,
         "{}",
@@ -438,14 +440,12 @@ fn save_and_restore_continue_the_guest_where_it_was() {
     );
     let before = last_counter(console);
     d.client(uri, "start vm6").ok();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while last_counter(console) <= before + 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the counter did not continue after managed save"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_counter_above(
+        console,
+        before + 1,
+        30,
+        "the counter did not continue after managed save",
+    );
     assert!(
         first_counter(console) >= before,
         "{}",
@@ -542,14 +542,12 @@ fn live_migration_between_two_daemons_keeps_the_guest_counting() {
         "running (migrated)\n\n"
     );
     // The guest counts on at the destination (same console file: it is the same machine).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while last_counter(console) <= at_move + 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the counter did not continue on the destination"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_counter_above(
+        console,
+        at_move + 1,
+        30,
+        "the counter did not continue on the destination",
+    );
     assert!(
         !console_text(console).contains(guest::READY),
         "the guest rebooted"
@@ -612,11 +610,7 @@ fn a_snapshot_revert_rolls_the_guest_back() {
     assert_eq!(r.ok(), "Domain snapshot s1 created\n");
     let at_snapshot = last_counter(console);
     // Let the guest move on, well past the snapshot.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while last_counter(console) < at_snapshot + 6 {
-        assert!(Instant::now() < deadline, "the guest stopped counting");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_counter_above(console, at_snapshot + 5, 30, "the guest stopped counting");
     let mark = console_text(console).len();
     let r = d.client(uri, "snapshot-revert vm9 s1; domstate vm9 --reason");
     assert_eq!(
@@ -734,14 +728,12 @@ fn a_cancelled_migration_leaves_the_source_running() {
         "running (migration canceled)\n\n"
     );
     let before = last_counter(console);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while last_counter(console) <= before + 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the guest stopped after the cancel"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_counter_above(
+        console,
+        before + 1,
+        20,
+        "the guest stopped after the cancel",
+    );
     let r = dst.client(&dst_uri, "list --all --name");
     assert_eq!(r.ok(), "\n", "{}", r.stdout);
     src.client(uri, "destroy vm10").ok();
@@ -779,13 +771,11 @@ fn migration_reaches_the_destination_daemon_over_mutual_tls() {
         dst.client(&dst_uri, "domstate vm11 --reason").ok(),
         "running (migrated)\n\n"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while last_counter(console) <= at_move + 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the counter did not continue on the destination"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_counter_above(
+        console,
+        at_move + 1,
+        30,
+        "the counter did not continue on the destination",
+    );
     dst.client(&dst_uri, "destroy vm11").ok();
 }
