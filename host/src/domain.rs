@@ -424,47 +424,67 @@ impl Connection {
         extras: Extras,
         paused: bool,
     ) -> Result<DomainDef> {
+        let def = self.stage_for_run(def, extras, "")?;
+        match self.start(&def.uuid, paused) {
+            Ok(()) => Ok(def),
+            Err(e) => {
+                self.unstage(&def.uuid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes `def` the definition that is about to run (a create, an incoming migration):
+    /// filled by the driver, then either a new transient record, or the live definition of
+    /// an inactive domain with its uuid (whose persistent definition stays as it was). A
+    /// running one is refused (`where_` says where, for the message).
+    pub(crate) fn stage_for_run(
+        &self,
+        def: DomainDef,
+        extras: Extras,
+        where_: &str,
+    ) -> Result<DomainDef> {
         self.writable()?;
         validate_name(&def.name)?;
         let def = self
             .plugin
             .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
         validate_name(&def.name)?;
-        {
-            let mut o = self.state.objects();
-            if check_collisions(&o, &def)? {
-                let existing = &o.domains[&def.uuid];
-                if existing.is_active() {
-                    return Err(Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!("operation failed: domain '{}' is already active", def.name),
-                    ));
-                }
-                // The given XML is what runs; the persistent definition stays as it was.
-                if let Some(rec) = o.domains.get_mut(&def.uuid) {
-                    rec.live = Some(def.clone());
-                }
-            } else {
-                let mut rec = DomainRecord::inactive(def.clone(), false);
-                rec.extras = extras;
-                o.domains.insert(def.uuid.clone(), rec);
+        let mut o = self.state.objects();
+        if check_collisions(&o, &def)? {
+            let existing = &o.domains[&def.uuid];
+            if existing.is_active() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "operation failed: domain '{}' is already active{where_}",
+                        def.name
+                    ),
+                ));
             }
+            if let Some(rec) = o.domains.get_mut(&def.uuid) {
+                rec.live = Some(def.clone());
+            }
+        } else {
+            let mut rec = DomainRecord::inactive(def.clone(), false);
+            rec.extras = extras;
+            o.domains.insert(def.uuid.clone(), rec);
         }
-        match self.start(&def.uuid, paused) {
-            Ok(()) => Ok(def),
-            Err(e) => {
-                let mut o = self.state.objects();
-                if o.domains
-                    .get(&def.uuid)
-                    .map(|d| !d.persistent && !d.is_active())
-                    .unwrap_or(false)
-                {
-                    o.domains.remove(&def.uuid);
-                } else if let Some(rec) = o.domains.get_mut(&def.uuid).filter(|d| !d.is_active()) {
-                    rec.live = None;
-                }
-                Err(e)
-            }
+        Ok(def)
+    }
+
+    /// Undoes [`stage_for_run`](Self::stage_for_run) when the run did not start: a staged
+    /// transient record goes, and a persistent domain's staged live definition must not be
+    /// what its next start boots.
+    pub(crate) fn unstage(&self, uuid: &str) {
+        let mut o = self.state.objects();
+        if o.domains
+            .get(uuid)
+            .is_some_and(|d| !d.persistent && !d.is_active())
+        {
+            o.domains.remove(uuid);
+        } else if let Some(rec) = o.domains.get_mut(uuid).filter(|d| !d.is_active()) {
+            rec.live = None;
         }
     }
 
@@ -955,7 +975,7 @@ fn require_active(r: &DomainRecord) -> Result<()> {
 
 /// Checks a new definition against existing names and uuids. Returns whether it replaces
 /// the domain with the same name and uuid.
-pub(crate) fn check_collisions(o: &Objects, def: &DomainDef) -> Result<bool> {
+fn check_collisions(o: &Objects, def: &DomainDef) -> Result<bool> {
     if let Some(same_uuid) = o.domains.get(&def.uuid) {
         if same_uuid.def.name != def.name {
             return Err(Error::new(

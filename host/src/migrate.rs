@@ -7,42 +7,15 @@
 use crate::bindings::hypervisor::MigrationProgress;
 use crate::bindings::types::{DomainState, PausedReason};
 use crate::connect::Connection;
-use crate::error::{Error, ErrorKind, Result};
-use crate::state::DomainRecord;
+use crate::error::{Error, Result};
 
 impl Connection {
     /// Destination: defines `xml` as a transient domain (unless a definition with its uuid
     /// exists here) and has the driver wait for the stream on `listen`; returns the domain's
     /// name and the URI the source must send to.
     pub fn migrate_prepare(&self, xml: &str, listen: &str) -> Result<(String, String)> {
-        self.writable()?;
         let parsed = crate::domain::parse(xml, false)?;
-        crate::domain::validate_name(&parsed.def.name)?;
-        let def = self
-            .plugin
-            .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &parsed.def))?;
-        {
-            let mut o = self.state.objects();
-            if crate::domain::check_collisions(&o, &def)? {
-                let existing = &o.domains[&def.uuid];
-                if existing.is_active() {
-                    return Err(Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!(
-                            "operation failed: domain '{}' is already active here",
-                            def.name
-                        ),
-                    ));
-                }
-                if let Some(rec) = o.domains.get_mut(&def.uuid) {
-                    rec.live = Some(def.clone());
-                }
-            } else {
-                let mut rec = DomainRecord::inactive(def.clone(), false);
-                rec.extras = parsed.extras;
-                o.domains.insert(def.uuid.clone(), rec);
-            }
-        }
+        let def = self.stage_for_run(parsed.def, parsed.extras, " here")?;
         let (_job, rec) = self.locked_domain(&def.uuid, "migration in")?;
         let dom = crate::state::DomainRecord {
             live: Some(def.clone()),
@@ -63,16 +36,7 @@ impl Connection {
                 Ok((def.name, t.uri))
             }
             Err(e) => {
-                let mut o = self.state.objects();
-                if o.domains
-                    .get(&def.uuid)
-                    .is_some_and(|d| !d.persistent && !d.is_active())
-                {
-                    o.domains.remove(&def.uuid);
-                } else if let Some(rec) = o.domains.get_mut(&def.uuid).filter(|d| !d.is_active()) {
-                    // The incoming definition must not be what the next start boots.
-                    rec.live = None;
-                }
+                self.unstage(&def.uuid);
                 Err(e)
             }
         }
