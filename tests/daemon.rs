@@ -11,35 +11,9 @@ use std::time::Duration;
 
 use common::Daemon;
 
-/// One HTTP/1.1 request over a unix socket, the way curl would send it; returns the status
-/// line and the body.
+/// One request as curl would send it, with no extra headers.
 fn http(socket: &Path, method: &str, target: &str, body: &str) -> (String, String) {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    // The daemon may answer (413) and close before reading a body it refuses: a failed
-    // write is not the test's failure, the answer is what counts.
-    let _ = write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    // Read what arrives; a reset after the answer (the daemon closing with our unread body
-    // in flight) ends the read, not the test.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.lines().next().unwrap_or_default().to_string();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    common::http(socket, method, target, "", body)
 }
 
 #[test]

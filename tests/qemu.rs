@@ -642,24 +642,15 @@ fn a_snapshot_revert_rolls_the_guest_back() {
     d.client(uri, "destroy vm9").ok();
 }
 
-/// One request on a daemon's socket; the status line and body.
+/// One request on a daemon's socket for its QEMU driver; the status line and body.
 fn api(socket: &Path, method: &str, target: &str, headers: &str, body: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-virtwasm-uri: qemu:///system\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    common::http(
+        socket,
+        method,
+        target,
+        &format!("x-virtwasm-uri: qemu:///system\r\n{headers}"),
+        body,
     )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw.lines().next().unwrap_or_default().to_string();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]
