@@ -1015,8 +1015,8 @@ impl Request {
         }
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = decode(k)?;
-            let v = decode(v)?;
+            let k = unescape(k)?;
+            let v = unescape(v)?;
             if fields.insert(k.clone(), Value::String(v)).is_some() {
                 return Err(bad_request(format!(
                     "'{k}' is given twice in {method} {path}"
@@ -1044,7 +1044,16 @@ fn placeholder(seg: &str) -> Option<&str> {
     seg.strip_prefix('{')?.strip_suffix('}')
 }
 
-fn decode(text: &str) -> Result<String> {
+/// The raw (still escaped) value of `name` in a query string.
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Percent-decodes a path segment or query value (the inverse of [`escape`]); refuses
+/// what is not UTF-8 once decoded.
+pub fn unescape(text: &str) -> Result<String> {
     percent_decode_str(text)
         .decode_utf8()
         .map(|s| s.into_owned())
@@ -1064,7 +1073,7 @@ fn match_path(
     for (p, s) in pat.iter().zip(segs) {
         match placeholder(p) {
             Some(name) if !s.is_empty() => {
-                captures.insert(name, decode(s)?);
+                captures.insert(name, unescape(s)?);
             }
             Some(_) => return Ok(None),
             None if p == s => {}

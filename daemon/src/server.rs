@@ -20,7 +20,7 @@ use hyper::{Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
-use virtwasm_api::ops::{ObjectKind, Request};
+use virtwasm_api::ops::{ObjectKind, Request, query_param, unescape};
 use virtwasm_api::wire::{URI_HEADER, error_body, sse_frame, status_of};
 use virtwasm_api::{Permission, dispatch};
 use virtwasm_host::events::Event;
@@ -488,17 +488,14 @@ async fn handle(
         .and_then(|r| r.strip_suffix("/console"))
         .filter(|k| !k.is_empty() && !k.contains('/'))
     {
-        let key = percent_encoding::percent_decode_str(key)
-            .decode_utf8_lossy()
-            .into_owned();
-        let device = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("device="))
-            .map(|d| {
-                percent_encoding::percent_decode_str(d)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            });
+        let decoded = unescape(key).and_then(|key| {
+            let device = query_param(&query, "device").map(unescape).transpose()?;
+            Ok((key, device))
+        });
+        let (key, device) = match decoded {
+            Ok(x) => x,
+            Err(e) => return error_response(&e),
+        };
         let response = if method == "GET" {
             crate::console::attach(
                 daemon.clone(),
@@ -646,17 +643,8 @@ fn volume_data_target(path: &str, query: &str) -> Option<(String, Option<String>
     if rest.is_empty() || rest.contains('/') {
         return None;
     }
-    let decode = |t: &str| {
-        percent_encoding::percent_decode_str(t)
-            .decode_utf8()
-            .ok()
-            .map(|c| c.into_owned())
-    };
-    let key = decode(rest)?;
-    let pool = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("pool="))
-        .and_then(decode);
+    let key = unescape(rest).ok()?;
+    let pool = query_param(query, "pool").and_then(|p| unescape(p).ok());
     Some((key, pool))
 }
 
@@ -718,9 +706,7 @@ async fn operation_request(
                 return error_response(&e);
             }
             if rest.len() == 2 {
-                let secs = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("timeout="))
+                let secs = query_param(query, "timeout")
                     .and_then(|t| t.parse::<u64>().ok())
                     .unwrap_or(30)
                     .min(3600);
@@ -842,10 +828,7 @@ fn trust_request(
         }
         ("DELETE", ["clients", key]) => {
             admin("trust-remove")?;
-            let key = percent_encoding::percent_decode_str(key)
-                .decode_utf8_lossy()
-                .into_owned();
-            let c = trust.store.remove_client(&key)?;
+            let c = trust.store.remove_client(&unescape(key)?)?;
             daemon.refresh_access();
             Ok(serde_json::to_value(c).unwrap_or_default())
         }
