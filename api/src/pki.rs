@@ -374,14 +374,19 @@ fn check_client_files(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()>
 /// [`crate::tls::peer_cert`] reports.
 pub fn fingerprint_of_pem_file(path: &Path) -> Result<String> {
     let pem = fs::read(path).map_err(|e| Error::io("cannot read certificate", path, e))?;
-    let der = rustls_pemfile::certs(&mut pem.as_slice())
+    fingerprint_of_pem(&pem, &format!("'{}'", path.display()))
+}
+
+/// SHA-256 fingerprint (`sha256:HEX`) of the first certificate in `pem`; `what` names it in
+/// errors.
+pub fn fingerprint_of_pem(pem: &[u8], what: &str) -> Result<String> {
+    let der = rustls_pemfile::certs(&mut &pem[..])
         .next()
         .transpose()
-        .map_err(|e| Error::invalid(format!("'{}' is not valid PEM: {e}", path.display())))?
+        .map_err(|e| Error::invalid(format!("{what} is not valid PEM: {e}")))?
         .ok_or_else(|| {
             Error::invalid(format!(
-                "'{}' holds no certificate: expected a PEM certificate",
-                path.display()
+                "{what} holds no certificate: expected a PEM certificate"
             ))
         })?;
     Ok(crate::tls::fingerprint(&der))

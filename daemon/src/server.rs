@@ -807,11 +807,8 @@ fn trust_request(
             let cert =
                 virtwasm_api::pki::sign_client_request(&trust.ca_dir, &join.csr, &pending.name)?;
             let token = trust.store.redeem(&join.secret)?;
-            let der = rustls_pemfile::certs(&mut cert.as_bytes())
-                .next()
-                .and_then(|c| c.ok())
-                .ok_or_else(|| Error::internal("the signed certificate is not PEM"))?;
-            let fingerprint = virtwasm_api::tls::peer_cert(der.as_ref())?.fingerprint;
+            let fingerprint =
+                virtwasm_api::pki::fingerprint_of_pem(cert.as_bytes(), "the signed certificate")?;
             let client = trust.store.add_client(&token, &fingerprint)?;
             daemon.refresh_access();
             tracing::info!(peer = %peer.identity.describe(), name = %client.name, fingerprint = %client.fingerprint, role = client.role.name(), "client joined with a trust token");
