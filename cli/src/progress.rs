@@ -3,6 +3,15 @@
 
 use std::io::IsTerminal;
 
+/// How a bar counting bytes looks, wherever the bytes come from.
+fn bytes_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
 /// A bar that appears once there is something to show.
 pub struct Bar {
     bar: Option<indicatif::ProgressBar>,
@@ -28,12 +37,7 @@ impl Bar {
         let label = self.label;
         let bar = self.bar.get_or_insert_with(|| {
             let b = indicatif::ProgressBar::new(total);
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
-            b.set_style(style);
+            b.set_style(bytes_style());
             b.set_message(label);
             b
         });
@@ -84,12 +88,7 @@ impl OperationBar {
         {
             if bar.length() != Some(p.total) {
                 bar.set_length(p.total);
-                let style = indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> ");
-                bar.set_style(style);
+                bar.set_style(bytes_style());
             }
             bar.set_position(p.done);
         }
