@@ -743,6 +743,27 @@ pub(crate) fn read_file(path: &str) -> Result<String, Failure> {
     })
 }
 
+/// virsh's `pool-define FILE`, `net-define FILE` and `net-create FILE`: read the file, hand
+/// its XML (and `--validate`) to `call`, which returns the object's name; on failure
+/// "Failed to VERB OBJECT from FILE" above the cause, on success "Kind NAME DONE from FILE".
+pub(crate) fn object_from_file(
+    sess: &mut Session,
+    a: &Args,
+    (verb, object, kind, done): (&str, &str, &str, &str),
+    call: impl FnOnce(&virtwasm_api::Client, &str, bool) -> virtwasm_host::Result<String>,
+) -> Outcome {
+    let file = a.req("file");
+    let text = read_file(file)?;
+    let name = call(sess.conn()?, &text, a.flag("validate")).map_err(|e| {
+        Failure(vec![
+            format!("Failed to {verb} {object} from {file}"),
+            e.message,
+        ])
+    })?;
+    sess.extra(&format!("{kind} {name} {done} from {file}\n"));
+    Ok(())
+}
+
 fn define(sess: &mut Session, a: &Args) -> Outcome {
     let file = a.req("file");
     let text = read_file(file)?;

@@ -232,35 +232,21 @@ fn net_dumpxml(sess: &mut Session, a: &Args) -> Outcome {
 }
 
 fn net_define(sess: &mut Session, a: &Args) -> Outcome {
-    let file = a.req("file");
-    let text = super::domain::read_file(file)?;
-    let def = sess
-        .conn()?
-        .network_define_xml(&text, a.flag("validate"))
-        .map_err(|e| {
-            Failure(vec![
-                format!("Failed to define network from {file}"),
-                e.message,
-            ])
-        })?;
-    sess.extra(&format!("Network {} defined from {file}\n", def.name));
-    Ok(())
+    super::domain::object_from_file(
+        sess,
+        a,
+        ("define", "network", "Network", "defined"),
+        |c, xml, validate| c.network_define_xml(xml, validate).map(|d| d.name),
+    )
 }
 
 fn net_create(sess: &mut Session, a: &Args) -> Outcome {
-    let file = a.req("file");
-    let text = super::domain::read_file(file)?;
-    let def = sess
-        .conn()?
-        .network_create_xml(&text, a.flag("validate"))
-        .map_err(|e| {
-            Failure(vec![
-                format!("Failed to create network from {file}"),
-                e.message,
-            ])
-        })?;
-    sess.extra(&format!("Network {} created from {file}\n", def.name));
-    Ok(())
+    super::domain::object_from_file(
+        sess,
+        a,
+        ("create", "network", "Network", "created"),
+        |c, xml, validate| c.network_create_xml(xml, validate).map(|d| d.name),
+    )
 }
 
 fn net_verb(

@@ -559,19 +559,12 @@ fn pool_dumpxml(sess: &mut Session, a: &Args) -> Outcome {
 }
 
 fn pool_define(sess: &mut Session, a: &Args) -> Outcome {
-    let file = a.req("file");
-    let text = super::domain::read_file(file)?;
-    let def = sess
-        .conn()?
-        .pool_define_xml(&text, a.flag("validate"))
-        .map_err(|e| {
-            Failure(vec![
-                format!("Failed to define pool from {file}"),
-                e.message,
-            ])
-        })?;
-    sess.extra(&format!("Pool {} defined from {file}\n", def.name));
-    Ok(())
+    super::domain::object_from_file(
+        sess,
+        a,
+        ("define", "pool", "Pool", "defined"),
+        |c, xml, validate| c.pool_define_xml(xml, validate).map(|d| d.name),
+    )
 }
 
 fn pool_create(sess: &mut Session, a: &Args) -> Outcome {
