@@ -107,6 +107,21 @@ fn a_transient_domain_lives_only_in_the_runtime_directory() {
         r.ok(),
         " Id   Name   State\n--------------------\n\nweb1\n\n"
     );
+    // A hypervisor driver refuses to autostart or undefine a transient domain, as libvirt's
+    // QEMU driver does (only the test driver's manifest asks for libvirt's test-driver
+    // leniency), and nothing changes.
+    let r = run(home.path(), &root, "autostart web1");
+    assert_eq!(
+        r.failed(),
+        "error: Failed to mark domain 'web1' as autostarted\nerror: Requested operation is not valid: cannot set autostart for transient domain\n"
+    );
+    let r = run(home.path(), &root, "undefine web1");
+    assert_eq!(
+        r.failed(),
+        "error: Failed to undefine domain 'web1'\nerror: Requested operation is not valid: cannot undefine transient domain\n"
+    );
+    let r = run(home.path(), &root, "list --transient --name");
+    assert_eq!(r.ok(), "web1\n\n", "still there, still transient");
     let r = run(home.path(), &root, "destroy web1; list --all");
     assert_eq!(
         r.ok(),

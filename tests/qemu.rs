@@ -455,6 +455,11 @@ fn save_and_restore_continue_the_guest_where_it_was() {
         !console_text(console).contains(guest::READY),
         "the guest rebooted"
     );
+    // Its memory came back, so the QEMU driver says so (libvirt's QEMU driver does too).
+    assert_eq!(
+        d.client(uri, "domstate vm6 --reason").ok(),
+        "running (restored)\n\n"
+    );
     d.client(uri, "destroy vm6").ok();
 }
 

@@ -778,45 +778,9 @@ fn virsh_and_virtwasm_print_the_same() {
     );
     println!("{summary}");
     eprintln!("{summary}");
-    // Differences kept on purpose, each with its reason. They must still differ: when one is
-    // fixed (or libvirt changes), this list must shrink, so it can never hide a regression.
-    let unexpected: Vec<&str> = failed
-        .iter()
-        .copied()
-        .filter(|n| !KNOWN_DIFFERENCES.iter().any(|(k, _)| k == n))
-        .collect();
-    let vanished: Vec<&str> = KNOWN_DIFFERENCES
-        .iter()
-        .map(|(k, _)| *k)
-        .filter(|k| !failed.contains(k))
-        .collect();
-    for (name, why) in KNOWN_DIFFERENCES {
-        eprintln!("known difference {name}: {why}");
-    }
     assert!(
-        unexpected.is_empty(),
+        failed.is_empty(),
         "{summary}; mismatching: {}",
-        unexpected.join(", ")
-    );
-    assert!(
-        vanished.is_empty(),
-        "these known differences are now identical; remove them from KNOWN_DIFFERENCES: {}",
-        vanished.join(", ")
+        failed.join(", ")
     );
 }
-
-/// Where virtwasm deliberately differs from libvirt's test driver, and why.
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
-    (
-        "create_autostart_undefine_transient",
-        "libvirt's test driver lets a transient domain be marked autostart and be undefined; \
-         virtwasm's host refuses both for every driver, as libvirt's QEMU driver does \
-         ('cannot set autostart for transient domain', 'cannot undefine transient domain')",
-    ),
-    (
-        "managedsave_cycle",
-        "after starting from a managed-save image libvirt's test driver reports the reason \
-         'booted'; virtwasm reports 'restored', as libvirt's QEMU driver does, because the \
-         guest's memory was restored",
-    ),
-];

@@ -171,6 +171,26 @@ pub struct PluginSection {
     /// Whether `scheme:///path/to/node.xml` opens a libvirt test-node file.
     #[serde(default, rename = "node-files")]
     pub node_files: bool,
+    /// Whether a transient domain may be marked autostart and "undefined" (a success that
+    /// changes nothing), as libvirt's test driver allows. Hypervisor drivers refuse both, as
+    /// libvirt's QEMU driver does.
+    #[serde(default, rename = "lenient-transient")]
+    pub lenient_transient: bool,
+    /// The running reason a start from a managed-save image reports: `restored` (the guest's
+    /// memory came back, as in libvirt's QEMU driver) or `booted` (libvirt's test driver).
+    #[serde(default, rename = "managed-save-start-reason")]
+    pub managed_save_start_reason: ManagedSaveStartReason,
+}
+
+/// The running reason after a start from a managed-save image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManagedSaveStartReason {
+    /// `running (restored)`.
+    #[default]
+    Restored,
+    /// `running (booted)`.
+    Booted,
 }
 
 /// Where a driver's objects live.

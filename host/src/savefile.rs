@@ -8,7 +8,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::bindings::types::DomainState;
+use crate::bindings::types::{DomainState, RunningReason};
+use crate::manifest::ManagedSaveStartReason;
 use crate::connect::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::xml::{FormatOptions, ParsedDomain};
@@ -142,6 +143,12 @@ impl Connection {
 
     /// Starts the domain saved in `path`; returns its name.
     pub fn restore(&self, path: &Path, paused: bool) -> Result<String> {
+        self.restore_from(path, paused, RunningReason::Restored)
+    }
+
+    /// Restores, reporting `reason` when the guest runs (a start from a managed-save image
+    /// reports what the driver's manifest says).
+    fn restore_from(&self, path: &Path, paused: bool, reason: RunningReason) -> Result<String> {
         self.writable()?;
         let path = absolute(path)?;
         let (xml, offset) = read_header(&path)?;
@@ -199,7 +206,10 @@ impl Connection {
         match self.plugin.hypervisor("restore", |g, s| {
             g.call_restore(s, &dom, &path_text, offset, paused)
         }) {
-            Ok(runtime) => {
+            Ok(mut runtime) => {
+                if runtime.state == DomainState::Running(RunningReason::Restored) {
+                    runtime.state = DomainState::Running(reason);
+                }
                 if let Some(r) = self.state.objects().domains.get_mut(&uuid) {
                     r.live = Some(parsed.def);
                 }
@@ -285,7 +295,11 @@ impl Connection {
                 rec.def.uuid
             )));
         }
-        self.restore(&path, paused)?;
+        let reason = match self.plugin.manifest.plugin.managed_save_start_reason {
+            ManagedSaveStartReason::Restored => RunningReason::Restored,
+            ManagedSaveStartReason::Booted => RunningReason::Booted,
+        };
+        self.restore_from(&path, paused, reason)?;
         let _ = std::fs::remove_file(&path);
         let mut now = self.domain(uuid)?;
         now.managed_save = false;
