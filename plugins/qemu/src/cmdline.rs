@@ -196,15 +196,38 @@ fn other_devices(def: &DomainDef, machine: &str) -> VerbResult<Vec<String>> {
             ("sata", _) if machine.starts_with("q35") => {}
             ("usb", Some("none")) => {}
             ("usb", None | Some("piix3-uhci")) => {
-                a.extend(["-device".into(), format!("piix3-usb-uhci,id=usb{}", if index == 0 { String::new() } else { index.to_string() })]);
+                a.extend([
+                    "-device".into(),
+                    format!(
+                        "piix3-usb-uhci,id=usb{}",
+                        if index == 0 {
+                            String::new()
+                        } else {
+                            index.to_string()
+                        }
+                    ),
+                ]);
                 usb = true;
             }
             ("usb", Some("qemu-xhci")) => {
-                a.extend(["-device".into(), format!("qemu-xhci,id=usb{}", if index == 0 { String::new() } else { index.to_string() })]);
+                a.extend([
+                    "-device".into(),
+                    format!(
+                        "qemu-xhci,id=usb{}",
+                        if index == 0 {
+                            String::new()
+                        } else {
+                            index.to_string()
+                        }
+                    ),
+                ]);
                 usb = true;
             }
             ("virtio-serial", _) => {
-                a.extend(["-device".into(), format!("virtio-serial-pci,id=virtio-serial{index}")]);
+                a.extend([
+                    "-device".into(),
+                    format!("virtio-serial-pci,id=virtio-serial{index}"),
+                ]);
             }
             (t, m) => {
                 return Err(unsupported(format!(
@@ -253,7 +276,11 @@ fn other_devices(def: &DomainDef, machine: &str) -> VerbResult<Vec<String>> {
                 return Err(unsupported(format!(
                     "input '{t}' on bus '{}'{}",
                     b.unwrap_or("ps2"),
-                    if b == Some("usb") && !usb { " without a USB controller" } else { "" }
+                    if b == Some("usb") && !usb {
+                        " without a USB controller"
+                    } else {
+                        ""
+                    }
                 )));
             }
         };
@@ -293,9 +320,15 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     let accel = accel(&def.domain_type)?;
     let machine = def.os.machine.as_deref().unwrap_or("pc");
-    push(&["-name", &format!("guest={},debug-threads=on", opt(&def.name))]);
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", opt(&def.name)),
+    ]);
     push(&["-S", "-nodefaults", "-no-user-config", "-display", "none"]);
-    push(&["-machine", &format!("{},usb=off,dump-guest-core=off", opt(machine))]);
+    push(&[
+        "-machine",
+        &format!("{},usb=off,dump-guest-core=off", opt(machine)),
+    ]);
     push(&["-accel", accel]);
     // QEMU starts with the maximum, as libvirt does; the balloon takes the guest down to
     // currentMemory.
@@ -304,7 +337,11 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     let current = def.current_vcpus.unwrap_or(def.vcpus).max(1);
     push(&[
         "-smp",
-        &format!("{current},maxcpus={},sockets={},cores=1,threads=1", def.vcpus.max(current), def.vcpus.max(current)),
+        &format!(
+            "{current},maxcpus={},sockets={},cores=1,threads=1",
+            def.vcpus.max(current),
+            def.vcpus.max(current)
+        ),
     ]);
     push(&["-uuid", &def.uuid]);
     if let Some(k) = &def.os.kernel {
@@ -318,7 +355,10 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     }
     push(&[
         "-chardev",
-        &format!("socket,id=charmonitor,path={},server=on,wait=off", opt(launch.monitor)),
+        &format!(
+            "socket,id=charmonitor,path={},server=on,wait=off",
+            opt(launch.monitor)
+        ),
         "-mon",
         "chardev=charmonitor,id=monitor,mode=control",
     ]);
@@ -389,10 +429,9 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
                 format!("file,id={id},path={}", opt(p))
             }
             ChardevSourceType::Unix => {
-                let p = c
-                    .source_path
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/{}-serial{serial}.sock", launch.runtime_dir, def.uuid));
+                let p = c.source_path.clone().unwrap_or_else(|| {
+                    format!("{}/{}-serial{serial}.sock", launch.runtime_dir, def.uuid)
+                });
                 let server = c.source_mode.as_deref() != Some("connect");
                 if server {
                     format!("socket,id={id},path={},server=on,wait=off", opt(&p))

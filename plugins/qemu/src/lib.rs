@@ -104,7 +104,10 @@ fn monitor(dom: &DomainRef) -> VerbResult<(Running, Qmp)> {
                         exit_text(&status),
                         qemu_said(&child)
                     ),
-                    _ => format!("QEMU (pid {}) runs but its monitor does not answer: {}", r.pid, e.message),
+                    _ => format!(
+                        "QEMU (pid {}) runs but its monitor does not answer: {}",
+                        r.pid, e.message
+                    ),
                 },
                 Err(_) => format!("QEMU (pid {}) is gone: {}", r.pid, e.message),
             };
@@ -183,7 +186,9 @@ impl Hypervisor for Qemu {
             }),
             other => Err(error(
                 ErrorKind::InvalidArgument,
-                format!("unexpected QEMU URI path '{other}', try qemu:///system or qemu:///session"),
+                format!(
+                    "unexpected QEMU URI path '{other}', try qemu:///system or qemu:///session"
+                ),
             )),
         }
     }
@@ -208,7 +213,10 @@ impl Hypervisor for Qemu {
         if def.os.os_type != "hvm" {
             return Err(error(
                 ErrorKind::InvalidArgument,
-                format!("the QEMU driver runs os type 'hvm', not '{}'", def.os.os_type),
+                format!(
+                    "the QEMU driver runs os type 'hvm', not '{}'",
+                    def.os.os_type
+                ),
             ));
         }
         match def.os.arch.as_deref() {
@@ -217,7 +225,9 @@ impl Hypervisor for Qemu {
             Some(other) => {
                 return Err(error(
                     ErrorKind::Unsupported,
-                    format!("unsupported configuration: guest architecture '{other}' (this driver runs x86_64)"),
+                    format!(
+                        "unsupported configuration: guest architecture '{other}' (this driver runs x86_64)"
+                    ),
                 ));
             }
         }
@@ -416,7 +426,10 @@ impl Hypervisor for Qemu {
                 if bus != "virtio" || d.device != DiskDevice::Disk {
                     return Err(error(
                         ErrorKind::Unsupported,
-                        format!("unsupported configuration: hot-plugging a {:?} on bus '{bus}' (virtio disks hot-plug)", d.device),
+                        format!(
+                            "unsupported configuration: hot-plugging a {:?} on bus '{bus}' (virtio disks hot-plug)",
+                            d.device
+                        ),
                     ));
                 }
                 let nodes = cmdline::blockdev_nodes(d)?;
@@ -433,21 +446,24 @@ impl Hypervisor for Qemu {
                 );
                 if let Err(e) = added {
                     for node in nodes.iter().rev() {
-                        let _ = q.execute("blockdev-del", Some(json!({ "node-name": node["node-name"] })));
+                        let _ = q.execute(
+                            "blockdev-del",
+                            Some(json!({ "node-name": node["node-name"] })),
+                        );
                     }
                     return Err(e);
                 }
             }
             Device::Interface(n) if n.interface_type == InterfaceType::User => {
                 let mac = n.mac.clone().ok_or_else(|| {
-                    error(ErrorKind::InvalidArgument, "the interface has no MAC address")
+                    error(
+                        ErrorKind::InvalidArgument,
+                        "the interface has no MAC address",
+                    )
                 })?;
                 // Named after the MAC: unique per domain, and what detach finds it by.
                 let id = format!("net-{}", mac.replace(':', ""));
-                q.execute(
-                    "netdev_add",
-                    Some(json!({ "type": "user", "id": id })),
-                )?;
+                q.execute("netdev_add", Some(json!({ "type": "user", "id": id })))?;
                 let model = cmdline::nic_model(n.model.as_deref())?;
                 if let Err(e) = q.execute(
                     "device_add",
@@ -460,7 +476,10 @@ impl Hypervisor for Qemu {
             other => {
                 return Err(error(
                     ErrorKind::Unsupported,
-                    format!("unsupported configuration: hot-plugging {} devices of this kind (virtio disks and user-mode interfaces hot-plug)", device_kind(other)),
+                    format!(
+                        "unsupported configuration: hot-plugging {} devices of this kind (virtio disks and user-mode interfaces hot-plug)",
+                        device_kind(other)
+                    ),
                 ));
             }
         }
@@ -473,7 +492,9 @@ impl Hypervisor for Qemu {
             let mac = n.mac.clone().unwrap_or_default();
             let id = format!("net-{}", mac.replace(':', ""));
             q.execute("device_del", Some(json!({ "id": id })))?;
-            let gone = q.wait_event("DEVICE_DELETED", 20_000, |e| e["data"]["device"].as_str() == Some(id.as_str()))?;
+            let gone = q.wait_event("DEVICE_DELETED", 20_000, |e| {
+                e["data"]["device"].as_str() == Some(id.as_str())
+            })?;
             if gone.is_none() {
                 return Err(error(
                     ErrorKind::Timeout,
@@ -486,21 +507,32 @@ impl Hypervisor for Qemu {
         let Device::Disk(d) = &dev else {
             return Err(error(
                 ErrorKind::Unsupported,
-                format!("unsupported configuration: hot-unplugging {} devices (disks and interfaces hot-unplug)", device_kind(&dev)),
+                format!(
+                    "unsupported configuration: hot-unplugging {} devices (disks and interfaces hot-unplug)",
+                    device_kind(&dev)
+                ),
             ));
         };
         let id = format!("disk-{}", d.target_dev);
         q.execute("device_del", Some(json!({ "id": id })))?;
         // The guest must let go first; QEMU says so with a DEVICE_DELETED naming the device
         // (another one names the backend path only).
-        let gone = q.wait_event("DEVICE_DELETED", 20_000, |e| e["data"]["device"].as_str() == Some(id.as_str()))?;
+        let gone = q.wait_event("DEVICE_DELETED", 20_000, |e| {
+            e["data"]["device"].as_str() == Some(id.as_str())
+        })?;
         if gone.is_none() {
             return Err(error(
                 ErrorKind::Timeout,
-                format!("the guest did not release disk {} within 20 s (is it in use?)", d.target_dev),
+                format!(
+                    "the guest did not release disk {} within 20 s (is it in use?)",
+                    d.target_dev
+                ),
             ));
         }
-        for node in [format!("fmt-{}", d.target_dev), format!("file-{}", d.target_dev)] {
+        for node in [
+            format!("fmt-{}", d.target_dev),
+            format!("file-{}", d.target_dev),
+        ] {
             q.execute("blockdev-del", Some(json!({ "node-name": node })))?;
         }
         Ok(runtime(state_of(&dom), &r))
@@ -522,7 +554,9 @@ impl Hypervisor for Qemu {
             }
             Err(error(
                 ErrorKind::OperationFailed,
-                format!("no free port in 49152-49251 on {listen_address} for the incoming migration"),
+                format!(
+                    "no free port in 49152-49251 on {listen_address} for the incoming migration"
+                ),
             ))
         })();
         match ready {
@@ -591,7 +625,9 @@ impl Hypervisor for Qemu {
                     "the incoming migration did not complete",
                 ));
             }
-            let _ = q.wait_event("MIGRATION", 100, |e| e["data"]["status"].as_str() == Some("completed"))?;
+            let _ = q.wait_event("MIGRATION", 100, |e| {
+                e["data"]["status"].as_str() == Some("completed")
+            })?;
         }
         q.execute("cont", None)?;
         Ok(runtime(DomainState::Running(RunningReason::Migrated), &r))
@@ -612,7 +648,10 @@ impl Hypervisor for Qemu {
         if st["status"].as_str() != Some("running") {
             q.execute("cont", None)?;
         }
-        Ok(runtime(DomainState::Running(RunningReason::MigrationCanceled), &r))
+        Ok(runtime(
+            DomainState::Running(RunningReason::MigrationCanceled),
+            &r,
+        ))
     }
 
     fn snapshot_create(dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<SnapshotDef> {
@@ -737,7 +776,10 @@ impl Hypervisor for Qemu {
         let cpus = q.execute("query-cpus-fast", None)?;
         let n = cpus.as_array().map_or(0, Vec::len) as u64;
         out.push(("vcpu.current".into(), StatValue::Unsigned(n)));
-        out.push(("vcpu.maximum".into(), StatValue::Unsigned(dom.def.vcpus.into())));
+        out.push((
+            "vcpu.maximum".into(),
+            StatValue::Unsigned(dom.def.vcpus.into()),
+        ));
         let blocks = q.execute("query-blockstats", Some(json!({ "query-nodes": false })))?;
         let devs: Vec<&Value> = blocks
             .as_array()
@@ -858,7 +900,10 @@ fn hmp(q: &mut Qmp, command: &str) -> VerbResult<()> {
     if text.is_empty() {
         return Ok(());
     }
-    Err(error(ErrorKind::OperationFailed, format!("QEMU refused '{command}': {text}")))
+    Err(error(
+        ErrorKind::OperationFailed,
+        format!("QEMU refused '{command}': {text}"),
+    ))
 }
 
 /// Quotes `word` for the shell QEMU runs `exec:` migrations with.
@@ -913,7 +958,10 @@ fn migrate(q: &mut Qmp, uri: &str, what: &str) -> VerbResult<()> {
             let why = info["error-desc"].as_str().unwrap_or(status).to_string();
             // Leave the guest as it was.
             let _ = q.execute("cont", None);
-            Err(error(ErrorKind::OperationFailed, format!("QEMU's {what} failed: {why}")))
+            Err(error(
+                ErrorKind::OperationFailed,
+                format!("QEMU's {what} failed: {why}"),
+            ))
         }
         None => {
             let _ = q.execute("migrate_cancel", None);
@@ -944,7 +992,11 @@ fn launch(def: &DomainDef, incoming: bool) -> VerbResult<(process::Child, Runnin
         .emulator
         .clone()
         .unwrap_or_else(|| "qemu-system-x86_64".into());
-    log::info(&format!("starting {} with {program} {}", def.name, args.join(" ")));
+    log::info(&format!(
+        "starting {} with {program} {}",
+        def.name,
+        args.join(" ")
+    ));
     let child = process::spawn(&program, &args)?;
     let r = Running {
         pid: child.pid(),

@@ -117,7 +117,10 @@ impl Qmp {
             if waited >= answer_ms {
                 return Err(error(
                     ErrorKind::Timeout,
-                    format!("QEMU's monitor did not answer within {} s", answer_ms / 1000),
+                    format!(
+                        "QEMU's monitor did not answer within {} s",
+                        answer_ms / 1000
+                    ),
                 ));
             }
         }
