@@ -158,3 +158,75 @@ fn guest_boots_counts_and_powers_off_on_acpi_request() {
         pressed.elapsed()
     );
 }
+
+/// The guest's deliberate panic reaches QEMU: with [`guest::PANIC_AT`] on its command line it
+/// panics a few seconds after boot, its pvpanic driver tells QEMU's ISA pvpanic device, and
+/// QEMU (`-action panic=pause`) stops it in the run state `guest-panicked`, the state the QEMU
+/// driver reports as crashed. Without the pvpanic modules in the initramfs, or without the
+/// device, the guest reboots instead and this test fails.
+#[test]
+fn a_panicking_guest_stops_qemu_as_guest_panicked() {
+    if Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        guest::skip(&format!(
+            "{QEMU} is not installed (package qemu-system-x86)"
+        ));
+        return;
+    }
+    let Some(g) = guest::test_guest_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let sock = dir.path().join("qmp.sock");
+    let _qemu = Qemu(
+        Command::new(QEMU)
+            .args(["-machine", "pc,accel=tcg", "-m", "128"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-device", "pvpanic", "-action", "panic=pause"])
+            .arg("-kernel")
+            .arg(&g.kernel)
+            .arg("-initrd")
+            .arg(&g.initrd)
+            .args(["-append", &format!("{} {}=3", g.cmdline, guest::PANIC_AT)])
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn qemu"),
+    );
+    wait_for_log(&log, Duration::from_secs(90), guest::PANICKING, |t| {
+        t.contains(guest::PANICKING)
+    });
+    let stream = UnixStream::connect(&sock).expect("connect to QMP");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).expect("QMP greeting");
+    qmp(&mut reader, "qmp_capabilities");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = qmp(&mut reader, "query-status");
+        if status.contains("\"guest-panicked\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QEMU is still {status} 30 s after the guest panicked; serial console:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stopped for good: the guest does not reboot (no second READY) while QEMU holds it.
+    std::thread::sleep(Duration::from_millis(1000));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text.matches(guest::READY).count(), 1, "{text}");
+}

@@ -1,7 +1,8 @@
 //! The QEMU driver on real guests under TCG, through the daemon and the CLI: every
 //! lifecycle verb with the guest's own console as the witness, a guest that powers itself
-//! off (ACPI) noticed without anyone asking, a kill -9 of the daemon while the guest runs,
-//! and QEMU's own words when it refuses a domain.
+//! off (ACPI) noticed without anyone asking, a guest that panics (crashed, then what
+//! `<on_crash>` says), the balloon seen from inside the guest, a kill -9 of the daemon while
+//! the guest runs, and QEMU's own words when it refuses a domain.
 
 mod common;
 #[path = "common/guest.rs"]
@@ -774,4 +775,157 @@ fn migration_reaches_the_destination_daemon_over_mutual_tls() {
         "the counter did not continue on the destination",
     );
     dst.client(&dst_uri, "destroy vm11").ok();
+}
+
+/// A domain booting the test guest (console in `console`) that panics once its counter
+/// reaches 6 (about 3 s after it is up), with `<on_crash>on_crash</on_crash>`.
+fn panicking_domain_xml(name: &str, g: &guest::Guest, console: &Path, on_crash: &str) -> String {
+    domain_xml(name, g, console)
+        .replace(&g.cmdline, &format!("{} {}=6", g.cmdline, guest::PANIC_AT))
+        .replace(
+            "</features>",
+            &format!("</features>\n  <on_crash>{on_crash}</on_crash>"),
+        )
+}
+
+/// Polls `domstate NAME --reason` until it prints `want`, failing after `secs` seconds with
+/// what it last said and the guest's console.
+#[track_caller]
+fn wait_state(d: &Daemon, uri: &str, name: &str, want: &str, secs: u64, console: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = d.client(uri, &format!("domstate {name} --reason"));
+        if out.stdout == format!("{want}\n\n") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is still '{}' {secs} s on (wanted '{want}'); console:\n{}",
+            out.stdout.trim(),
+            console_text(console)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_guest_panic_is_a_crash_and_on_crash_decides_what_follows() {
+    let Some(s) = setup("vm12") else { return };
+    let (d, uri) = (&s.d, &s.uri);
+    let g = guest::test_guest().unwrap();
+    let run = |name: &str, on_crash: &str| -> PathBuf {
+        let console = d.home.join(format!("{name}.console"));
+        let xml = d.home.join(format!("{name}.xml"));
+        std::fs::write(&xml, panicking_domain_xml(name, &g, &console, on_crash)).unwrap();
+        d.client(uri, &format!("define {}", xml.display())).ok();
+        d.client(uri, &format!("start {name}")).ok();
+        wait_console(&console, guest::READY, 1, 90);
+        // Up and running before the panic: the crash below is a change the driver saw.
+        assert_eq!(
+            d.client(uri, &format!("domstate {name} --reason")).ok(),
+            "running (booted)\n\n",
+            "{}",
+            console_text(&console)
+        );
+        wait_console(&console, guest::PANICKING, 1, 60);
+        console
+    };
+
+    // preserve: QEMU holds the panicked guest; the domain is crashed (panicked), stays so,
+    // and is still there to destroy.
+    let console = run("crash-preserve", "preserve");
+    wait_state(d, uri, "crash-preserve", "crashed (panicked)", 30, &console);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(
+        d.client(uri, "domstate crash-preserve --reason").ok(),
+        "crashed (panicked)\n\n"
+    );
+    assert_eq!(console_text(&console).matches(guest::READY).count(), 1);
+    let list = d.client(uri, "list").ok().to_string();
+    assert!(
+        list.lines()
+            .any(|l| l.contains(" crash-preserve ") && l.trim_end().ends_with(" crashed")),
+        "{list}"
+    );
+    assert_eq!(
+        d.client(uri, "destroy crash-preserve").ok(),
+        "Domain 'crash-preserve' destroyed\n\n"
+    );
+    assert_eq!(
+        d.client(uri, "domstate crash-preserve --reason").ok(),
+        "shut off (destroyed)\n\n"
+    );
+
+    // destroy (libvirt's default): the driver ends QEMU, and the domain is shut off
+    // (crashed) with nobody asking.
+    let console = run("crash-destroy", "destroy");
+    wait_state(d, uri, "crash-destroy", "shut off (crashed)", 30, &console);
+    assert_eq!(console_text(&console).matches(guest::READY).count(), 1);
+
+    // restart: the guest boots again after its panic, and runs.
+    let console = run("crash-restart", "restart");
+    wait_console(&console, guest::READY, 2, 90);
+    assert_eq!(
+        d.client(uri, "domstate crash-restart --reason").ok(),
+        "running (booted)\n\n",
+        "{}",
+        console_text(&console)
+    );
+    d.client(uri, "destroy crash-restart").ok();
+
+    // What the driver cannot do on a crash is refused when the domain is defined.
+    let xml = d.home.join("crash-dump.xml");
+    std::fs::write(
+        &xml,
+        panicking_domain_xml("crash-dump", &g, &console, "coredump-destroy"),
+    )
+    .unwrap();
+    let r = d.client(uri, &format!("define {}", xml.display()));
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to define domain from {}\nerror: unsupported configuration: on_crash action 'coredump-destroy' (the QEMU driver takes no core dumps and renames nothing; use destroy, restart or preserve)\n",
+            xml.display()
+        )
+    );
+}
+
+#[test]
+fn setmem_takes_memory_from_the_guest_through_the_balloon() {
+    let Some(s) = setup("vm13") else { return };
+    let (d, uri, console) = (&s.d, &s.uri, &s.console);
+    d.client(uri, "start vm13").ok();
+    wait_console(console, "memtotal ", 1, 90);
+    let memtotal = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("memtotal "))
+            .filter_map(|l| l.trim_end_matches(" kB").parse().ok())
+            .collect()
+    };
+    let before = memtotal(&console_text(console))[0];
+    assert!(before > 64 * 1024, "a 128 MiB guest sees {before} kB");
+    d.client(uri, "setmem vm13 96M --live").ok();
+    assert!(
+        d.client(uri, "dominfo vm13")
+            .ok()
+            .contains("Used memory:    98304 KiB\n"),
+        "{}",
+        d.client(uri, "dominfo vm13").stdout
+    );
+    // The guest's balloon driver gives the memory back: MemTotal drops by about 32 MiB.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = *memtotal(&console_text(console)).last().unwrap();
+        if now + 24 * 1024 < before {
+            eprintln!("MemTotal {before} kB -> {now} kB after setmem 96M");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "MemTotal is still {now} kB (was {before} kB) 30 s after setmem 96M:\n{}",
+            console_text(console)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.client(uri, "destroy vm13").ok();
 }

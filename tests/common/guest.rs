@@ -5,7 +5,8 @@
 //! decompressor), with a busybox-static initramfs whose `/init` loads the virtio and ACPI
 //! modules, starts `acpid` so `system_powerdown` powers the guest off, prints
 //! [`READY`] and then a `counter N` line every 0.5 s so a test can see it run (and, after a
-//! save/restore, continue).
+//! save/restore, continue), with `cpus N online` and `memtotal N kB` whenever those change
+//! (vCPU hotplug, the balloon). With [`PANIC_AT`] on its command line it panics on purpose.
 //!
 //! Include it from a test with `#[path = "common/guest.rs"] mod guest;` and call
 //! [`test_guest`] (or [`test_guest_or_skip`]). The kernel comes from `/boot` + `/lib/modules`
@@ -27,8 +28,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const READY: &str = "VIRTWASM-GUEST-READY";
 /// Printed by the ACPI power-button handler just before `poweroff -f`.
 pub const POWEROFF: &str = "VIRTWASM-GUEST-POWEROFF";
+/// Printed just before the guest panics on purpose (see [`PANIC_AT`]).
+pub const PANICKING: &str = "VIRTWASM-GUEST-PANICKING";
+/// A kernel command line word (append `=N`) that has `/init` panic the kernel
+/// (`echo c > /proc/sysrq-trigger`) once its counter reaches N: a guest that crashes on
+/// purpose, some seconds after it is up.
+pub const PANIC_AT: &str = "virtwasm_panic_at";
 /// The kernel command line [`Guest::cmdline`] holds: console on the first serial port, an
-/// immediate reboot on panic (QEMU exits instead with `-no-reboot`), a fixed TSC frequency
+/// immediate reboot on panic (unless QEMU stops the guest first: the pvpanic modules are
+/// loaded, and the QEMU driver gives pc and q35 guests a pvpanic device), a fixed TSC frequency
 /// (TCG's PIT calibration is load-dependent and hangs some machine types), no kernel chatter.
 /// Append `key=value` words to pass variables to `/init`'s environment.
 pub const CMDLINE: &str = "console=ttyS0 panic=-1 tsc_early_khz=2000000 quiet";
@@ -49,6 +57,12 @@ const MODULES: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    // The balloon: `setmem` takes memory away and MemTotal shrinks.
+    "virtio_balloon",
+    // pvpanic: QEMU's ISA panic device, found through ACPI (QEMU0001) by pvpanic-mmio, so
+    // a panic reaches the host as QEMU's guest-panicked state.
+    "pvpanic",
+    "pvpanic-mmio",
 ];
 
 /// The package whose dependency names the current Debian kernel.
@@ -96,12 +110,33 @@ sh </dev/console >/dev/console 2>&1 &
 
 say VIRTWASM-GUEST-READY
 # A heartbeat: tests see the guest run, pause (no lines) and continue after restore. Each
-# virtio disk is announced once, including ones hot-plugged later.
+# virtio disk is announced once, including ones hot-plugged later; the number of online CPUs
+# and MemTotal each time they change (a hot-plugged CPU is brought online first, as udev
+# would; the balloon shrinks MemTotal).
 n=0
 seen=" "
+cpus=
+mem=
 while :; do
     n=$((n + 1))
     say "counter $n"
+    if [ -n "$virtwasm_panic_at" ] && [ "$n" -ge "$virtwasm_panic_at" ]; then
+        say VIRTWASM-GUEST-PANICKING
+        echo c >/proc/sysrq-trigger
+    fi
+    for c in /sys/devices/system/cpu/cpu[0-9]*; do
+        [ "$(cat $c/online 2>/dev/null)" = 0 ] && echo 1 >$c/online 2>/dev/null
+    done
+    now=$(grep -c ^processor /proc/cpuinfo)
+    if [ "$now" != "$cpus" ]; then
+        cpus=$now
+        say "cpus $cpus online"
+    fi
+    now=$(grep ^MemTotal: /proc/meminfo | tr -s ' ' | cut -d' ' -f2)
+    if [ "$now" != "$mem" ]; then
+        mem=$now
+        say "memtotal $mem kB"
+    fi
     for d in /dev/vd[a-z]; do
         [ -b "$d" ] || continue
         case "$seen" in *" $d "*) continue ;; esac

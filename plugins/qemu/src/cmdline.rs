@@ -310,6 +310,12 @@ fn other_devices(def: &DomainDef, machine: &str) -> VerbResult<Vec<String>> {
     Ok(a)
 }
 
+/// Whether `machine` is one of QEMU's x86 PC machines (`pc`, `pc-i440fx-7.2`, `q35`,
+/// `pc-q35-7.2`, ...), which have the ISA bus the pvpanic device sits on.
+pub fn is_x86_pc_or_q35(machine: &str) -> bool {
+    machine == "pc" || machine == "q35" || machine.starts_with("pc-")
+}
+
 /// PCI slots a `pc` or `q35` machine's root bus leaves for devices (32, less the host
 /// bridge, the ISA bridge and one for luck); bridges are not built yet.
 const PCI_SLOTS: usize = 29;
@@ -363,6 +369,17 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         "chardev=charmonitor,id=monitor,mode=control",
     ]);
     push(&["-rtc", "base=utc"]);
+    // A guest panic stops the guest (QEMU's run state guest-panicked) instead of QEMU's
+    // default, which exits as if the guest had powered off: the driver then sees the crash
+    // and carries out <on_crash> itself (destroy, restart or preserve), as libvirt does.
+    push(&["-action", "panic=pause"]);
+    // libvirt adds a pvpanic device only for <devices><panic model='isa'/>; the domain model
+    // (wit/types.wit) has no panic device, so every pc and q35 guest gets the ISA one (port
+    // 0x505, announced in ACPI as QEMU0001). Without it a panicking Linux guest reboots or
+    // hangs and the host never learns it crashed.
+    if is_x86_pc_or_q35(machine) {
+        push(&["-device", "pvpanic"]);
+    }
     if !def.features.iter().any(|f| f == "acpi") && machine != "microvm" {
         push(&["-no-acpi"]);
     }
@@ -417,14 +434,13 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
             s
         }
     };
-    let mut serial = 0;
-    for (i, c) in serials.into_iter().enumerate() {
+    for (serial, c) in serials.into_iter().enumerate() {
         let id = format!("charserial{serial}");
         let backend = match c.source_type {
             ChardevSourceType::Pty => format!("pty,id={id}"),
             ChardevSourceType::File => {
                 let p = c.source_path.as_deref().ok_or_else(|| {
-                    unsupported(format!("serial {i} of type file without a path"))
+                    unsupported(format!("serial {serial} of type file without a path"))
                 })?;
                 format!("file,id={id},path={}", opt(p))
             }
@@ -453,7 +469,6 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
             "-serial".into(),
             format!("chardev:{id}"),
         ]);
-        serial += 1;
     }
     if let Some(b) = &def.memballoon
         && b.model == "virtio"

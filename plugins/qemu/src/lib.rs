@@ -150,6 +150,55 @@ fn from_status(status: &str, was: DomainState) -> DomainState {
     }
 }
 
+/// Carries out `<on_crash>` for a guest QEMU has stopped as panicked (`-action
+/// panic=pause`), as libvirt's QEMU driver does: `destroy` (libvirt's default, also when the
+/// definition says nothing) ends QEMU and the domain is shut off (crashed); `restart` resets
+/// the guest and runs it again (booted, as libvirt's fake reboot reports); `preserve` keeps
+/// it stopped, crashed (panicked), for inspection until destroyed.
+fn crashed(dom: &DomainRef, r: &Running, q: &mut Qmp) -> VerbResult<DomainRuntime> {
+    match dom.def.on_crash {
+        Some(LifecycleAction::Preserve) => {
+            Ok(runtime(DomainState::Crashed(CrashedReason::Panicked), r))
+        }
+        Some(LifecycleAction::Restart) => {
+            log::warn(&format!(
+                "guest {} panicked; restarting it (on_crash restart)",
+                dom.def.name
+            ));
+            // The reset happens in QEMU's main loop after the command returns; `cont` is
+            // refused until it has (the panicked state "needs a reset"), so wait for it.
+            q.execute("system_reset", None)?;
+            q.wait_event("RESET", 5000, |_| true)?;
+            q.execute("cont", None)?;
+            Ok(runtime(DomainState::Running(RunningReason::Booted), r))
+        }
+        _ => {
+            log::warn(&format!(
+                "guest {} panicked; ending its QEMU (pid {}, on_crash destroy)",
+                dom.def.name, r.pid
+            ));
+            let _ = q.execute("quit", None);
+            stop_process(r.pid, false)?;
+            Ok(DomainRuntime {
+                state: DomainState::Shutoff(ShutoffReason::Crashed),
+                driver_data: String::new(),
+            })
+        }
+    }
+}
+
+/// libvirt's word for a lifecycle action, for messages.
+fn lifecycle_word(a: LifecycleAction) -> &'static str {
+    match a {
+        LifecycleAction::Destroy => "destroy",
+        LifecycleAction::Restart => "restart",
+        LifecycleAction::RenameRestart => "rename-restart",
+        LifecycleAction::Preserve => "preserve",
+        LifecycleAction::CoredumpDestroy => "coredump-destroy",
+        LifecycleAction::CoredumpRestart => "coredump-restart",
+    }
+}
+
 /// Stops QEMU: SIGTERM, then (unless `graceful`) SIGKILL after 5 s; waits for it.
 fn stop_process(pid: u32, graceful: bool) -> VerbResult<()> {
     let child = match process::adopt(pid) {
@@ -233,6 +282,23 @@ impl Hypervisor for Qemu {
         }
         if def.os.machine.is_none() {
             def.os.machine = Some("pc".into());
+        }
+        // What a crash does is the driver's to carry out (poll); refuse what it cannot do
+        // rather than do something else when the guest crashes.
+        match def.on_crash {
+            None
+            | Some(LifecycleAction::Destroy)
+            | Some(LifecycleAction::Restart)
+            | Some(LifecycleAction::Preserve) => {}
+            Some(other) => {
+                return Err(error(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "unsupported configuration: on_crash action '{}' (the QEMU driver takes no core dumps and renames nothing; use destroy, restart or preserve)",
+                        lifecycle_word(other)
+                    ),
+                ));
+            }
         }
         if def.emulator.is_none() {
             def.emulator = Some("qemu-system-x86_64".into());
@@ -350,6 +416,9 @@ impl Hypervisor for Qemu {
         let mut q = Qmp::connect(&r.monitor, 2000)?;
         let status = q.execute("query-status", None)?;
         let s = status["status"].as_str().unwrap_or("");
+        if s == "guest-panicked" {
+            return crashed(&dom, &r, &mut q);
+        }
         Ok(runtime(from_status(s, was), &r))
     }
 
