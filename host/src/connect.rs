@@ -135,7 +135,7 @@ type SharedDriver = (Arc<DriverState>, Option<DiskStore>);
 
 /// One host: a wasm runtime, the plugins, and the state of every driver connection opened.
 pub struct Host {
-    registry: Registry,
+    registry: Arc<Registry>,
     states: Mutex<HashMap<String, SharedDriver>>,
     job_timeout: Duration,
     system_dirs: Dirs,
@@ -177,7 +177,7 @@ impl Host {
             }
         }
         Ok(Host {
-            registry,
+            registry: Arc::new(registry),
             states: Mutex::new(HashMap::new()),
             job_timeout: config.job_timeout,
             system_dirs: config.system_dirs,
@@ -293,6 +293,7 @@ impl Host {
         Ok(Connection {
             uri: parsed,
             plugin,
+            registry: self.registry.clone(),
             state,
             store,
             readonly,
@@ -435,6 +436,8 @@ fn populate(state: &DriverState, initial: crate::bindings::types::InitialObjects
 pub struct Connection {
     pub(crate) uri: ConnectUri,
     pub(crate) plugin: Arc<Plugin>,
+    /// Where pools of types the plugin does not serve find their storage driver.
+    pub(crate) registry: Arc<Registry>,
     pub(crate) state: Arc<DriverState>,
     pub(crate) store: Option<DiskStore>,
     pub(crate) readonly: bool,

@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod nodefile;
 pub mod objects;
 pub mod plugin;
+pub mod pool_driver;
 pub mod registry;
 pub mod savefile;
 pub mod snapshot;

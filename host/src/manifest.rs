@@ -180,6 +180,12 @@ pub struct PluginSection {
     /// memory came back, as in libvirt's QEMU driver) or `booted` (libvirt's test driver).
     #[serde(default, rename = "managed-save-start-reason")]
     pub managed_save_start_reason: ManagedSaveStartReason,
+    /// Storage pool types (libvirt's names: `dir`, `fs`, `logical`, ...) whose pools this
+    /// plugin serves. A connection's own plugin serves the types it lists; a pool of any other
+    /// type goes to the storage-driver plugin that lists it, which then may touch that pool's
+    /// target directory and nothing else.
+    #[serde(default, rename = "pool-types")]
+    pub pool_types: Vec<String>,
 }
 
 /// The running reason after a start from a managed-save image.
@@ -304,6 +310,20 @@ impl Manifest {
                     "URI scheme '{scheme}' must be lowercase letters and digits"
                 ));
             }
+        }
+        for t in &self.plugin.pool_types {
+            if crate::xml::pool_type_from_name(t).is_none() {
+                return bad(format!(
+                    "pool type '{t}' is not one of libvirt's ({})",
+                    crate::xml::pool_type_names().join(", ")
+                ));
+            }
+        }
+        if !self.plugin.pool_types.is_empty() && !self.world()?.has_storage() {
+            return bad(format!(
+                "pool-types is set but world '{}' exports no storage interface",
+                self.plugin.world
+            ));
         }
         if let Some(sha) = &self.plugin.sha256
             && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))

@@ -167,7 +167,7 @@ impl Connection {
         if record.info.is_none() {
             return Ok(INACTIVE);
         }
-        self.plugin.storage("get-pool-info", |g, s| {
+        self.pool_call(&record.def, "get-pool-info", |g, s| {
             g.call_get_pool_info(s, &record.def, &record.volumes)
         })
     }
@@ -206,14 +206,20 @@ impl Connection {
 
     /// Defines a persistent pool from XML.
     pub fn pool_define_xml(&self, text: &str, validate: bool) -> Result<PoolDef> {
-        let parsed = xml::parse_pool_with(
+        let parsed = Self::parse_pool_xml(text, validate)?;
+        self.pool_define(parsed.def, parsed.extras)
+    }
+
+    /// Reads pool XML as `pool_define_xml` does (`validate` refuses what is not modelled),
+    /// for a front end that checks the definition before defining it.
+    pub fn parse_pool_xml(text: &str, validate: bool) -> Result<xml::ParsedPool> {
+        xml::parse_pool_with(
             text,
             &ParseOptions {
                 strict: validate,
                 fill_defaults: true,
             },
-        )?;
-        self.pool_define(parsed.def, parsed.extras)
+        )
     }
 
     /// Defines a persistent pool.
@@ -221,6 +227,8 @@ impl Connection {
         self.writable()?;
         validate_object_name("pool", &def.name)?;
         xml::fill_pool_defaults(&mut def);
+        // A type nothing here serves is refused now, not at its first start.
+        self.pool_driver(&def)?;
         let mut o = self.state.objects();
         if let Some(same) = o
             .pools
@@ -270,10 +278,23 @@ impl Connection {
     }
 
     /// Creates and starts a transient pool.
-    pub fn pool_create(&self, mut def: PoolDef, extras: xml::Extras) -> Result<PoolDef> {
+    pub fn pool_create(&self, def: PoolDef, extras: xml::Extras) -> Result<PoolDef> {
+        self.pool_create_with(def, extras, false)
+    }
+
+    /// Creates a transient pool, builds it first when `build` (virsh's `--build`), and
+    /// starts it; a failure at any step leaves no pool behind.
+    pub fn pool_create_with(
+        &self,
+        mut def: PoolDef,
+        extras: xml::Extras,
+        build: bool,
+    ) -> Result<PoolDef> {
         self.writable()?;
         validate_object_name("pool", &def.name)?;
         xml::fill_pool_defaults(&mut def);
+        // A type nothing here serves is refused now, not at its first start.
+        self.pool_driver(&def)?;
         if self
             .state
             .objects()
@@ -294,7 +315,13 @@ impl Connection {
             autostart: false,
             extras,
         })?;
-        if let Err(e) = self.pool_start(&def.uuid) {
+        let started = if build {
+            self.pool_build(&def.uuid, false)
+                .and_then(|_| self.pool_start(&def.uuid))
+        } else {
+            self.pool_start(&def.uuid)
+        };
+        if let Err(e) = started {
             if let Ok(rec) = self.pool_record(&def.uuid) {
                 let _ = self.drop_pool(&rec);
             }
@@ -313,7 +340,8 @@ impl Connection {
                 rec.def.name
             )));
         }
-        self.plugin.storage("pool-build", |g, s| {
+        self.create_pool_dir(&rec.def)?;
+        self.pool_call(&rec.def, "pool-build", |g, s| {
             g.call_pool_build(s, &rec.def, overwrite)
         })?;
         self.pool_event(&rec.def.name, ObjectEvent::Created);
@@ -330,10 +358,10 @@ impl Connection {
                 rec.def.name
             )));
         }
-        let info = self
-            .plugin
-            .storage("pool-start", |g, s| g.call_pool_start(s, &rec.def))?;
-        let volumes = self.plugin.storage("pool-refresh", |g, s| {
+        let info = self.pool_call(&rec.def, "pool-start", |g, s| {
+            g.call_pool_start(s, &rec.def)
+        })?;
+        let volumes = self.pool_call(&rec.def, "pool-refresh", |g, s| {
             g.call_pool_refresh(s, &rec.def, &rec.volumes)
         })?;
         rec.info = Some(info);
@@ -354,8 +382,7 @@ impl Connection {
                 rec.def.name
             )));
         }
-        self.plugin
-            .storage("pool-stop", |g, s| g.call_pool_stop(s, &rec.def))?;
+        self.pool_call(&rec.def, "pool-stop", |g, s| g.call_pool_stop(s, &rec.def))?;
         let name = rec.def.name.clone();
         if rec.persistent {
             rec.info = None;
@@ -377,8 +404,10 @@ impl Connection {
                 rec.def.name
             )));
         }
-        self.plugin
-            .storage("pool-delete", |g, s| g.call_pool_delete(s, &rec.def))?;
+        self.pool_call(&rec.def, "pool-delete", |g, s| {
+            g.call_pool_delete(s, &rec.def)
+        })?;
+        self.remove_pool_dir(&rec.def)?;
         self.pool_event(&rec.def.name, ObjectEvent::Deleted);
         Ok(rec.def.name)
     }
@@ -413,7 +442,7 @@ impl Connection {
                 rec.def.name
             )));
         }
-        rec.volumes = self.plugin.storage("pool-refresh", |g, s| {
+        rec.volumes = self.pool_call(&rec.def, "pool-refresh", |g, s| {
             g.call_pool_refresh(s, &rec.def, &rec.volumes)
         })?;
         let name = rec.def.name.clone();
@@ -493,9 +522,9 @@ impl Connection {
                 "operation failed: storage vol already exists".to_string(),
             ));
         }
-        let made = self
-            .plugin
-            .storage("vol-create", |g, s| g.call_vol_create(s, &rec.def, &vol))?;
+        let made = self.pool_call(&rec.def, "vol-create", |g, s| {
+            g.call_vol_create(s, &rec.def, &vol)
+        })?;
         rec.volumes.push(made.clone());
         self.put_pool(rec)?;
         Ok(made)
@@ -532,7 +561,7 @@ impl Connection {
             target_path: None,
             ..src.clone()
         };
-        let made = self.plugin.storage("vol-clone", |g, s| {
+        let made = self.pool_call(&rec.def, "vol-clone", |g, s| {
             g.call_vol_clone(s, &rec.def, &src, &wanted)
         })?;
         rec.volumes.push(made.clone());
@@ -546,8 +575,9 @@ impl Connection {
         let (found, vol) = self.volume(key, pool)?;
         // Lock the pool, then read its record again: a concurrent volume change must not be lost.
         let (_job, mut rec) = self.locked_pool(&found.def.uuid, "vol-delete")?;
-        self.plugin
-            .storage("vol-delete", |g, s| g.call_vol_delete(s, &rec.def, &vol))?;
+        self.pool_call(&rec.def, "vol-delete", |g, s| {
+            g.call_vol_delete(s, &rec.def, &vol)
+        })?;
         rec.volumes.retain(|v| v.name != vol.name);
         self.put_pool(rec)?;
         Ok(vol.name)
@@ -565,7 +595,7 @@ impl Connection {
         let (found, vol) = self.volume(key, pool)?;
         // Lock the pool, then read its record again: a concurrent volume change must not be lost.
         let (_job, mut rec) = self.locked_pool(&found.def.uuid, "vol-resize")?;
-        let resized = self.plugin.storage("vol-resize", |g, s| {
+        let resized = self.pool_call(&rec.def, "vol-resize", |g, s| {
             g.call_vol_resize(s, &rec.def, &vol, capacity, allow_shrink)
         })?;
         if let Some(slot) = rec.volumes.iter_mut().find(|v| v.name == vol.name) {
@@ -579,8 +609,9 @@ impl Connection {
     pub fn vol_wipe(&self, key: &str, pool: Option<&str>) -> Result<String> {
         self.writable()?;
         let (rec, vol) = self.volume(key, pool)?;
-        self.plugin
-            .storage("vol-wipe", |g, s| g.call_vol_wipe(s, &rec.def, &vol))?;
+        self.pool_call(&rec.def, "vol-wipe", |g, s| {
+            g.call_vol_wipe(s, &rec.def, &vol)
+        })?;
         Ok(vol.name)
     }
 
@@ -594,9 +625,9 @@ impl Connection {
         }
         let (rec, vol) = self.volume(key, pool)?;
         let verb = if upload { "vol-upload" } else { "vol-download" };
-        let path = self
-            .plugin
-            .storage(verb, |g, s| g.call_vol_data_path(s, &rec.def, &vol, upload))?;
+        let path = self.pool_call(&rec.def, verb, |g, s| {
+            g.call_vol_data_path(s, &rec.def, &vol, upload)
+        })?;
         // Resolve symlinks before the check: a link in a pool directory must not lead the
         // host (which may be root) to another file.
         let pool_dir = rec
@@ -609,7 +640,7 @@ impl Connection {
         if pool_dir.as_ref().is_none_or(|dir| !real.starts_with(dir)) {
             return Err(Error::denied(format!(
                 "plugin '{}' named '{}' for volume '{}', which resolves outside the pool's directory",
-                self.plugin.name(),
+                self.pool_driver(&rec.def)?.plugin.name(),
                 path,
                 vol.name
             )));
@@ -664,9 +695,9 @@ impl Connection {
     /// Numbers behind `vol-info`.
     pub fn vol_info(&self, key: &str, pool: Option<&str>) -> Result<(VolumeDef, VolumeInfo)> {
         let (rec, vol) = self.volume(key, pool)?;
-        let info = self
-            .plugin
-            .storage("vol-info", |g, s| g.call_vol_info(s, &rec.def, &vol))?;
+        let info = self.pool_call(&rec.def, "vol-info", |g, s| {
+            g.call_vol_info(s, &rec.def, &vol)
+        })?;
         Ok((vol, info))
     }
 

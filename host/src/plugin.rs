@@ -6,6 +6,7 @@
 //! microseconds); see docs/adr/0003. Calls on different domains run in parallel, and a trap
 //! poisons only the instance that trapped, which is dropped: the next call gets another.
 
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -294,10 +295,13 @@ impl Plugin {
         })
     }
 
-    /// Runs `verb` of the storage interface in an instance of its own.
+    /// Runs `verb` of the storage interface in an instance of its own. With `pool_dir` (the
+    /// host directory, and the path the plugin knows it by) the instance also gets a pool's
+    /// target directory, read-write, and is used once.
     pub fn storage<R>(
         &self,
         verb: &str,
+        pool_dir: Option<(&Path, &str)>,
         f: impl FnOnce(
             &storage::Guest,
             &mut Store<HostState>,
@@ -307,7 +311,7 @@ impl Plugin {
             .storage
             .as_ref()
             .ok_or_else(|| self.not_served("storage", verb))?;
-        self.call(verb, |store, instance| {
+        self.call_in(verb, pool_dir, |store, instance| {
             let guest = idx.load(&mut *store, instance)?;
             f(&guest, store)
         })
@@ -352,12 +356,29 @@ impl Plugin {
             &wasmtime::component::Instance,
         ) -> wasmtime::Result<std::result::Result<R, types::Error>>,
     ) -> Result<R> {
+        self.call_in(verb, None, f)
+    }
+
+    /// [`Plugin::call`], in a fresh single-use instance that also holds `object_dir` when
+    /// one is given (a reused instance would carry that grant into unrelated calls).
+    fn call_in<R>(
+        &self,
+        verb: &str,
+        object_dir: Option<(&Path, &str)>,
+        f: impl FnOnce(
+            &mut Store<HostState>,
+            &wasmtime::component::Instance,
+        ) -> wasmtime::Result<std::result::Result<R, types::Error>>,
+    ) -> Result<R> {
         let _slot = self.slots.acquire();
         let budget = Duration::from_millis(self.manifest.limits.call_timeout_ms.into());
-        let warm = self.idle.lock().unwrap().pop();
+        let warm = match object_dir {
+            Some(_) => None,
+            None => self.idle.lock().unwrap().pop(),
+        };
         let (mut store, instance, uses) = match warm {
             Some(w) => (w.store, Some(w.instance), w.uses),
-            None => (self.new_store()?, None, 0),
+            None => (self.new_store(object_dir)?, None, 0),
         };
         store.data_mut().begin_call(budget);
         store.set_epoch_deadline(ticks(budget));
@@ -382,6 +403,7 @@ impl Plugin {
         // dropped above (it is poisoned). Reuse is bounded so that whatever a guest leaks
         // (resources, buffered output) stays bounded too.
         if let Some(instance) = healthy
+            && object_dir.is_none()
             && uses + 1 < MAX_REUSE
             && store.data().output_len() < MAX_OUTPUT_BEFORE_RETIRE
         {
@@ -421,7 +443,7 @@ impl Plugin {
     pub fn probe(&self) -> Result<Duration> {
         let _slot = self.slots.acquire();
         let t = Instant::now();
-        let mut store = self.new_store()?;
+        let mut store = self.new_store(None)?;
         store.data_mut().begin_call(Duration::from_millis(
             self.manifest.limits.call_timeout_ms.into(),
         ));
@@ -439,14 +461,25 @@ impl Plugin {
 
     /// A store for a new instance: the sandbox's WASI context, the memory limiter, and the
     /// epoch callback that enforces each call's budget of guest execution time.
-    fn new_store(&self) -> Result<Store<HostState>> {
-        let state =
-            HostState::new(self.grants.clone(), self.runtime.children.clone()).map_err(|e| {
-                Error::failed(format!(
+    fn new_store(&self, object_dir: Option<(&Path, &str)>) -> Result<Store<HostState>> {
+        let state = HostState::new(
+            self.grants.clone(),
+            self.runtime.children.clone(),
+            object_dir,
+        )
+        .map_err(|e| {
+            Error::failed(match object_dir {
+                Some((dir, _)) => format!(
+                    "plugin '{}': cannot open '{}' for it: {e:#}",
+                    self.name(),
+                    dir.display()
+                ),
+                None => format!(
                     "plugin '{}': cannot prepare its sandbox: {e:#}",
                     self.name()
-                ))
-            })?;
+                ),
+            })
+        })?;
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| {

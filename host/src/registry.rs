@@ -226,6 +226,28 @@ impl Registry {
         self.load(entry)
     }
 
+    /// The storage-driver plugin serving pools of type `pool_type` (libvirt's name), loading
+    /// it on first use; `None` when no storage driver lists that type.
+    pub fn for_pool_type(&self, pool_type: &str) -> Option<Result<Arc<Plugin>>> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| {
+                e.manifest.world().ok() == Some(crate::manifest::World::StorageDriver)
+                    && e.manifest.plugin.pool_types.iter().any(|t| t == pool_type)
+            })
+            .map(|e| self.load(e))
+    }
+
+    /// Pool types the storage-driver plugins serve, for errors that say what is available.
+    pub fn storage_pool_types(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.manifest.world().ok() == Some(crate::manifest::World::StorageDriver))
+            .flat_map(|e| e.manifest.plugin.pool_types.clone())
+            .collect()
+    }
+
     fn names(&self) -> Vec<String> {
         self.entries
             .iter()

@@ -142,9 +142,13 @@ const STDIO_CAPTURE: usize = 64 * 1024;
 impl HostState {
     /// Fresh store data for one instance: WASI with no environment, arguments, stdin or
     /// sockets, stdout and stderr captured, and only the granted directories preopened.
+    /// `object_dir` is one more directory (host path, the path the plugin knows it by),
+    /// read-write, for this instance only: the target of the storage pool a storage driver's
+    /// call is about.
     pub(crate) fn new(
         grants: Arc<Grants>,
         children: Arc<process::ChildRegistry>,
+        object_dir: Option<(&std::path::Path, &str)>,
     ) -> wasmtime::Result<HostState> {
         let stderr = MemoryOutputPipe::new(STDIO_CAPTURE);
         let mut b = WasiCtx::builder();
@@ -165,6 +169,9 @@ impl HostState {
                 Access::ReadWrite => wasmtime_wasi::FsPerms::ReadWrite,
             };
             b.preopened_dir(host, guest, perms)?;
+        }
+        if let Some((host, guest)) = object_dir {
+            b.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)?;
         }
         Ok(HostState {
             wasi: b.build(),

@@ -45,6 +45,7 @@ pub use network::{
 };
 pub use pool::{
     ParsedPool, fill_pool_defaults, format_pool, parse_pool, parse_pool_strict, parse_pool_with,
+    pool_type_from_name, pool_type_name, pool_type_names,
 };
 pub use units::{UNIT_NAMES, unit_scale};
 pub use volume::{

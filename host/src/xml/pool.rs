@@ -59,6 +59,21 @@ const POOL_TYPES: &[(&str, PoolType)] = &[
     ("gluster", PoolType::Gluster),
     ("zfs", PoolType::Zfs),
 ];
+/// libvirt's pool type names, in the model's order.
+pub fn pool_type_names() -> Vec<&'static str> {
+    POOL_TYPES.iter().map(|(n, _)| *n).collect()
+}
+
+/// The pool type libvirt calls `name`.
+pub fn pool_type_from_name(name: &str) -> Option<PoolType> {
+    POOL_TYPES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// libvirt's name for a pool type.
+pub fn pool_type_name(t: PoolType) -> &'static str {
+    enum_name(POOL_TYPES, &t)
+}
+
 /// Pool types libvirt has that the model cannot represent.
 const POOL_TYPES_UNMODELLED: &[&str] = &["iscsi-direct", "vstorage"];
 
