@@ -12,6 +12,7 @@ use std::process::Command;
 const BUNDLED: &[(&str, &str)] = &[
     ("test", "virtwasm_plugin_test"),
     ("qemu", "virtwasm_plugin_qemu"),
+    ("storage-dir", "virtwasm_plugin_storage_dir"),
 ];
 /// Plugins built only for the test suite: (directory, crate name).
 const FIXTURES: &[(&str, &str)] = &[

@@ -375,13 +375,24 @@ fn node_pool_and_network_queries() {
 
 #[test]
 fn plugin_list_and_info_show_grants_and_cache() {
-    let r = test_driver("plugin-list; plugin-info test");
+    let r = test_driver("plugin-list; plugin-info test; plugin-info storage-dir");
     let out = r.ok();
     assert!(
-        out.contains(" test   0.1.0     full-driver@0.1.0   test      bundled\n"),
+        out.starts_with(concat!(
+            " Name          Version   World                  Schemes   Source\n",
+            "-------------------------------------------------------------------\n",
+            " test          0.1.0     full-driver@0.1.0      test      bundled\n",
+            " qemu          0.1.0     full-driver@0.1.0      qemu      bundled\n",
+            " storage-dir   0.1.0     storage-driver@0.1.0             bundled\n\n",
+        )),
         "{out}"
     );
     assert!(out.contains("Programs:       none\n"), "{out}");
+    // The directory storage driver has no files of its own; it is given pool directories.
+    assert!(
+        out.contains("Programs:       qemu-img, df\nFiles:          none\nSockets:        none\nPool types:     dir\n"),
+        "{out}"
+    );
     assert!(out.contains("Memory limit:   32 MiB\n"), "{out}");
     assert!(
         out.contains("Cache:          hit") || out.contains("Cache:          miss"),
@@ -390,7 +401,7 @@ fn plugin_list_and_info_show_grants_and_cache() {
     let r = test_driver("plugin-info nosuch");
     assert_eq!(
         r.failed(),
-        "error: failed to load plugin 'nosuch'\nerror: no plugin named 'nosuch' (known: test, qemu)\n"
+        "error: failed to load plugin 'nosuch'\nerror: no plugin named 'nosuch' (known: test, qemu, storage-dir)\n"
     );
 }
 

@@ -494,8 +494,8 @@ impl Client {
         self.call(Request::PoolDefine { def, extras })
     }
     /// Creates and starts a transient pool.
-    pub fn pool_create(&self, def: PoolDef, extras: Extras) -> Result<PoolDef> {
-        self.call(Request::PoolCreate { def, extras })
+    pub fn pool_create(&self, def: PoolDef, extras: Extras, build: bool) -> Result<PoolDef> {
+        self.call(Request::PoolCreate { def, extras, build })
     }
     /// Builds a pool; returns its name.
     pub fn pool_build(&self, key: &str, overwrite: bool) -> Result<String> {

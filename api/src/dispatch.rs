@@ -39,6 +39,19 @@ impl Context<'static> {
     }
 }
 
+/// A pool whose storage driver will be given its target directory must name a directory
+/// the front end lets clients name (a pool at /etc would hand /etc to the driver).
+fn pool_target_allowed(
+    conn: &Connection,
+    def: &virtwasm_host::bindings::types::PoolDef,
+    files: &dyn Fn(&str, bool) -> Result<()>,
+) -> Result<()> {
+    match conn.pool_driver(def)?.dir {
+        Some(dir) => files(&dir.to_string_lossy(), false),
+        None => Ok(()),
+    }
+}
+
 /// Runs `req` on `conn`.
 pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value> {
     let files = ctx.files;
@@ -127,9 +140,19 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         R::ListPools => json(conn.list_pools()?),
         R::Pool { key } => json(conn.pool(&key)?),
         R::PoolXml { key } => json(conn.pool_xml(&key)?),
-        R::PoolDefineXml { xml, validate } => json(conn.pool_define_xml(&xml, validate)?),
-        R::PoolDefine { def, extras } => json(conn.pool_define(def, extras)?),
-        R::PoolCreate { def, extras } => json(conn.pool_create(def, extras)?),
+        R::PoolDefineXml { xml, validate } => {
+            let parsed = Connection::parse_pool_xml(&xml, validate)?;
+            pool_target_allowed(conn, &parsed.def, files)?;
+            json(conn.pool_define(parsed.def, parsed.extras)?)
+        }
+        R::PoolDefine { def, extras } => {
+            pool_target_allowed(conn, &def, files)?;
+            json(conn.pool_define(def, extras)?)
+        }
+        R::PoolCreate { def, extras, build } => {
+            pool_target_allowed(conn, &def, files)?;
+            json(conn.pool_create_with(def, extras, build)?)
+        }
         R::PoolBuild { key, overwrite } => json(conn.pool_build(&key, overwrite)?),
         R::PoolStart { key } => json(conn.pool_start(&key)?),
         R::PoolDestroy { key } => json(conn.pool_destroy(&key)?),

@@ -188,6 +188,9 @@ pub enum Request {
         def: PoolDef,
         #[serde(default)]
         extras: Extras,
+        /// Build the pool's storage before starting it (virsh's `--build`).
+        #[serde(default)]
+        build: bool,
     },
     PoolBuild {
         key: String,

@@ -127,6 +127,13 @@ fn plugin_info(sess: &mut Session, a: &Args) -> Outcome {
     line("Programs:", programs);
     line("Files:", files);
     line("Sockets:", sockets);
+    line(
+        "Pool types:",
+        match m.plugin.pool_types.is_empty() {
+            true => "none".to_string(),
+            false => m.plugin.pool_types.join(", "),
+        },
+    );
     line("Memory limit:", format!("{} MiB", m.limits.memory_mib));
     line("Call timeout:", format!("{} ms", m.limits.call_timeout_ms));
     line("Instances:", m.limits.instances.to_string());

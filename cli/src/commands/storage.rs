@@ -586,7 +586,7 @@ fn pool_create(sess: &mut Session, a: &Args) -> Outcome {
     .map_err(fail)?;
     let def = sess
         .conn()?
-        .pool_create(parsed.def, parsed.extras)
+        .pool_create(parsed.def, parsed.extras, a.flag("build"))
         .map_err(fail)?;
     sess.extra(&format!("Pool {} created from {file}\n", def.name));
     Ok(())
@@ -649,7 +649,7 @@ fn pool_create_as(sess: &mut Session, a: &Args) -> Outcome {
     let name = def.name.clone();
     let def = sess
         .conn()?
-        .pool_create(def, Default::default())
+        .pool_create(def, Default::default(), a.flag("build"))
         .map_err(|e| Failure(vec![format!("Failed to create pool {name}"), e.message]))?;
     sess.extra(&format!("Pool {} created\n", def.name));
     Ok(())

@@ -1,0 +1,302 @@
+//! Directory storage pools through the `storage-dir` plugin, with real files and the real
+//! `qemu-img`: a QEMU connection's `dir` pools, their volumes in every format the driver
+//! makes, the bytes of an upload and a download through virtwasmd's streams, and the limits
+//! (a backing file outside the pool, a pool outside the daemon's directories, a pool type
+//! nothing serves).
+
+mod common;
+#[path = "common/guest.rs"]
+mod guest;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Daemon, Run};
+
+/// `qemu-img`, or a loud skip (a failure when `VIRTWASM_REQUIRE_GUEST` is set, as in CI).
+fn have_qemu_img() -> bool {
+    let found = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        guest::skip("qemu-img is not installed (Debian: qemu-utils)");
+    }
+    found
+}
+
+fn embed(home: &Path, script: &str) -> Run {
+    let uri = format!("qemu:///embed?root={}", home.join("root").display());
+    common::virtwasm(home, &["-c", &uri, script])
+}
+
+/// What `qemu-img info` says of `path`: (format, virtual size).
+fn image_info(path: &Path) -> (String, u64) {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["format"].as_str().unwrap().to_string(),
+        v["virtual-size"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn a_directory_pool_holds_real_volumes() {
+    if !have_qemu_img() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let pool = home.path().join("pools/p1");
+    let r = embed(
+        home.path(),
+        &format!(
+            "pool-define-as p1 dir --target {}; pool-build p1; pool-start p1; pool-autostart p1",
+            pool.display()
+        ),
+    );
+    assert_eq!(
+        r.ok(),
+        "Pool p1 defined\n\nPool p1 built\n\nPool p1 started\n\nPool p1 marked as autostarted\n\n"
+    );
+    // The host made the directory with libvirt's default mode for pool directories.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&pool).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o711);
+
+    // One volume per format the driver makes, each a real image of that format and size.
+    let formats = ["raw", "qcow2", "qed", "vmdk", "vdi"];
+    let script: Vec<String> = formats
+        .iter()
+        .map(|f| format!("vol-create-as p1 v.{f} 10M --format {f}"))
+        .collect();
+    let r = embed(home.path(), &script.join("; "));
+    let expected: String = formats
+        .iter()
+        .map(|f| format!("Vol v.{f} created\n\n"))
+        .collect();
+    assert_eq!(r.ok(), expected);
+    for f in formats {
+        assert_eq!(
+            image_info(&pool.join(format!("v.{f}"))),
+            (f.to_string(), 10 << 20),
+            "v.{f}"
+        );
+    }
+    // Listed by name, each with its path.
+    let r = embed(home.path(), "vol-list p1");
+    let rows: Vec<Vec<String>> = r
+        .ok()
+        .lines()
+        .skip(2)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    let mut names: Vec<String> = formats.iter().map(|f| format!("v.{f}")).collect();
+    names.sort();
+    let expected: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| vec![n.clone(), pool.join(n).display().to_string()])
+        .collect();
+    assert_eq!(rows, expected, "{}", r.ok());
+    let r = embed(home.path(), "vol-dumpxml v.qcow2 --pool p1");
+    let xml = r.ok();
+    assert!(
+        xml.contains(&format!("<key>{}</key>", pool.join("v.qcow2").display()))
+            && xml.contains("<capacity unit='bytes'>10485760</capacity>")
+            && xml.contains("<format type='qcow2'/>"),
+        "{xml}"
+    );
+
+    // Clone (another format), resize (a shrink only when asked), backing files from the pool.
+    let r = embed(
+        home.path(),
+        &format!(
+            "vol-clone v.raw c.qcow2 --pool p1; vol-resize v.raw 20M --pool p1; \
+             vol-create-as p1 overlay.qcow2 0 --format qcow2 --backing-vol {} --backing-vol-format qcow2",
+            pool.join("v.qcow2").display()
+        ),
+    );
+    assert_eq!(
+        r.ok(),
+        "Vol c.qcow2 cloned from v.raw\n\nSize of volume 'v.raw' successfully changed to 20M\n\nVol overlay.qcow2 created\n\n"
+    );
+    assert_eq!(image_info(&pool.join("v.raw")), ("raw".into(), 20 << 20));
+    assert_eq!(
+        image_info(&pool.join("overlay.qcow2")),
+        ("qcow2".into(), 10 << 20),
+        "an overlay takes its backing file's size"
+    );
+    let r = embed(home.path(), "vol-resize v.raw 1M --pool p1");
+    assert_eq!(
+        r.failed(),
+        "error: Failed to change size of volume 'v.raw' to 1M\nerror: invalid argument: Can't shrink capacity below current capacity unless shrink flag explicitly specified\n"
+    );
+    let outside = home.path().join("secret.img");
+    std::fs::write(&outside, b"not for the pool").unwrap();
+    let r = embed(
+        home.path(),
+        &format!(
+            "vol-create-as p1 evil.qcow2 0 --format qcow2 --backing-vol {}",
+            outside.display()
+        ),
+    );
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to create vol evil.qcow2\nerror: invalid argument: backing store '{}' is not a volume of this pool ('{}'): this driver takes backing files from the same pool\n",
+            outside.display(),
+            pool.display()
+        )
+    );
+    assert!(!pool.join("evil.qcow2").exists());
+
+    // Wipe leaves zeroes of the same size (raw) or an empty image of the same size.
+    std::fs::write(pool.join("v.raw"), vec![0xa5u8; 20 << 20]).unwrap();
+    let r = embed(
+        home.path(),
+        "vol-wipe v.raw --pool p1; vol-wipe v.qcow2 --pool p1",
+    );
+    assert_eq!(r.ok(), "Vol v.raw wiped\n\nVol v.qcow2 wiped\n\n");
+    let data = std::fs::read(pool.join("v.raw")).unwrap();
+    assert_eq!(data.len(), 20 << 20);
+    assert!(data.iter().all(|b| *b == 0), "the raw volume holds zeroes");
+    assert_eq!(
+        image_info(&pool.join("v.qcow2")),
+        ("qcow2".into(), 10 << 20)
+    );
+
+    // A file put in the directory by hand appears after a refresh, as in libvirt.
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(pool.join("byhand.qcow2"))
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let r = embed(
+        home.path(),
+        "pool-refresh p1; vol-info byhand.qcow2 --pool p1",
+    );
+    assert!(
+        r.ok().starts_with(
+            "Pool p1 refreshed\n\nName:           byhand.qcow2\nType:           file\nCapacity:       1.00 MiB\nAllocation:     "
+        ),
+        "{}",
+        r.ok()
+    );
+
+    // A pool with volumes is not deleted; once empty, its directory goes.
+    let r = embed(home.path(), "pool-destroy p1; pool-delete p1");
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to delete pool p1\nerror: operation failed: failed to remove pool '{}': Directory not empty\n",
+            pool.display()
+        )
+    );
+    assert!(pool.join("v.vdi").exists(), "nothing was removed");
+    let names = "v.raw v.qcow2 v.qed v.vmdk v.vdi c.qcow2 overlay.qcow2 byhand.qcow2";
+    let deletes: Vec<String> = names
+        .split(' ')
+        .map(|n| format!("vol-delete {n} --pool p1"))
+        .collect();
+    let r = embed(
+        home.path(),
+        &format!(
+            "pool-start p1; {}; vol-list p1; pool-destroy p1; pool-delete p1; pool-undefine p1",
+            deletes.join("; ")
+        ),
+    );
+    assert!(r.ok().ends_with(
+        "Vol byhand.qcow2 deleted\n\n Name   Path\n--------------\n\nPool p1 destroyed\n\nPool p1 deleted\n\nPool p1 has been undefined\n\n"
+    ), "{}", r.ok());
+    assert!(!pool.exists(), "pool-delete removed the emptied directory");
+}
+
+#[test]
+fn a_pool_type_nothing_serves_is_refused_at_define() {
+    let home = tempfile::tempdir().unwrap();
+    let r = embed(
+        home.path(),
+        "pool-define-as vg logical --source-name vg0 --target /dev/vg0; pool-list --all",
+    );
+    assert_eq!(
+        r.stderr,
+        "error: Failed to define pool vg\nerror: no storage driver here serves pools of type 'logical' (the 'qemu' driver serves none; storage plugins serve dir)\n"
+    );
+    assert_eq!(
+        r.stdout,
+        "\n Name   State   Autostart\n---------------------------\n\n"
+    );
+}
+
+#[test]
+fn volume_streams_through_the_daemon_carry_real_bytes() {
+    if !have_qemu_img() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("qemu", "/system");
+    // The daemon lets clients name files under its images directory only.
+    let pool = d.root.join("images/p1");
+    let r = d.client(
+        &uri,
+        &format!(
+            "pool-create-as p1 dir --target {} --build; vol-create-as p1 disk.img 4M",
+            pool.display()
+        ),
+    );
+    assert_eq!(r.ok(), "Pool p1 created\n\nVol disk.img created\n\n");
+
+    // 3 MiB and a bit of random bytes up, then down, through the daemon's streams.
+    let data: Vec<u8> = (0..(3 << 20) + 12345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let up = home.path().join("up.bin");
+    let down = home.path().join("down.bin");
+    std::fs::write(&up, &data).unwrap();
+    let r = d.client(
+        &uri,
+        &format!(
+            "vol-upload disk.img {} --pool p1; vol-download disk.img {} --pool p1",
+            up.display(),
+            down.display()
+        ),
+    );
+    assert_eq!(r.ok(), "\n\n", "{}", r.stderr);
+    let on_disk = std::fs::read(pool.join("disk.img")).unwrap();
+    assert_eq!(on_disk.len(), 4 << 20, "an upload writes into the volume");
+    assert!(
+        on_disk[..data.len()] == data[..],
+        "the volume holds the bytes sent"
+    );
+    let got = std::fs::read(&down).unwrap();
+    assert_eq!(got.len(), 4 << 20);
+    assert!(got == on_disk, "the download is the volume's bytes");
+
+    // A pool outside the daemon's directories would hand that directory to the driver.
+    let elsewhere = home.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let r = d.client(
+        &uri,
+        &format!("pool-define-as p2 dir --target {}", elsewhere.display()),
+    );
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to define pool p2\nerror: '{}' is outside the directories this daemon lets clients name ({}); add one to [files] allowed in virtwasmd.toml\n",
+            elsewhere.display(),
+            d.root.join("images").display()
+        )
+    );
+    let r = d.client(&uri, "pool-list --all --name");
+    assert_eq!(r.ok(), "p1\n\n", "nothing was defined");
+    let r = d.client(&uri, "vol-delete disk.img --pool p1; pool-destroy p1");
+    assert_eq!(r.ok(), "Vol disk.img deleted\n\nPool p1 destroyed\n\n");
+}
