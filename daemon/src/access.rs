@@ -97,23 +97,30 @@ pub struct Grant {
 /// operations that name no existing object: listing, defining, the node).
 ///
 /// Rules are tried in order; the first whose identity matches and whose object pattern
-/// matches the object applies (an operation naming no object only matches rules for `*`).
-/// With no rule: root and the daemon's own user on the unix socket are admins, other unix
-/// peers and TLS clients get the configured default role, plain TCP peers read-only.
+/// matches the object applies (an operation naming no object only matches rules for `*` or
+/// `KIND:*`). With no rule: root and the daemon's own user on the unix socket are admins,
+/// other unix peers and TLS clients get the configured default role, plain TCP peers
+/// read-only.
 pub fn decide(
     access: &Access,
     who: &Identity,
     permission: Permission,
+    kind: ObjectKind,
     name: Option<&str>,
 ) -> Grant {
     for rule in &access.rule {
         if !who.matches(&rule.identity) {
             continue;
         }
-        let object_ok = match name {
-            Some(n) => dn_matches(&rule.objects, n),
-            None => rule.objects == "*",
+        let (only, glob) = match split_kind(&rule.objects) {
+            Some((k, glob)) => (Some(k), glob),
+            None => (None, rule.objects.as_str()),
         };
+        let object_ok = only.is_none_or(|k| k == kind)
+            && match name {
+                Some(n) => dn_matches(glob, n),
+                None => glob == "*",
+            };
         if !object_ok {
             continue;
         }
@@ -145,6 +152,25 @@ pub fn decide(
         role,
         allowed: role.allows(permission),
     }
+}
+
+/// The object kinds a rule's `objects` may start with (`domain:web-*`), each limiting the
+/// rule to objects of that kind; a pattern without one applies to every kind.
+pub const RULE_KINDS: &[(&str, ObjectKind)] = &[
+    ("domain", ObjectKind::Domain),
+    ("pool", ObjectKind::Pool),
+    ("volume", ObjectKind::Volume),
+    ("network", ObjectKind::Network),
+];
+
+/// A rule's `objects` split into its kind and glob, when it starts with `KIND:`.
+pub fn split_kind(objects: &str) -> Option<(ObjectKind, &str)> {
+    RULE_KINDS.iter().find_map(|(word, kind)| {
+        objects
+            .strip_prefix(word)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|glob| (*kind, glob))
+    })
 }
 
 /// The error a denial returns, naming the permission (libvirt's `domain:start` style).
@@ -208,7 +234,7 @@ pub fn authorize(
             permission.name()
         )));
     }
-    let grant = decide(access, who, permission, name);
+    let grant = decide(access, who, permission, kind, name);
     if grant.allowed {
         return Ok(());
     }
@@ -221,6 +247,8 @@ pub fn authorize(
 mod tests {
     use super::*;
     use crate::config::Rule;
+
+    const D: ObjectKind = ObjectKind::Domain;
 
     fn cert(cn: &str) -> Identity {
         Identity::Cert(PeerCert {
@@ -249,19 +277,60 @@ mod tests {
             ..Access::default()
         };
         let ops = cert("ops");
-        assert!(decide(&access, &ops, Permission::Write, Some("web-1")).allowed);
-        assert!(!decide(&access, &ops, Permission::Delete, Some("web-1")).allowed);
-        assert!(!decide(&access, &ops, Permission::Write, Some("db-1")).allowed);
-        assert!(decide(&access, &ops, Permission::Start, Some("db-1")).allowed);
+        assert!(decide(&access, &ops, Permission::Write, D, Some("web-1")).allowed);
+        assert!(!decide(&access, &ops, Permission::Delete, D, Some("web-1")).allowed);
+        assert!(!decide(&access, &ops, Permission::Write, D, Some("db-1")).allowed);
+        assert!(decide(&access, &ops, Permission::Start, D, Some("db-1")).allowed);
         // Defining names no object yet: only the `*` rule applies.
-        assert!(!decide(&access, &ops, Permission::Write, None).allowed);
+        assert!(!decide(&access, &ops, Permission::Write, D, None).allowed);
         // Anyone else: the TLS default, read-only.
         let other = cert("intruder");
         assert_eq!(
-            decide(&access, &other, Permission::Start, Some("web-1")).role,
+            decide(&access, &other, Permission::Start, D, Some("web-1")).role,
             Role::ReadOnly
         );
-        assert!(!decide(&access, &other, Permission::Start, Some("web-1")).allowed);
+        assert!(!decide(&access, &other, Permission::Start, D, Some("web-1")).allowed);
+    }
+
+    #[test]
+    fn a_rule_can_be_limited_to_one_kind_of_object() {
+        let access = Access {
+            rule: vec![
+                Rule {
+                    identity: "dn:*CN=storage".into(),
+                    role: Role::Admin,
+                    objects: "pool:*".into(),
+                    deny: vec![],
+                },
+                Rule {
+                    identity: "dn:*CN=storage".into(),
+                    role: Role::Admin,
+                    objects: "volume:scratch-*".into(),
+                    deny: vec![],
+                },
+            ],
+            ..Access::default()
+        };
+        let who = cert("storage");
+        let pool = ObjectKind::Pool;
+        assert!(decide(&access, &who, Permission::Delete, pool, Some("images")).allowed);
+        // `pool:*` also covers defining a pool, which names none yet.
+        assert!(decide(&access, &who, Permission::Write, pool, None).allowed);
+        // A domain of the same name is another kind: the TLS default (read-only) applies.
+        assert!(!decide(&access, &who, Permission::Delete, D, Some("images")).allowed);
+        assert!(!decide(&access, &who, Permission::Write, D, None).allowed);
+        let vol = ObjectKind::Volume;
+        assert!(decide(&access, &who, Permission::Delete, vol, Some("scratch-1")).allowed);
+        assert!(!decide(&access, &who, Permission::Delete, vol, Some("base")).allowed);
+        assert_eq!(
+            split_kind("network:lan-*"),
+            Some((ObjectKind::Network, "lan-*"))
+        );
+        assert_eq!(
+            split_kind("web:1"),
+            None,
+            "only the four kinds are prefixes"
+        );
     }
 
     #[test]

@@ -209,7 +209,9 @@ pub struct Rule {
     pub identity: String,
     /// The role granted.
     pub role: Role,
-    /// Object names the role applies to (glob); other objects get nothing from this rule.
+    /// Object names the role applies to (glob), optionally limited to one kind of object by
+    /// a `domain:`, `pool:`, `volume:` or `network:` prefix; other objects get nothing from
+    /// this rule.
     #[serde(default = "any")]
     pub objects: String,
     /// Permissions taken away from the role for these objects.
@@ -268,6 +270,24 @@ impl Config {
                     r.identity
                 )));
             }
+            // A misspelt kind ("domains:web-*") would silently become a name pattern that
+            // matches nothing.
+            if let Some((word, _)) = r.objects.split_once(':')
+                && !word.is_empty()
+                && word.bytes().all(|b| b.is_ascii_lowercase())
+                && crate::access::split_kind(&r.objects).is_none()
+            {
+                return Err(Error::invalid(format!(
+                    "invalid config '{}': access rule objects '{}' starts with an unknown object kind '{word}' (expected {}, or a name pattern without a kind for every kind)",
+                    path.display(),
+                    r.objects,
+                    crate::access::RULE_KINDS
+                        .iter()
+                        .map(|(k, _)| format!("{k}:"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         }
         Ok(())
     }
@@ -302,6 +322,28 @@ mod tests {
             e.message.contains("identity 'bob' is not dn:PATTERN"),
             "{}",
             e.message
+        );
+        std::fs::write(
+            &p,
+            "[[access.rule]]\nidentity = \"*\"\nrole = \"admin\"\nobjects = \"domains:web-*\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&p, false).unwrap_err();
+        assert!(
+            e.message.contains(
+                "access rule objects 'domains:web-*' starts with an unknown object kind 'domains' (expected domain:, pool:, volume:, network:"
+            ),
+            "{}",
+            e.message
+        );
+        std::fs::write(
+            &p,
+            "[[access.rule]]\nidentity = \"*\"\nrole = \"admin\"\nobjects = \"pool:*\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(&p, false).unwrap().access.rule[0].objects,
+            "pool:*"
         );
         std::fs::write(
             &p,

@@ -671,7 +671,14 @@ async fn operation_request(
         )
     };
     // An operation is its starter's business (and an admin's): others do not learn of it.
-    let admin = decide(&daemon.access(), &peer.identity, Permission::Write, None).role
+    let admin = decide(
+        &daemon.access(),
+        &peer.identity,
+        Permission::Write,
+        ObjectKind::Node,
+        None,
+    )
+    .role
         == crate::config::Role::Admin
         && !readonly;
     let me = peer.identity.key();
@@ -878,10 +885,12 @@ fn visible_only(
     op: &str,
     value: serde_json::Value,
 ) -> serde_json::Value {
-    let name_of: fn(&serde_json::Value) -> Option<&str> = match op {
-        "list-domains" => |v| v.get("name")?.as_str(),
-        "list-pools" => |v| v.get("record")?.get("def")?.get("name")?.as_str(),
-        "list-networks" => |v| v.get("def")?.get("name")?.as_str(),
+    let (kind, name_of): (ObjectKind, fn(&serde_json::Value) -> Option<&str>) = match op {
+        "list-domains" => (ObjectKind::Domain, |v| v.get("name")?.as_str()),
+        "list-pools" => (ObjectKind::Pool, |v| {
+            v.get("record")?.get("def")?.get("name")?.as_str()
+        }),
+        "list-networks" => (ObjectKind::Network, |v| v.get("def")?.get("name")?.as_str()),
         _ => return value,
     };
     match value {
@@ -894,6 +903,7 @@ fn visible_only(
                             &daemon.access(),
                             &peer.identity,
                             Permission::Getattr,
+                            kind,
                             Some(n),
                         )
                         .allowed
@@ -1001,7 +1011,14 @@ async fn run(
 }
 
 fn info(daemon: &Daemon, peer: &Peer) -> Vec<u8> {
-    let role = decide(&daemon.access(), &peer.identity, Permission::Write, None).role;
+    let role = decide(
+        &daemon.access(),
+        &peer.identity,
+        Permission::Write,
+        ObjectKind::Node,
+        None,
+    )
+    .role;
     serde_json::to_vec_pretty(&serde_json::json!({
         "api": "v1",
         "version": env!("CARGO_PKG_VERSION"),
@@ -1089,12 +1106,19 @@ async fn events(
     let access = daemon.access();
     std::thread::spawn(move || {
         let visible = |e: &Event| {
-            let name = match e {
-                Event::Domain { name, .. }
-                | Event::Pool { name, .. }
-                | Event::Network { name, .. } => name,
+            let (kind, name) = match e {
+                Event::Domain { name, .. } => (ObjectKind::Domain, name),
+                Event::Pool { name, .. } => (ObjectKind::Pool, name),
+                Event::Network { name, .. } => (ObjectKind::Network, name),
             };
-            decide(&access, &peer.identity, Permission::Getattr, Some(name)).allowed
+            decide(
+                &access,
+                &peer.identity,
+                Permission::Getattr,
+                kind,
+                Some(name),
+            )
+            .allowed
         };
         if tx
             .blocking_send(Bytes::from_static(b": subscribed\n\n"))
