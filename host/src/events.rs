@@ -1,7 +1,7 @@
 //! The event bus: lifecycle events of domains, pools and networks, as libvirt names them.
 
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 /// libvirt's domain lifecycle event types (`virDomainEventType`) with their details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -167,26 +167,77 @@ pub enum Event {
     },
 }
 
+/// Events a subscriber may fall behind by before it is dropped.
+pub const SUBSCRIBER_BACKLOG: usize = 1024;
+
 /// Fan-out of events to every subscriber.
 #[derive(Debug, Default)]
 pub struct EventBus {
-    subscribers: Mutex<Vec<Sender<Event>>>,
+    subscribers: Mutex<Vec<SyncSender<Event>>>,
 }
 
 impl EventBus {
-    /// A new receiver of every event emitted from now on.
+    /// A new receiver of every event emitted from now on. A receiver that falls
+    /// [`SUBSCRIBER_BACKLOG`] events behind is dropped: it reads what was queued, then sees
+    /// the channel closed (a client that stops reading must not make the daemon hoard its
+    /// events without bound).
     pub fn subscribe(&self) -> Receiver<Event> {
-        let (tx, rx) = channel();
+        let (tx, rx) = sync_channel(SUBSCRIBER_BACKLOG);
         self.subscribers.lock().unwrap().push(tx);
         rx
     }
 
-    /// Sends `event` to every subscriber still listening.
+    /// Sends `event` to every subscriber still listening and keeping up.
     pub fn emit(&self, event: Event) {
         tracing::debug!(?event, "event");
         self.subscribers
             .lock()
             .unwrap()
-            .retain(|s| s.send(event.clone()).is_ok());
+            .retain(|s| match s.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Disconnected(_)) => false,
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        "an event subscriber fell {SUBSCRIBER_BACKLOG} events behind and was dropped"
+                    );
+                    false
+                }
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(name: &str) -> Event {
+        Event::Pool {
+            name: name.into(),
+            event: ObjectEvent::Started,
+        }
+    }
+
+    #[test]
+    fn a_subscriber_that_stops_reading_is_dropped_and_the_others_keep_theirs() {
+        let bus = EventBus::default();
+        let stalled = bus.subscribe();
+        let reader = bus.subscribe();
+        for i in 0..SUBSCRIBER_BACKLOG + 10 {
+            bus.emit(started(&format!("p{i}")));
+            assert_eq!(reader.recv().unwrap(), started(&format!("p{i}")));
+        }
+        assert_eq!(
+            bus.subscribers.lock().unwrap().len(),
+            1,
+            "only the reader is left"
+        );
+        // The stalled one gets what was queued before it fell behind, then the end.
+        let got: Vec<Event> = stalled.try_iter().collect();
+        assert_eq!(got.len(), SUBSCRIBER_BACKLOG);
+        assert_eq!(got[0], started("p0"));
+        assert!(matches!(
+            stalled.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected)
+        ));
     }
 }
