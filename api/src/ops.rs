@@ -814,6 +814,12 @@ const ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Operations that can take long (a guest booting or saving, bytes copied): the daemon runs
 /// them as operations a client can watch, wait for, and have answered asynchronously.
+/// Operations the host answers from its own records, with no driver call, when reads do not
+/// refresh from the driver first (as in the daemon, whose poller keeps records current): a
+/// front end may answer them without moving to a thread that may block.
+pub const FROM_RECORDS: &[&str] = &["list-domains", "domain", "list-networks"];
+
+/// Operations that are long work (see the daemon's operations).
 pub const LONG: &[&str] = &[
     "start",
     "shutdown",
@@ -968,38 +974,23 @@ impl Request {
         query: &str,
         body: &[u8],
     ) -> Result<(Request, &'static Route)> {
-        let segs: Vec<&str> = path.split('/').skip(1).collect();
-        let mut allowed = Vec::new();
-        let mut found: Option<(&'static Route, BTreeMap<&'static str, String>)> = None;
-        // Literal segments win over placeholders: try routes with more literals first.
-        let mut candidates: Vec<&'static Route> = ROUTES.iter().collect();
-        candidates.sort_by_key(|r| r.path.matches('{').count());
-        for r in candidates {
-            let Some(captures) = match_path(r.path, &segs)? else {
-                continue;
-            };
-            if r.method.as_str() == method {
-                found = Some((r, captures));
-                break;
-            }
-            if !allowed.contains(&r.method.as_str()) {
-                allowed.push(r.method.as_str());
-            }
-        }
-        let Some((route, captures)) = found else {
-            if allowed.is_empty() {
-                return Err(Error::not_found(format!(
-                    "no API endpoint at '{path}' (see /v1/openapi.json for the endpoints)"
-                )));
-            }
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "method {method} is not allowed on '{path}' (allowed: {})",
-                    allowed.join(", ")
-                ),
-            ));
-        };
+        let (route, captures) = find_route(method, path)?;
+        Self::from_parts(method, path, query, body, route, captures)
+    }
+
+    /// The route `method` and `path` reach, if any (without reading a body).
+    pub fn route_of(method: &str, path: &str) -> Option<&'static Route> {
+        find_route(method, path).ok().map(|(r, _)| r)
+    }
+
+    fn from_parts(
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &[u8],
+        route: &'static Route,
+        captures: BTreeMap<&'static str, String>,
+    ) -> Result<(Request, &'static Route)> {
         let mut fields = Map::new();
         if !body.iter().all(u8::is_ascii_whitespace) {
             match serde_json::from_slice::<Value>(body) {
@@ -1061,6 +1052,50 @@ pub fn unescape(text: &str) -> Result<String> {
         .decode_utf8()
         .map(|s| s.into_owned())
         .map_err(|_| bad_request(format!("'{text}' is not UTF-8 after percent-decoding")))
+}
+
+/// The routes, those with more literal segments first (a literal wins over a placeholder),
+/// sorted once.
+fn routes_by_specificity() -> &'static [&'static Route] {
+    static SORTED: std::sync::OnceLock<Vec<&'static Route>> = std::sync::OnceLock::new();
+    SORTED.get_or_init(|| {
+        let mut v: Vec<&'static Route> = ROUTES.iter().collect();
+        v.sort_by_key(|r| r.path.matches('{').count());
+        v
+    })
+}
+
+/// The route `method` and `path` reach and the path's placeholders; errors name an unknown
+/// path, or the methods the path does take.
+fn find_route(
+    method: &str,
+    path: &str,
+) -> Result<(&'static Route, BTreeMap<&'static str, String>)> {
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let mut allowed = Vec::new();
+    for r in routes_by_specificity() {
+        let Some(captures) = match_path(r.path, &segs)? else {
+            continue;
+        };
+        if r.method.as_str() == method {
+            return Ok((r, captures));
+        }
+        if !allowed.contains(&r.method.as_str()) {
+            allowed.push(r.method.as_str());
+        }
+    }
+    if allowed.is_empty() {
+        return Err(Error::not_found(format!(
+            "no API endpoint at '{path}' (see /v1/openapi.json for the endpoints)"
+        )));
+    }
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "method {method} is not allowed on '{path}' (allowed: {})",
+            allowed.join(", ")
+        ),
+    ))
 }
 
 /// Matches `segs` against a route's pattern, returning the decoded placeholder values.
@@ -1299,6 +1334,30 @@ mod tests {
                 success: true,
             },
         ]
+    }
+
+    #[test]
+    fn operations_answered_from_records_are_reads_of_known_routes() {
+        for op in FROM_RECORDS {
+            let route = ROUTES.iter().find(|r| r.op == *op).expect(op);
+            assert_eq!(route.method.as_str(), "GET", "{op}");
+            assert!(!LONG.contains(op), "{op}");
+        }
+        assert_eq!(
+            Request::route_of("GET", "/v1/domains").unwrap().op,
+            "list-domains"
+        );
+        assert_eq!(
+            Request::route_of("GET", "/v1/domains/web").unwrap().op,
+            "domain"
+        );
+        // A literal segment wins over a placeholder, as in from_http.
+        assert_eq!(
+            Request::route_of("GET", "/v1/domains/web/xml").unwrap().op,
+            "domain-xml"
+        );
+        assert!(Request::route_of("GET", "/v1/nothing").is_none());
+        assert!(Request::route_of("PUT", "/v1/domains").is_none());
     }
 
     #[test]

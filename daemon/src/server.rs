@@ -603,26 +603,30 @@ async fn handle(
         (_, ["", "v1", "operations", rest @ ..]) => {
             operation_request(&daemon, &peer, readonly, &method, rest, &query).await
         }
+        // A read the host answers from its own records (a listing, most often) runs right
+        // here once its driver is open: a hop to the blocking pool would double its cost.
+        // (Opening a driver may compile a plugin, so the first request always hops.)
+        _ if method == "GET"
+            && Request::route_of("GET", &path)
+                .is_some_and(|r| virtwasm_api::ops::FROM_RECORDS.contains(&r.op))
+            && daemon.opened.lock().unwrap().contains(&uri) =>
+        {
+            let answered = prepare(
+                &daemon, &peer, &uri, readonly, &method, &path, &query, &body,
+            )
+            .and_then(|call| answer_quick(&daemon, &peer, call));
+            match answered {
+                Err(e) => error_response(&e),
+                Ok(call) => run(&daemon, &peer, call, asynchronous).await,
+            }
+        }
         _ => {
             let d = daemon.clone();
             let p = peer.clone();
             // One hop to the blocking pool for a quick request: check and run it there.
             let prepared = tokio::task::spawn_blocking(move || {
-                let call = prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)?;
-                match call {
-                    Prepared::Call {
-                        conn, req, route, ..
-                    } if !virtwasm_api::ops::LONG.contains(&route.op) => {
-                        let ctx = dispatch::Context {
-                            files: &|f, create| d.check_file(f, create),
-                            progress: &|_, _| Ok(()),
-                            refresh_on_read: false,
-                        };
-                        let value = dispatch::dispatch(&conn, req, &ctx)?;
-                        Ok(Prepared::Answer(visible_only(&d, &p, route.op, value)))
-                    }
-                    other => Ok(other),
-                }
+                prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)
+                    .and_then(|call| answer_quick(&d, &p, call))
             })
             .await
             .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
@@ -635,6 +639,27 @@ async fn handle(
     drop(guard);
     *daemon.last_activity.lock().unwrap() = Instant::now();
     response
+}
+
+/// Runs a prepared call that is not long work and returns its answer; long work is returned
+/// as it is, for [`run`] to register as an operation.
+fn answer_quick(daemon: &Daemon, peer: &Peer, call: Prepared) -> Result<Prepared> {
+    match call {
+        Prepared::Call {
+            conn, req, route, ..
+        } if !virtwasm_api::ops::LONG.contains(&route.op) => {
+            let ctx = dispatch::Context {
+                files: &|f, create| daemon.check_file(f, create),
+                progress: &|_, _| Ok(()),
+                refresh_on_read: false,
+            };
+            let value = dispatch::dispatch(&conn, req, &ctx)?;
+            Ok(Prepared::Answer(visible_only(
+                daemon, peer, route.op, value,
+            )))
+        }
+        other => Ok(other),
+    }
 }
 
 /// `/v1/volumes/{key}/data[?pool=P]`: the key and pool, decoded.

@@ -116,6 +116,10 @@ pub struct Plugin {
     network: Option<network::GuestIndices>,
     slots: Slots,
     idle: Mutex<Vec<Warm>>,
+    /// Verbs this plugin answered with the SDK's "does not support" default: a loaded
+    /// component cannot change its mind, so later calls are answered without an instance
+    /// (the host asks `poll` on every read; a driver without it must not pay for that).
+    lacks: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An instance that finished its last call normally, kept to serve the next one.
@@ -258,6 +262,7 @@ impl Plugin {
             network: nw,
             slots,
             idle: Mutex::new(Vec::new()),
+            lacks: Mutex::new(Default::default()),
         })
     }
 
@@ -370,6 +375,9 @@ impl Plugin {
             &wasmtime::component::Instance,
         ) -> wasmtime::Result<std::result::Result<R, types::Error>>,
     ) -> Result<R> {
+        if self.lacks.lock().unwrap().contains(verb) {
+            return Err(self.lacking(verb));
+        }
         let _slot = self.slots.acquire();
         let budget = Duration::from_millis(self.manifest.limits.call_timeout_ms.into());
         let warm = match object_dir {
@@ -415,27 +423,34 @@ impl Plugin {
         }
         match answer {
             Ok(r) => Ok(r),
-            // The SDK's default answer for a verb a driver lacks: say it as libvirt does, with
-            // the API name users search its documentation for. A driver's own words pass.
+            // The SDK's default answer for a verb a driver lacks: remembered, and said as
+            // libvirt says it. A driver's own words pass.
             Err(e)
                 if e.kind == types::ErrorKind::Unsupported
                     && e.message.starts_with("this driver does not support '") =>
             {
-                Err(Error::new(
-                    ErrorKind::Unsupported,
-                    match libvirt_api(verb) {
-                        Some(api) => format!(
-                            "this function is not supported by the connection driver: {api}"
-                        ),
-                        None => format!(
-                            "this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'",
-                            self.name()
-                        ),
-                    },
-                ))
+                self.lacks.lock().unwrap().insert(verb.to_string());
+                Err(self.lacking(verb))
             }
             Err(e) => Err(Error::from(e)),
         }
+    }
+
+    /// The error for a verb the plugin does not implement, worded as libvirt's, with the API
+    /// name users search its documentation for.
+    fn lacking(&self, verb: &str) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            match libvirt_api(verb) {
+                Some(api) => {
+                    format!("this function is not supported by the connection driver: {api}")
+                }
+                None => format!(
+                    "this function is not supported by the connection driver: plugin '{}' does not implement '{verb}'",
+                    self.name()
+                ),
+            },
+        )
     }
 
     /// Makes a fresh instance (never a reused one) and drops it: a health check after load,
