@@ -300,3 +300,69 @@ fn volume_streams_through_the_daemon_carry_real_bytes() {
     let r = d.client(&uri, "vol-delete disk.img --pool p1; pool-destroy p1");
     assert_eq!(r.ok(), "Vol disk.img deleted\n\nPool p1 destroyed\n\n");
 }
+
+#[test]
+fn a_client_that_stops_reading_a_download_is_let_go() {
+    if !have_qemu_img() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let etc = home.path().join("daemon-root/etc/virtwasm");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("virtwasmd.toml"),
+        "[limits]\nidle_timeout_secs = 2\n",
+    )
+    .unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("qemu", "/system");
+    let pool = d.root.join("images/p1");
+    // 64 MiB: more than the stream's queue and the socket's buffers hold.
+    let r = d.client(
+        &uri,
+        &format!(
+            "pool-create-as p1 dir --target {} --build; vol-create-as p1 big.img 64M",
+            pool.display()
+        ),
+    );
+    assert_eq!(r.ok(), "Pool p1 created\n\nVol big.img created\n\n");
+
+    // A client asks for the volume, reads the head of the answer, then reads no more.
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    write!(
+        s,
+        "GET /v1/volumes/big.img/data?pool=p1 HTTP/1.1\r\nHost: x\r\nX-Virtwasm-Uri: qemu:///system\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 256];
+    let n = s.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // The daemon gives up on it after the idle timeout, and says why on the operation.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let failed = loop {
+        let r = d.client(&uri, "operation-list --json");
+        let ops: serde_json::Value = serde_json::from_str(r.ok()).unwrap();
+        let op = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["op"] == "vol-download")
+            .cloned();
+        if let Some(op) = op.filter(|o| o["status"] == "failure") {
+            break op;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled download was never let go: {ops}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(
+        failed["error"]["message"], "the client took no data for 2 s ([limits] idle_timeout_secs)",
+        "{failed}"
+    );
+    drop(s);
+}

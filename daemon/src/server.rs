@@ -1129,6 +1129,10 @@ async fn events(
     let rx = conn.state().events.subscribe();
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
     let access = daemon.access();
+    // A client that stops reading is dropped after the idle timeout, freeing this thread
+    // (its event queue is bounded too, see EventBus).
+    let stall = Duration::from_secs(daemon.config.limits.idle_timeout_secs.max(1));
+    let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
         let visible = |e: &Event| {
             let (kind, name) = match e {
@@ -1160,7 +1164,12 @@ async fn events(
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             };
-            if tx.blocking_send(chunk).is_err() {
+            if runtime.block_on(tx.send_timeout(chunk, stall)).is_err() {
+                tracing::info!(
+                    client = %peer.identity.describe(),
+                    "event stream ended: the client went away or read nothing for {} s",
+                    stall.as_secs()
+                );
                 return;
             }
         }

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -78,6 +79,10 @@ pub async fn transfer(
         let total = data.len;
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let e = entry.clone();
+        // A client that stops reading would hold this thread forever: it gets the idle
+        // timeout to take each chunk.
+        let stall = Duration::from_secs(daemon.config.limits.idle_timeout_secs.max(1));
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut file = data.file;
             let mut buf = vec![0u8; 1 << 20];
@@ -90,8 +95,18 @@ pub async fn transfer(
                 };
                 // A client gone or a cancel stops the stream short; the client sees fewer
                 // bytes than the Content-Length promised, never a silently short file.
-                if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
-                    break Err(Error::failed("the client went away".to_string()));
+                let chunk = Bytes::copy_from_slice(&buf[..n]);
+                match runtime.block_on(tx.send_timeout(chunk, stall)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        break Err(Error::failed(format!(
+                            "the client took no data for {} s ([limits] idle_timeout_secs)",
+                            stall.as_secs()
+                        )));
+                    }
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                        break Err(Error::failed("the client went away".to_string()));
+                    }
                 }
                 done += n as u64;
                 if let Err(err) = e.progress(done, total, "bytes") {
