@@ -779,6 +779,100 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
+    fn set_vcpus(dom: DomainRef, count: u32) -> VerbResult<DomainRuntime> {
+        // The host checks this too; a driver must not trust its caller for QEMU's limits.
+        let max = dom.def.vcpus;
+        if count > max {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "requested vcpus is greater than max allowable vcpus for the live domain: {count} > {max}"
+                ),
+            ));
+        }
+        let (r, mut q) = monitor(&dom)?;
+        let slots = vcpu_slots(&mut q)?;
+        let present: Vec<&VcpuSlot> = slots.iter().filter(|s| s.qom_path.is_some()).collect();
+        let current = present.len() as u32;
+        if count > current {
+            // Fill the lowest free slots, as libvirt does, each a CPU device of the type QEMU
+            // names at the place (socket, core, thread) it names.
+            let free = slots.iter().filter(|s| s.qom_path.is_none());
+            for slot in free.take((count - current) as usize) {
+                let mut args = slot.props.clone();
+                args["driver"] = json!(slot.cpu_type);
+                args["id"] = json!(format!("vcpu{}", slot.index));
+                q.execute("device_add", Some(args))?;
+            }
+        } else if count < current {
+            // Only CPUs added as devices can leave; the ones QEMU started with (`-smp`) are
+            // part of the machine.
+            let mut removable: Vec<&VcpuSlot> = present
+                .iter()
+                .copied()
+                .filter(|s| s.device_id().is_some())
+                .collect();
+            let boot = current - removable.len() as u32;
+            if count < boot {
+                return Err(error(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "failed to find appropriate hotpluggable vcpus to reach the desired target vcpu count: the domain started with {boot} vCPUs, which cannot be unplugged (requested {count})"
+                    ),
+                ));
+            }
+            if dom.def.domain_type == "qemu" {
+                // Seen with QEMU 7.2: once a vCPU has been unplugged from a TCG guest, QEMU's
+                // heap is corrupt and the next system_reset or CPU hot-plug kills it
+                // ("corrupted double-linked list"), taking the guest down. Refuse rather
+                // than leave a guest that dies at its next reboot. Only TCG is refused: the
+                // corruption is in TCG's per-CPU state (KVM could not be tried here).
+                return Err(error(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "unsupported configuration: removing vCPUs from a TCG guest (domain type 'qemu'): QEMU {} under TCG corrupts its memory when a vCPU is unplugged and dies at the guest's next reset; restart the domain with fewer vCPUs instead",
+                        qemu_version(&mut q)
+                    ),
+                ));
+            }
+            removable.sort_by_key(|s| std::cmp::Reverse(s.index));
+            for slot in removable.into_iter().take((current - count) as usize) {
+                let id = slot.device_id().unwrap_or_default().to_string();
+                q.execute("device_del", Some(json!({ "id": id })))?;
+                // The guest must offline and eject the CPU first (ACPI). QEMU 7.2 announces
+                // only the CPU's lapic child as DEVICE_DELETED, not the CPU itself, so the
+                // events only wake the wait: the slot empty in query-hotpluggable-cpus is
+                // what says the CPU is gone.
+                let deadline = 20_000 / 250;
+                let mut gone = false;
+                for _ in 0..deadline {
+                    if vcpu_slots(&mut q)?
+                        .iter()
+                        .any(|s| s.index == slot.index && s.qom_path.is_none())
+                    {
+                        gone = true;
+                        break;
+                    }
+                    q.wait_event("DEVICE_DELETED", 250, |e| {
+                        e["data"]["path"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(&format!("/machine/peripheral/{id}")))
+                    })?;
+                }
+                if !gone {
+                    return Err(error(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the guest did not release vCPU {} ({id}) within 20 s (does it handle ACPI CPU hot-unplug?)",
+                            slot.index
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(runtime(state_of(&dom), &r))
+    }
+
     fn set_memory(dom: DomainRef, kib: u64) -> VerbResult<DomainRuntime> {
         let (r, mut q) = monitor(&dom)?;
         // The balloon: the guest gives memory back (or takes it) through its driver.
@@ -897,6 +991,73 @@ impl Hypervisor for Qemu {
             security_enforcing: false,
         })
     }
+}
+
+/// QEMU's version as `major.minor.micro`, for messages ("unknown" if it does not say).
+fn qemu_version(q: &mut Qmp) -> String {
+    match q.execute("query-version", None) {
+        Ok(v) => {
+            let n = &v["qemu"];
+            format!("{}.{}.{}", n["major"], n["minor"], n["micro"])
+        }
+        Err(_) => "(version unknown)".into(),
+    }
+}
+
+/// One place for a vCPU, as QMP `query-hotpluggable-cpus` reports it.
+struct VcpuSlot {
+    /// Its position among all slots ordered by socket, die, core and thread: the vCPU's
+    /// number (`vcpuN`, the guest's cpuN for CPUs added in order).
+    index: usize,
+    /// The QOM type QEMU wants for a CPU there (`qemu64-x86_64-cpu`, ...).
+    cpu_type: String,
+    /// Where the CPU sits (`socket-id`, `core-id`, `thread-id`, ...), as `device_add`
+    /// takes them.
+    props: Value,
+    /// Set when a CPU is present: `/machine/unattached/...` for those QEMU started with,
+    /// `/machine/peripheral/ID` for those added as devices.
+    qom_path: Option<String>,
+}
+
+impl VcpuSlot {
+    /// The device id of a CPU added with `device_add`, which `device_del` takes.
+    fn device_id(&self) -> Option<&str> {
+        self.qom_path
+            .as_deref()
+            .and_then(|p| p.strip_prefix("/machine/peripheral/"))
+    }
+}
+
+/// Every vCPU slot of the machine, in vCPU order.
+fn vcpu_slots(q: &mut Qmp) -> VerbResult<Vec<VcpuSlot>> {
+    let answer = q.execute("query-hotpluggable-cpus", None)?;
+    let key = |props: &Value| {
+        ["socket-id", "die-id", "cluster-id", "core-id", "thread-id"]
+            .map(|k| props[k].as_u64().unwrap_or(0))
+    };
+    let mut slots: Vec<(Value, String, Option<String>)> = answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["props"].clone(),
+                s["type"].as_str().unwrap_or_default().to_string(),
+                s["qom-path"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    slots.sort_by_key(|(props, _, _)| key(props));
+    Ok(slots
+        .into_iter()
+        .enumerate()
+        .map(|(index, (props, cpu_type, qom_path))| VcpuSlot {
+            index,
+            cpu_type,
+            props,
+            qom_path,
+        })
+        .collect())
 }
 
 /// A device's kind, for messages.
