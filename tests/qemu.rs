@@ -1048,3 +1048,226 @@ fn setvcpus_live_adds_cpus_the_guest_sees_and_refuses_what_it_cannot_remove() {
     );
     d.client(uri, "destroy vm15").ok();
 }
+
+/// Emulators installed for one test in `/usr/local/bin` (the host runs only programs found
+/// in its search path), removed when dropped.
+struct Emulators(Vec<PathBuf>);
+
+impl Drop for Emulators {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+            for f in probe_cache_files(p) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+}
+
+/// Writes `script` as an executable file at `path`.
+fn write_script(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    // Replaced, never rewritten in place: a running script must not change under sh.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, script).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The cache files the QEMU driver keeps for the emulator at `path`.
+fn probe_cache_files(path: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(common::cache_dir().join("qemu"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| {
+            std::fs::read(f)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["path"].as_str() == path.to_str())
+        })
+        .collect()
+}
+
+#[test]
+fn what_an_emulator_offers_is_probed_once_per_binary_and_cached() {
+    let Some(mut s) = setup("vm16") else { return };
+    let uri = s.uri.clone();
+    let g = guest::test_guest().unwrap();
+    let qemu = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .unwrap();
+    // Emulators that count their runs: scripts named as QEMU (the manifest allows
+    // qemu-system-*) that note their arguments and run the real one. The second one also
+    // hides virtio-rng-pci from what QEMU lists, as a QEMU built without it would.
+    let dir = Path::new("/usr/local/bin");
+    let tag = format!("vwtest-{}", std::process::id());
+    let counting = dir.join(format!("qemu-system-x86_64-{tag}"));
+    let lacking = dir.join(format!("qemu-system-x86_64-{tag}-norng"));
+    let runs = s.d.home.join("emulator-runs");
+    let script = |extra: &str| {
+        format!(
+            "#!/bin/sh\n{extra}echo \"$*\" >> {}\nexec {} \"$@\"\n",
+            runs.display(),
+            qemu.display()
+        )
+    };
+    if std::fs::write(dir.join(format!(".{tag}")), "").is_err() {
+        guest::skip("cannot write to /usr/local/bin (run as root) for the emulator-probe test");
+        return;
+    }
+    let _ = std::fs::remove_file(dir.join(format!(".{tag}")));
+    let _installed = Emulators(vec![counting.clone(), lacking.clone()]);
+    write_script(&counting, &script(""));
+    write_script(
+        &lacking,
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> {}\n{} \"$@\" | sed 's/\"virtio-rng-pci\"/\"virtio-rng-pci-absent\"/g'\n",
+            runs.display(),
+            qemu.display()
+        ),
+    );
+    let run_lines = || -> Vec<String> {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let probes = || {
+        run_lines()
+            .iter()
+            .filter(|l| l.contains("-qmp stdio"))
+            .count()
+    };
+    let define = |d: &Daemon, name: &str, emulator: &Path, extra: &str| {
+        let console = d.home.join(format!("{name}.console"));
+        let xml = d.home.join(format!("{name}.xml"));
+        std::fs::write(
+            &xml,
+            domain_xml(name, &g, &console).replace(
+                "<devices>",
+                &format!(
+                    "<devices>\n    <emulator>{}</emulator>{extra}",
+                    emulator.display()
+                ),
+            ),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let r = d.client(&uri, &format!("define {}", xml.display()));
+        (r, t.elapsed(), xml)
+    };
+
+    // First use: probed (one run, with QMP on stdin), and the answer cached under the
+    // binary's identity.
+    let (r, first, _) = define(&s.d, "probe1", &counting, "");
+    r.ok();
+    assert_eq!(probes(), 1, "{:?}", run_lines());
+    let cache = match probe_cache_files(&counting).as_slice() {
+        [one] => one.clone(),
+        other => panic!("one cache file for the new emulator, not {other:?}"),
+    };
+    let cached = std::fs::read(&cache).unwrap();
+    let cached_mtime = std::fs::metadata(&cache).unwrap().modified().unwrap();
+    // Second use, and a use by a restarted daemon: from the cache, no run at all.
+    let (r, second, _) = define(&s.d, "probe2", &counting, "");
+    r.ok();
+    s.d.stop_with(libc::SIGTERM);
+    s.d.spawn();
+    let (r, restarted, _) = define(&s.d, "probe3", &counting, "");
+    r.ok();
+    assert_eq!(run_lines().len(), 1, "{:?}", run_lines());
+    assert_eq!(std::fs::read(&cache).unwrap(), cached);
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().modified().unwrap(),
+        cached_mtime
+    );
+    eprintln!(
+        "define with a probe: {first:?}; from the cache: {second:?}; after a daemon restart: {restarted:?}"
+    );
+    // A start runs the emulator for the guest only, never to probe it.
+    s.d.client(&uri, "start probe1 --paused").ok();
+    s.d.client(&uri, "destroy probe1").ok();
+    assert_eq!(probes(), 1, "{:?}", run_lines());
+    assert_eq!(run_lines().len(), 2, "{:?}", run_lines());
+
+    // A changed binary (other size and mtime) is another identity: probed again, and cached
+    // in a file of its own.
+    write_script(&counting, &script("# a new build\n"));
+    let (r, _, _) = define(&s.d, "probe4", &counting, "");
+    r.ok();
+    assert_eq!(probes(), 2, "{:?}", run_lines());
+    // ... and the old identity's file, useless now, is gone.
+    let recached = match probe_cache_files(&counting).as_slice() {
+        [one] => one.clone(),
+        other => panic!("one cache file for the changed emulator, not {other:?}"),
+    };
+    assert_ne!(recached, cache);
+    assert!(!cache.exists());
+
+    // What the emulator lacks is refused at define, naming the emulator.
+    let (r, _, xml) = define(&s.d, "probe5", &counting, "");
+    std::fs::write(
+        &xml,
+        std::fs::read_to_string(&xml)
+            .unwrap()
+            .replace("machine='pc'", "machine='no-such-machine'"),
+    )
+    .unwrap();
+    r.ok();
+    let r = s.d.client(&uri, &format!("define {}", xml.display()));
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to define domain from {}\nerror: unsupported configuration: Emulator '{}' does not support machine type 'no-such-machine'\n",
+            xml.display(),
+            counting.display()
+        )
+    );
+    let rng = "\n    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>";
+    let (r, _, xml) = define(&s.d, "probe6", &lacking, rng);
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to define domain from {}\nerror: unsupported configuration: Emulator '{}' does not support device model 'virtio-rng-pci'\n",
+            xml.display(),
+            lacking.display()
+        )
+    );
+    // The same domain on the emulator that has it is fine.
+    let (r, _, _) = define(&s.d, "probe7", &counting, rng);
+    r.ok();
+
+    // capabilities lists what QEMU itself says it has: every machine of `-machine help`.
+    // (Through the API: the CLI's `capabilities` also wants node info, which this driver
+    // does not give yet.)
+    let help = std::process::Command::new(&qemu)
+        .args(["-machine", "help"])
+        .output()
+        .unwrap();
+    let names: Vec<String> = String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(names.len() > 10, "{names:?}");
+    let (status, body) = api(&s.d.socket(), "GET", "/v1/node/capabilities", "", "");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let caps: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let machines: Vec<&str> = caps["guests"][0]["machines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str())
+        .collect();
+    for name in &names {
+        assert!(machines.contains(&name.as_str()), "{name} missing: {body}");
+    }
+    assert_eq!(
+        caps["guests"][0]["emulator"], "qemu-system-x86_64",
+        "{body}"
+    );
+}

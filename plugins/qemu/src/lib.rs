@@ -11,6 +11,7 @@
 //! QMP error).
 
 mod cmdline;
+mod probe;
 mod qmp;
 
 use serde_json::{Value, json};
@@ -22,6 +23,9 @@ use qmp::Qmp;
 
 /// The driver.
 struct Qemu;
+
+/// The emulator a definition without `<emulator>` runs, found in the host's PATH.
+const DEFAULT_EMULATOR: &str = "qemu-system-x86_64";
 
 /// What a running domain's record holds.
 struct Running {
@@ -243,15 +247,33 @@ impl Hypervisor for Qemu {
     }
 
     fn capabilities() -> VerbResult<DriverCapabilities> {
+        // The machine types the emulator itself reports (probed once per binary, cached); a
+        // host without it has no guests to offer, as libvirt's capabilities then show.
+        let guests = match probe::emulator(DEFAULT_EMULATOR) {
+            Ok(e) => {
+                let mut machines: Vec<String> = e
+                    .machines
+                    .iter()
+                    .flat_map(|m| std::iter::once(m.name.clone()).chain(m.alias.clone()))
+                    .collect();
+                machines.sort();
+                machines.dedup();
+                vec![GuestCapability {
+                    os_type: "hvm".into(),
+                    arch: "x86_64".into(),
+                    emulator: Some(DEFAULT_EMULATOR.into()),
+                    machines,
+                    domain_types: vec!["qemu".into(), "kvm".into()],
+                }]
+            }
+            Err(e) => {
+                log::warn(&format!("no x86_64 guests: {}", e.message));
+                vec![]
+            }
+        };
         Ok(DriverCapabilities {
             host_arch: "x86_64".into(),
-            guests: vec![GuestCapability {
-                os_type: "hvm".into(),
-                arch: "x86_64".into(),
-                emulator: Some("qemu-system-x86_64".into()),
-                machines: vec!["pc".into(), "q35".into(), "microvm".into()],
-                domain_types: vec!["qemu".into(), "kvm".into()],
-            }],
+            guests,
             security_model: None,
             security_doi: None,
         })
@@ -301,7 +323,7 @@ impl Hypervisor for Qemu {
             }
         }
         if def.emulator.is_none() {
-            def.emulator = Some("qemu-system-x86_64".into());
+            def.emulator = Some(DEFAULT_EMULATOR.into());
         }
         // libvirt gives every QEMU guest a virtio balloon unless told <memballoon model='none'/>.
         if def.memballoon.is_none() {
@@ -311,13 +333,40 @@ impl Hypervisor for Qemu {
             });
         }
         // Refuse at define what start would refuse, as libvirt validates a definition.
-        cmdline::build(
+        let args = cmdline::build(
             &def,
             &cmdline::Launch {
                 monitor: "/validate",
                 runtime_dir: "/validate",
             },
         )?;
+        // ... including a machine type or device model this emulator lacks (what it has is
+        // probed once per binary and cached, so a define costs a stat and a small read).
+        let program = def.emulator.as_deref().unwrap_or(DEFAULT_EMULATOR);
+        let emulator = probe::emulator(program)?;
+        let machine = def.os.machine.as_deref().unwrap_or("pc");
+        if !emulator.has_machine(machine) {
+            return Err(error(
+                ErrorKind::Unsupported,
+                format!(
+                    "unsupported configuration: Emulator '{program}' does not support machine type '{machine}'"
+                ),
+            ));
+        }
+        for model in args
+            .windows(2)
+            .filter(|w| w[0] == "-device")
+            .filter_map(|w| w[1].split(',').next())
+        {
+            if !emulator.has_device(model) {
+                return Err(error(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "unsupported configuration: Emulator '{program}' does not support device model '{model}'"
+                    ),
+                ));
+            }
+        }
         Ok(def)
     }
 
@@ -1221,7 +1270,7 @@ fn launch(def: &DomainDef, incoming: bool) -> VerbResult<(process::Child, Runnin
     let program = def
         .emulator
         .clone()
-        .unwrap_or_else(|| "qemu-system-x86_64".into());
+        .unwrap_or_else(|| DEFAULT_EMULATOR.into());
     log::info(&format!(
         "starting {} with {program} {}",
         def.name,
