@@ -778,10 +778,19 @@ fn migration_reaches_the_destination_daemon_over_mutual_tls() {
 }
 
 /// A domain booting the test guest (console in `console`) that panics once its counter
-/// reaches 6 (about 3 s after it is up), with `<on_crash>on_crash</on_crash>`.
-fn panicking_domain_xml(name: &str, g: &guest::Guest, console: &Path, on_crash: &str) -> String {
+/// reaches `at` (at / 2 seconds after it is up), with `<on_crash>on_crash</on_crash>`.
+fn panicking_domain_xml(
+    name: &str,
+    g: &guest::Guest,
+    console: &Path,
+    on_crash: &str,
+    at: u32,
+) -> String {
     domain_xml(name, g, console)
-        .replace(&g.cmdline, &format!("{} {}=6", g.cmdline, guest::PANIC_AT))
+        .replace(
+            &g.cmdline,
+            &format!("{} {}={at}", g.cmdline, guest::PANIC_AT),
+        )
         .replace(
             "</features>",
             &format!("</features>\n  <on_crash>{on_crash}</on_crash>"),
@@ -813,20 +822,24 @@ fn a_guest_panic_is_a_crash_and_on_crash_decides_what_follows() {
     let Some(s) = setup("vm12") else { return };
     let (d, uri) = (&s.d, &s.uri);
     let g = guest::test_guest().unwrap();
-    let run = |name: &str, on_crash: &str| -> PathBuf {
+    // Up and running before the panic: the crash is a change the driver saw.
+    let boot = |name: &str, on_crash: &str, at: u32| -> PathBuf {
         let console = d.home.join(format!("{name}.console"));
         let xml = d.home.join(format!("{name}.xml"));
-        std::fs::write(&xml, panicking_domain_xml(name, &g, &console, on_crash)).unwrap();
+        std::fs::write(&xml, panicking_domain_xml(name, &g, &console, on_crash, at)).unwrap();
         d.client(uri, &format!("define {}", xml.display())).ok();
         d.client(uri, &format!("start {name}")).ok();
         wait_console(&console, guest::READY, 1, 90);
-        // Up and running before the panic: the crash below is a change the driver saw.
         assert_eq!(
             d.client(uri, &format!("domstate {name} --reason")).ok(),
             "running (booted)\n\n",
             "{}",
             console_text(&console)
         );
+        console
+    };
+    let run = |name: &str, on_crash: &str| -> PathBuf {
+        let console = boot(name, on_crash, 6);
         wait_console(&console, guest::PANICKING, 1, 60);
         console
     };
@@ -857,10 +870,65 @@ fn a_guest_panic_is_a_crash_and_on_crash_decides_what_follows() {
     );
 
     // destroy (libvirt's default): the driver ends QEMU, and the domain is shut off
-    // (crashed) with nobody asking.
-    let console = run("crash-destroy", "destroy");
+    // (crashed) with nobody asking; a watcher sees the crash, then the stop, as libvirt
+    // announces them. (The guest panics 8 s after boot: time to subscribe.)
+    let console = boot("crash-destroy", "destroy", 16);
+    let mut c = std::process::Command::new(common::binary());
+    Daemon::env(d.home.as_path(), &mut c);
+    let mut watcher = c
+        .args([
+            "-c",
+            uri,
+            "event crash-destroy --event lifecycle --loop --timeout 60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    let mut out = watcher.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.lock().unwrap().contains("Resumed Unpaused") {
+        assert!(Instant::now() < deadline, "the watcher never subscribed");
+        d.client(uri, "suspend crash-destroy; resume crash-destroy");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_console(&console, guest::PANICKING, 1, 60);
     wait_state(d, uri, "crash-destroy", "shut off (crashed)", 30, &console);
     assert_eq!(console_text(&console).matches(guest::READY).count(), 1);
+    let prefix = "event 'lifecycle' for domain 'crash-destroy': ";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen
+        .lock()
+        .unwrap()
+        .contains(&format!("{prefix}Stopped Crashed"))
+    {
+        assert!(Instant::now() < deadline, "{}", seen.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: a signal to the watcher this test started, by pid.
+    unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
+    let _ = watcher.wait();
+    let _ = reader.join();
+    let events = seen.lock().unwrap().clone();
+    let after_subscribed = &events[events.rfind("Resumed Unpaused").unwrap()..];
+    let lines: Vec<&str> = after_subscribed
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .collect();
+    assert_eq!(lines, ["Crashed Panicked", "Stopped Crashed"], "{events}");
 
     // restart: the guest boots again after its panic, and runs.
     let console = run("crash-restart", "restart");
@@ -877,7 +945,7 @@ fn a_guest_panic_is_a_crash_and_on_crash_decides_what_follows() {
     let xml = d.home.join("crash-dump.xml");
     std::fs::write(
         &xml,
-        panicking_domain_xml("crash-dump", &g, &console, "coredump-destroy"),
+        panicking_domain_xml("crash-dump", &g, &console, "coredump-destroy", 6),
     )
     .unwrap();
     let r = d.client(uri, &format!("define {}", xml.display()));

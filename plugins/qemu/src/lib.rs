@@ -466,6 +466,12 @@ impl Hypervisor for Qemu {
         let status = q.execute("query-status", None)?;
         let s = status["status"].as_str().unwrap_or("");
         if s == "guest-panicked" {
+            // First the crash itself (announced as Crashed Panicked), then, at the next poll
+            // (within a second under the daemon), what on_crash says: libvirt's order of
+            // events, and a crash any watcher sees even when the domain is destroyed.
+            if !matches!(was, DomainState::Crashed(_)) {
+                return Ok(runtime(DomainState::Crashed(CrashedReason::Panicked), &r));
+            }
             return crashed(&dom, &r, &mut q);
         }
         Ok(runtime(from_status(s, was), &r))
