@@ -286,9 +286,15 @@ fn a_guest_outlives_a_killed_daemon_and_stays_controllable() {
 fn qemus_own_words_explain_a_failed_start() {
     let Some(s) = setup("vm3") else { return };
     let xml = s.d.home.join("bad.xml");
+    // A kernel file that does not exist, in a directory that does (the daemon refuses paths
+    // it cannot resolve before QEMU ever sees them).
+    let kernel = s.d.home.join("no-such-vmlinux");
     std::fs::write(
         &xml,
-        "<domain type='qemu'><name>bad</name><memory unit='MiB'>64</memory><os><type>hvm</type><kernel>/nonexistent/vmlinux</kernel></os></domain>",
+        format!(
+            "<domain type='qemu'><name>bad</name><memory unit='MiB'>64</memory><os><type>hvm</type><kernel>{}</kernel></os></domain>",
+            kernel.display()
+        ),
     )
     .unwrap();
     s.d.client(&s.uri, &format!("define {}", xml.display()))
@@ -297,7 +303,10 @@ fn qemus_own_words_explain_a_failed_start() {
     let e = r.failed();
     assert_eq!(
         e,
-        "error: Failed to start domain 'bad'\nerror: operation failed: QEMU failed to start bad: qemu: could not open kernel file '/nonexistent/vmlinux': No such file or directory (exit status 1)\n"
+        format!(
+            "error: Failed to start domain 'bad'\nerror: operation failed: QEMU failed to start bad: qemu: could not open kernel file '{}': No such file or directory (exit status 1)\n",
+            kernel.display()
+        )
     );
     assert_eq!(s.d.client(&s.uri, "domstate bad").ok(), "shut off\n\n");
 }

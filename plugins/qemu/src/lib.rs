@@ -853,11 +853,23 @@ impl Hypervisor for Qemu {
             // Fill the lowest free slots, as libvirt does, each a CPU device of the type QEMU
             // names at the place (socket, core, thread) it names.
             let free = slots.iter().filter(|s| s.qom_path.is_none());
-            for slot in free.take((count - current) as usize) {
+            for (added, slot) in free.take((count - current) as usize).enumerate() {
                 let mut args = slot.props.clone();
                 args["driver"] = json!(slot.cpu_type);
                 args["id"] = json!(format!("vcpu{}", slot.index));
-                q.execute("device_add", Some(args))?;
+                if let Err(e) = q.execute("device_add", Some(args)) {
+                    // Those added stay (taking them out again is what TCG cannot survive):
+                    // say how many, so the count the guest has is known.
+                    return Err(error(
+                        e.kind,
+                        format!(
+                            "{} (vCPU {}; the domain now has {} vCPUs)",
+                            e.message,
+                            slot.index,
+                            current as usize + added
+                        ),
+                    ));
+                }
             }
         } else if count < current {
             // Only CPUs added as devices can leave; the ones QEMU started with (`-smp`) are
@@ -1048,7 +1060,8 @@ impl Hypervisor for Qemu {
     }
 }
 
-/// QEMU's version as `major.minor.micro`, for messages ("unknown" if it does not say).
+/// QEMU's version as `major.minor.micro`, for messages ("(version unknown)" if it does not
+/// say).
 fn qemu_version(q: &mut Qmp) -> String {
     match q.execute("query-version", None) {
         Ok(v) => {
