@@ -1317,6 +1317,36 @@ fn what_an_emulator_offers_is_probed_once_per_binary_and_cached() {
     // The same domain on the emulator that has it is fine.
     let (r, _, _) = define(&s.d, "probe7", &counting, rng);
     r.ok();
+    // Without <emulator>, the message names the file the host runs for the default
+    // emulator (the first in the host's program search path).
+    let default = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("qemu-system-x86_64"))
+    .find(|p| p.is_file())
+    .unwrap();
+    let xml = s.d.home.join("probe8.xml");
+    std::fs::write(
+        &xml,
+        domain_xml("probe8", &g, &s.d.home.join("probe8.console"))
+            .replace("machine='pc'", "machine='no-such-machine'"),
+    )
+    .unwrap();
+    let r = s.d.client(&uri, &format!("define {}", xml.display()));
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to define domain from {}\nerror: unsupported configuration: Emulator '{}' does not support machine type 'no-such-machine'\n",
+            xml.display(),
+            default.display()
+        )
+    );
 
     // capabilities lists what QEMU itself says it has: every machine of `-machine help`.
     // (Through the API: the CLI's `capabilities` also wants node info, which this driver

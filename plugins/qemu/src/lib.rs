@@ -349,7 +349,8 @@ impl Hypervisor for Qemu {
             return Err(error(
                 ErrorKind::Unsupported,
                 format!(
-                    "unsupported configuration: Emulator '{program}' does not support machine type '{machine}'"
+                    "unsupported configuration: Emulator '{}' does not support machine type '{machine}'",
+                    emulator.name()
                 ),
             ));
         }
@@ -362,7 +363,8 @@ impl Hypervisor for Qemu {
                 return Err(error(
                     ErrorKind::Unsupported,
                     format!(
-                        "unsupported configuration: Emulator '{program}' does not support device model '{model}'"
+                        "unsupported configuration: Emulator '{}' does not support device model '{model}'",
+                        emulator.name()
                     ),
                 ));
             }

@@ -47,6 +47,8 @@ pub struct Machine {
 pub struct Emulator {
     /// The program as the definition names it (`qemu-system-x86_64` or a path).
     pub program: String,
+    /// The file the host runs for it, when the plugin could see it (`/usr/bin/...`).
+    pub binary: Option<String>,
     /// QEMU's version, `major.minor.micro`.
     pub version: String,
     /// Its machine types.
@@ -57,6 +59,11 @@ pub struct Emulator {
 }
 
 impl Emulator {
+    /// The emulator for messages: the file the host runs when known, else the name.
+    pub fn name(&self) -> &str {
+        self.binary.as_deref().unwrap_or(&self.program)
+    }
+
     /// Whether `machine` names one of its machine types, by name or alias.
     pub fn has_machine(&self, machine: &str) -> bool {
         self.machines
@@ -96,6 +103,7 @@ impl Emulator {
         }
         Some(Emulator {
             program: v["program"].as_str()?.to_string(),
+            binary: Some(key.path.clone()),
             version: v["version"].as_str()?.to_string(),
             machines: v["machines"]
                 .as_array()?
@@ -185,7 +193,8 @@ pub fn emulator(program: &str) -> VerbResult<Emulator> {
     {
         return Ok(e);
     }
-    let e = probe(program)?;
+    let mut e = probe(program)?;
+    e.binary = key.as_ref().map(|k| k.path.clone());
     match &key {
         Some(key) => {
             if let Err(why) = store(key, &e) {
@@ -336,6 +345,7 @@ fn probe(program: &str) -> VerbResult<Emulator> {
     ));
     Ok(Emulator {
         program: program.to_string(),
+        binary: None,
         version,
         machines,
         devices,
