@@ -590,3 +590,103 @@ fn plain_tcp_is_off_unless_enabled_and_then_read_only() {
     let plain = Daemon::start(other.path(), &[]);
     assert!(!plain.log_text().contains("tcp://"), "{}", plain.log_text());
 }
+
+#[test]
+fn a_definition_cannot_make_the_daemon_open_files_outside_its_directories() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let qemu = d.uri("qemu", "/system");
+    let outside = |disk: &str, serial: &str| {
+        format!(
+            "<domain type='qemu'><name>vm</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os><devices>\
+             <disk type='file' device='disk'><source file='{disk}'/><target dev='vda' bus='virtio'/></disk>\
+             <serial type='file'><source path='{serial}'/></serial></devices></domain>"
+        )
+    };
+    let mine = home.path().join("disk.img");
+    let log = home.path().join("serial.log");
+    let bad_disk = home.path().join("bad-disk.xml");
+    std::fs::write(
+        &bad_disk,
+        outside("/etc/shadow", &log.display().to_string()),
+    )
+    .unwrap();
+    let bad_serial = home.path().join("bad-serial.xml");
+    std::fs::write(
+        &bad_serial,
+        outside(&mine.display().to_string(), "/etc/passwd"),
+    )
+    .unwrap();
+    let fine = home.path().join("fine.xml");
+    std::fs::write(
+        &fine,
+        outside(&mine.display().to_string(), &log.display().to_string()),
+    )
+    .unwrap();
+
+    let r = d.client(&qemu, &format!("define {}", bad_disk.display()));
+    assert!(
+        r.failed().contains(
+            "error: disk 'vda': '/etc/shadow' is outside the directories this daemon lets clients name ("
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = d.client(&qemu, &format!("create {}", bad_serial.display()));
+    assert!(
+        r.failed()
+            .contains("error: serial device: '/etc/passwd' is outside the directories"),
+        "{}",
+        r.stderr
+    );
+    let r = d.client(
+        &qemu,
+        &format!("define {}; list --all --name", fine.display()),
+    );
+    assert_eq!(
+        r.ok(),
+        format!("Domain 'vm' defined from {}\n\nvm\n\n", fine.display())
+    );
+    let r = d.client(
+        &qemu,
+        "attach-disk vm /etc/shadow vdb --config; domblklist vm",
+    );
+    assert!(
+        r.stderr
+            .contains("disk 'vdb': '/etc/shadow' is outside the directories"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("/etc/shadow"), "{}", r.stdout);
+
+    // A save image is input too: one whose definition names /etc/shadow is not restored.
+    // (Made with the in-process test driver, which opens no files, so it may name any.)
+    let image = d.root.join("images/crafted.save");
+    std::fs::write(
+        home.path().join("bad-disk-test.xml"),
+        outside("/etc/shadow", &log.display().to_string()).replace("type='qemu'", "type='test'"),
+    )
+    .unwrap();
+    let r = common::test_driver(&format!(
+        "define {}; start vm; save vm {}",
+        home.path().join("bad-disk-test.xml").display(),
+        image.display()
+    ));
+    assert!(r.ok().contains("saved to"), "{}", r.stdout);
+    let r = d.client(&qemu, &format!("restore {}", image.display()));
+    assert!(
+        r.failed()
+            .contains("disk 'vda': '/etc/shadow' is outside the directories"),
+        "{}",
+        r.stderr
+    );
+
+    // The test driver opens no files: its definitions may name any path, as libvirt's.
+    let test_uri = d.uri("test", "/default");
+    let r = d.client(
+        &test_uri,
+        &format!("define {}", home.path().join("bad-disk-test.xml").display()),
+    );
+    assert!(r.ok().starts_with("Domain 'vm' defined"), "{}", r.stderr);
+}

@@ -281,19 +281,19 @@ fn volume_streams_through_the_daemon_carry_real_bytes() {
     assert!(got == on_disk, "the download is the volume's bytes");
 
     // A pool outside the daemon's directories would hand that directory to the driver.
-    let elsewhere = home.path().join("elsewhere");
-    std::fs::create_dir(&elsewhere).unwrap();
+    let elsewhere = Path::new("/etc/virtwasm-test-pool");
     let r = d.client(
         &uri,
         &format!("pool-define-as p2 dir --target {}", elsewhere.display()),
     );
-    assert_eq!(
-        r.failed(),
-        format!(
-            "error: Failed to define pool p2\nerror: '{}' is outside the directories this daemon lets clients name ({}); add one to [files] allowed in virtwasmd.toml\n",
+    assert!(
+        r.failed().starts_with(&format!(
+            "error: Failed to define pool p2\nerror: '{}' is outside the directories this daemon lets clients name ({}, ",
             elsewhere.display(),
             d.root.join("images").display()
-        )
+        )),
+        "{}",
+        r.stderr
     );
     let r = d.client(&uri, "pool-list --all --name");
     assert_eq!(r.ok(), "p1\n\n", "nothing was defined");

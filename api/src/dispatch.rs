@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
-use virtwasm_host::{Connection, Error, Result};
+use virtwasm_host::{Connection, Error, Result, devices};
 
 use crate::ops::{ObjectKind, Request};
 
@@ -37,6 +37,37 @@ impl Context<'static> {
             refresh_on_read: true,
         }
     }
+}
+
+/// The host paths a domain definition names (disks, kernel, character devices) must be ones
+/// the front end lets clients name, when the driver can reach the host's files at all
+/// (through programs it runs or directories it is granted): a definition must not make the
+/// daemon open /etc/shadow as a disk or truncate a file as a serial log. XML that does not
+/// parse is left for the verb to refuse with its position.
+fn definition_paths_allowed(
+    conn: &Connection,
+    xml: &str,
+    files: &dyn Fn(&str, bool) -> Result<()>,
+) -> Result<()> {
+    match virtwasm_host::xml::parse_domain(xml) {
+        Ok(parsed) => paths_allowed(conn, devices::host_paths(&parsed.def), files),
+        Err(_) => Ok(()),
+    }
+}
+
+fn paths_allowed(
+    conn: &Connection,
+    paths: Vec<(String, String)>,
+    files: &dyn Fn(&str, bool) -> Result<()>,
+) -> Result<()> {
+    let grants = conn.plugin().grants();
+    if !grants.process && grants.files.is_empty() {
+        return Ok(());
+    }
+    for (what, path) in paths {
+        files(&path, false).map_err(|e| Error::new(e.kind, format!("{what}: {}", e.message)))?;
+    }
+    Ok(())
 }
 
 /// A pool whose storage driver will be given its target directory must name a directory
@@ -85,12 +116,18 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         R::DomainStats { key } => json(conn.domain_stats(&key)?),
         R::InterfaceAddresses { key, source } => json(conn.interface_addresses(&key, &source)?),
         R::DomainXml { key, inactive } => json(conn.domain_xml(&key, inactive)?),
-        R::DefineXml { xml, validate } => json(conn.define_xml(&xml, validate)?),
+        R::DefineXml { xml, validate } => {
+            definition_paths_allowed(conn, &xml, files)?;
+            json(conn.define_xml(&xml, validate)?)
+        }
         R::CreateXml {
             xml,
             validate,
             paused,
-        } => json(conn.create_xml(&xml, validate, paused)?),
+        } => {
+            definition_paths_allowed(conn, &xml, files)?;
+            json(conn.create_xml(&xml, validate, paused)?)
+        }
         R::Undefine {
             key,
             snapshots,
@@ -113,7 +150,10 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         } => json(conn.set_vcpus(&key, count, scope, maximum)?),
         R::SetMemory { key, kib, scope } => json(conn.set_memory(&key, kib, scope)?),
         R::SetMaxMemory { key, kib, scope } => json(conn.set_max_memory(&key, kib, scope)?),
-        R::AttachDevice { key, device, scope } => json(conn.attach_device(&key, device, scope)?),
+        R::AttachDevice { key, device, scope } => {
+            paths_allowed(conn, devices::device_paths(&device), files)?;
+            json(conn.attach_device(&key, device, scope)?)
+        }
         R::DetachDevice {
             key,
             selector,
@@ -133,6 +173,9 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         }
         R::Restore { path, paused } => {
             files(&path, false)?;
+            // The image's definition is input too: a crafted image must not name other files.
+            let (xml, _) = virtwasm_host::savefile::read_header(Path::new(&path))?;
+            definition_paths_allowed(conn, &xml, files)?;
             json(conn.restore(Path::new(&path), paused)?)
         }
         R::ManagedSave { key } => json(conn.managed_save(&key)?),
@@ -214,6 +257,7 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             ctx,
         )?),
         R::MigratePrepare { xml, listen } => {
+            definition_paths_allowed(conn, &xml, files)?;
             let (name, uri) = conn.migrate_prepare(&xml, &listen)?;
             json(serde_json::json!({ "name": name, "uri": uri }))
         }

@@ -227,8 +227,8 @@ fn any() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Files {
-    /// Directories under which clients may name save images, besides the daemon's images
-    /// directory.
+    /// Directories under which clients may name files (save images, pool directories, the
+    /// paths a domain definition makes a driver open), besides the daemon's images directory.
     pub allowed: Vec<PathBuf>,
 }
 

@@ -6,6 +6,65 @@ use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::tuning::Scope;
 
+/// Entropy sources a definition may name without a grant: they are only read, and every
+/// guest needs one.
+const ENTROPY_SOURCES: &[&str] = &["/dev/urandom", "/dev/random", "/dev/hwrng"];
+
+/// The host paths a domain definition makes its driver open, each with what names it: disk
+/// sources, the direct-boot kernel and initrd, character devices' files and sockets, and RNG
+/// sources other than the kernel's entropy devices. A front end serving untrusted clients
+/// checks them against the directories it lets clients name.
+pub fn host_paths(def: &DomainDef) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(k) = &def.os.kernel {
+        out.push(("<os><kernel>".to_string(), k.clone()));
+    }
+    if let Some(i) = &def.os.initrd {
+        out.push(("<os><initrd>".to_string(), i.clone()));
+    }
+    for d in &def.disks {
+        out.extend(device_paths(&Device::Disk(d.clone())));
+    }
+    for c in &def.chardevs {
+        out.extend(device_paths(&Device::Chardev(c.clone())));
+    }
+    for r in &def.rngs {
+        if let Some(src) = &r.backend_source
+            && !ENTROPY_SOURCES.contains(&src.as_str())
+        {
+            out.push(("<rng><backend>".to_string(), src.clone()));
+        }
+    }
+    out
+}
+
+/// The host paths one device makes its driver open (see [`host_paths`]).
+pub fn device_paths(dev: &Device) -> Vec<(String, String)> {
+    use crate::bindings::types::{ChardevSourceType as C, DiskSourceType as D};
+    match dev {
+        Device::Disk(d) => match (d.source_type, &d.source) {
+            (D::File | D::Block | D::Dir, Some(path)) => {
+                vec![(format!("disk '{}'", d.target_dev), path.clone())]
+            }
+            _ => vec![],
+        },
+        Device::Chardev(c) => match (c.source_type, &c.source_path) {
+            (C::File | C::Unix | C::Pipe | C::Dev, Some(path)) => {
+                use crate::bindings::types::ChardevKind as K;
+                let kind = match c.kind {
+                    K::Serial => "serial",
+                    K::Console => "console",
+                    K::Parallel => "parallel",
+                    K::Channel => "channel",
+                };
+                vec![(format!("{kind} device"), path.clone())]
+            }
+            _ => vec![],
+        },
+        _ => vec![],
+    }
+}
+
 /// Which device to remove.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

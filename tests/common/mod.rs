@@ -185,8 +185,30 @@ impl Daemon {
             .env("VIRTWASM_PLUGIN_DIR", persistent_test_driver(home));
     }
 
+    /// The `[files]` table every test daemon gets (appended to a test's own config that has
+    /// none): clients may name files under the temporary directory (where every test's
+    /// directory is, so two daemons of one test can share a guest's files, as two hosts
+    /// share storage for a migration) and the test guest's, as an operator lists the
+    /// directories holding their images.
+    fn allow_test_files(&self) {
+        let etc = self.root.join("etc/virtwasm");
+        std::fs::create_dir_all(&etc).unwrap();
+        let path = etc.join("virtwasmd.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap_or_default();
+        if config.contains("[files]") {
+            return;
+        }
+        config.push_str(&format!(
+            "\n[files]\nallowed = [{:?}, {:?}]\n",
+            std::env::temp_dir().display().to_string(),
+            env!("CARGO_TARGET_TMPDIR")
+        ));
+        std::fs::write(&path, config).unwrap();
+    }
+
     /// (Re)starts the process.
     pub fn spawn(&mut self) {
+        self.allow_test_files();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
