@@ -167,6 +167,43 @@ fn reading_outside_the_preopen_is_refused() {
 }
 
 #[test]
+fn taps_go_only_on_granted_bridges_and_only_vnet_taps_are_deleted() {
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    // The manifest grants `vwgranted*`: any other bridge is refused before anything is made.
+    let (def, _) = conn.define(domain("tapper", "tap:br0")).unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(
+        e.message,
+        "plugin 'hostile' may not attach taps to bridge 'br0' (its manifest grants: vwgranted*)"
+    );
+    // A granted name that is no bridge on this host is refused by the host, not the kernel.
+    let (def, _) = conn.define(domain("tapper2", "tap:vwgranted0")).unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert_eq!(
+        e.message,
+        "operation failed: 'vwgranted0' is not a bridge on this host"
+    );
+    // Deleting is limited to the host's own vnetN taps: not the loopback, not a path.
+    for victim in ["lo", "vnet0/../lo", "eth0"] {
+        let (def, _) = conn
+            .define(domain(
+                &format!("untap-{}", victim.len()),
+                &format!("untap:{victim}"),
+            ))
+            .unwrap();
+        let e = conn.start(&def.uuid, false).unwrap_err();
+        assert!(
+            e.message
+                .contains("is not a tap device this host created (vnetN)"),
+            "{victim}: {e}"
+        );
+    }
+    still_serving(&conn);
+}
+
+#[test]
 fn running_a_program_outside_the_allowlist_is_refused() {
     let f = fixture();
     let conn = f.host.open("hostile:///session", false).unwrap();

@@ -871,7 +871,7 @@ fn print_raw(list: &Raw, info: &Raw, floor: &Raw) {
         list.calls
     );
     for (label, r) in [
-        ("GET /v1/domains (a host call on the blocking pool)", list),
+        ("GET /v1/domains (a host call, on the I/O thread)", list),
         ("GET /v1 (answered on the I/O thread, no host call)", info),
         ("in this process, no daemon: open + list + JSON", floor),
     ] {

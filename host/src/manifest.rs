@@ -101,6 +101,17 @@ pub struct Capabilities {
     /// Path prefixes under which the plugin may connect to unix sockets.
     #[serde(default)]
     pub sockets: Vec<PathBuf>,
+    /// Tap devices on the bridges named here.
+    #[serde(default)]
+    pub netdev: Option<NetdevGrant>,
+}
+
+/// The `[capabilities.netdev]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetdevGrant {
+    /// Bridges the plugin may attach taps to: names, or globs such as `br*` or `*`.
+    pub bridges: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -346,6 +357,19 @@ impl Manifest {
                     "socket prefix '{}' must be an absolute path",
                     prefix.display()
                 ));
+            }
+        }
+        if let Some(n) = &self.capabilities.netdev {
+            for b in &n.bridges {
+                if b.is_empty()
+                    || b.len() > 15
+                    || b.contains('/')
+                    || b.chars().any(char::is_whitespace)
+                {
+                    return bad(format!(
+                        "netdev bridge pattern '{b}' must be an interface name or glob (1 to 15 characters, no '/' or spaces)"
+                    ));
+                }
             }
         }
         if let Some(p) = &self.capabilities.process {

@@ -644,12 +644,14 @@ fn check_imports(
                 "types" | "log" => true,
                 "process" => grants.process,
                 "unix-socket" => grants.sockets,
+                "netdev" => grants.bridges.is_some(),
                 _ => false,
             };
             if !granted {
                 let hint = match iface {
                     "process" => "grant it with [capabilities] process = { programs = [...] }",
                     "unix-socket" => "grant it with [capabilities] sockets = [\"/path/prefix\"]",
+                    "netdev" => "grant it with [capabilities] netdev = { bridges = [\"br0\"] }",
                     _ => "this host has no such capability",
                 };
                 return Err(load_err(
@@ -727,6 +729,9 @@ fn build_linker(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<H
     }
     if grants.sockets {
         virtwasm::plugin::unix_socket::add_to_linker::<T, HasSelf<T>>(l, |s| s)?;
+    }
+    if grants.bridges.is_some() {
+        virtwasm::plugin::netdev::add_to_linker::<T, HasSelf<T>>(l, |s| s)?;
     }
     Ok(linker)
 }

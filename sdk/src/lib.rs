@@ -111,6 +111,7 @@ pub mod types {
 /// The host capabilities a plugin may import, each checked against its manifest.
 pub mod host {
     pub use crate::bindings::virtwasm::plugin::log;
+    pub use crate::bindings::virtwasm::plugin::netdev;
     pub use crate::bindings::virtwasm::plugin::process;
     pub use crate::bindings::virtwasm::plugin::unix_socket;
 }

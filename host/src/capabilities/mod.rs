@@ -2,6 +2,7 @@
 //! its grants. Every call re-checks the grant: a plugin holds no authority of its own.
 
 pub mod log;
+pub mod netdev;
 pub mod process;
 pub mod socket;
 
@@ -31,6 +32,8 @@ pub struct Grants {
     pub process: bool,
     /// Whether `unix-socket` is linked.
     pub sockets: bool,
+    /// Bridge name globs taps may join; `netdev` is linked when this is `Some`.
+    pub bridges: Option<Vec<String>>,
 }
 
 impl Grants {
@@ -66,6 +69,7 @@ impl Grants {
             memory_bytes: m.limits.memory_mib as usize * 1024 * 1024,
             process: m.capabilities.process.is_some(),
             sockets: !m.capabilities.sockets.is_empty(),
+            bridges: m.capabilities.netdev.as_ref().map(|n| n.bridges.clone()),
         }
     }
 }

@@ -74,6 +74,20 @@ impl Hypervisor for Hostile {
                 driver_data: child.pid().to_string(),
             });
         }
+        if let Some(bridge) = target(&dom, "tap:") {
+            let tap = virtwasm_sdk::host::netdev::create_tap(&bridge)?;
+            return Err(error(
+                ErrorKind::Internal,
+                format!("SANDBOX ESCAPE: made tap {tap} on {bridge}"),
+            ));
+        }
+        if let Some(name) = target(&dom, "untap:") {
+            virtwasm_sdk::host::netdev::delete_tap(&name)?;
+            return Err(error(
+                ErrorKind::Internal,
+                format!("SANDBOX ESCAPE: deleted {name}"),
+            ));
+        }
         let Some(path) = target(&dom, "read:") else {
             return Ok(running());
         };
