@@ -467,3 +467,66 @@ fn a_plugin_directory_others_can_write_is_ignored() {
         "its plugins are not loaded"
     );
 }
+
+#[test]
+fn a_missing_read_write_grant_is_created_private_and_a_missing_read_only_one_is_left_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // Neither directory exists yet: the read-write one (two levels, like `{cache_dir}/qemu`
+    // on a fresh host) is the plugin's own; the read-only one is something the host lacks.
+    let own = tmp.path().join("cache").join("hostile");
+    let absent = tmp.path().join("absent");
+    let manifest = hostile_manifest().replace(
+        "[limits]",
+        &format!(
+            "files = [{{ host = \"{}\", access = \"read-write\" }}, {{ host = \"{}\", access = \"read-only\" }}]\n\n[limits]",
+            own.display(),
+            absent.display()
+        ),
+    );
+    let plugins = install(&tmp.path().join("plugins"), "hostile", &manifest);
+    let host =
+        Arc::new(Host::new(config_in(tmp.path(), plugins, Some(common::cache_dir()))).unwrap());
+    let conn = host.open("hostile:///session", false).unwrap();
+    // The plugin serves: neither grant broke its preopens.
+    still_serving(&conn);
+    let mode = std::fs::metadata(&own).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode,
+        0o700,
+        "{} is private to the host's user",
+        own.display()
+    );
+    // The created directory is really the plugin's: a file put there is readable through it.
+    std::fs::write(own.join("note.txt"), "mine").unwrap();
+    let (def, _) = conn
+        .define(domain(
+            "own",
+            &format!("read:{}", own.join("note.txt").display()),
+        ))
+        .unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert!(e.message.contains("SANDBOX ESCAPE: read 4 bytes"), "{e}");
+    // The missing read-only grant is left out, and said so.
+    assert_eq!(conn.plugin().grants().skipped_files, vec![absent.clone()]);
+    assert!(
+        !conn
+            .plugin()
+            .grants()
+            .files
+            .iter()
+            .any(|(h, _, _)| h == &absent)
+    );
+    // Made after load, it stays out of reach: the grant was dropped, not deferred.
+    std::fs::create_dir(&absent).unwrap();
+    std::fs::write(absent.join("later.txt"), "late").unwrap();
+    let (def, _) = conn
+        .define(domain(
+            "late",
+            &format!("read:{}", absent.join("later.txt").display()),
+        ))
+        .unwrap();
+    let e = conn.start(&def.uuid, false).unwrap_err();
+    assert!(!e.message.contains("SANDBOX ESCAPE"), "{e}");
+    still_serving(&conn);
+}

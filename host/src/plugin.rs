@@ -188,7 +188,9 @@ impl Plugin {
         let (component, cache) = runtime.compile(&name, wasm, &sha256)?;
         let compile = t0.elapsed();
         let t1 = Instant::now();
-        let grants = Arc::new(Grants::from_manifest(&manifest));
+        let mut grants = Grants::from_manifest(&manifest);
+        grants.prepare_files().map_err(|e| load_err(&name, e))?;
+        let grants = Arc::new(grants);
         // The socket directories a plugin is granted are where its backends will listen
         // (QEMU's monitor): private to the host's user.
         for dir in &grants.socket_prefixes {

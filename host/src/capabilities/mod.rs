@@ -26,6 +26,9 @@ pub struct Grants {
     pub socket_prefixes: Vec<PathBuf>,
     /// Preopened directories: host path, guest path, access.
     pub files: Vec<(PathBuf, String, Access)>,
+    /// Read-only grants left out at load because their directory does not exist (see
+    /// [`Grants::prepare_files`]).
+    pub skipped_files: Vec<PathBuf>,
     /// Linear-memory cap per instance, bytes.
     pub memory_bytes: usize,
     /// Whether `process` is linked.
@@ -66,11 +69,64 @@ impl Grants {
                     (f.host.clone(), guest, f.access)
                 })
                 .collect(),
+            skipped_files: Vec::new(),
             memory_bytes: m.limits.memory_mib as usize * 1024 * 1024,
             process: m.capabilities.process.is_some(),
             sockets: !m.capabilities.sockets.is_empty(),
             bridges: m.capabilities.netdev.as_ref().map(|n| n.bridges.clone()),
         }
+    }
+}
+
+impl Grants {
+    /// Readies the granted directories at load. A read-write grant is the plugin's own place
+    /// (its cache, its state): a missing one is created, mode 0700 like the socket
+    /// directories, since nothing but the host and its plugin belongs there; an existing one
+    /// is left as it is (it may be an operator's). A read-only grant names something the
+    /// host provides, which the host cannot invent: a missing one is left out of the
+    /// preopens with a warning, so the plugin runs without it rather than failing every
+    /// call on a preopen of nothing. Errors name the directory and the cause.
+    pub fn prepare_files(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mut skipped = Vec::new();
+        for (host, _, access) in &self.files {
+            if host.is_dir() {
+                continue;
+            }
+            match access {
+                Access::ReadWrite => {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(host)
+                        .and_then(|()| {
+                            std::fs::set_permissions(host, std::fs::Permissions::from_mode(0o700))
+                        })
+                        .map_err(|e| {
+                            std::io::Error::new(
+                                e.kind(),
+                                format!(
+                                    "cannot create its read-write directory '{}': {e}",
+                                    host.display()
+                                ),
+                            )
+                        })?;
+                    tracing::info!(plugin = %self.plugin, "created its directory {}", host.display());
+                }
+                Access::ReadOnly => {
+                    tracing::warn!(
+                        plugin = %self.plugin,
+                        "plugin '{}': its read-only directory '{}' does not exist; it runs without it",
+                        self.plugin,
+                        host.display()
+                    );
+                    skipped.push(host.clone());
+                }
+            }
+        }
+        self.files.retain(|(host, _, _)| !skipped.contains(host));
+        self.skipped_files = skipped;
+        Ok(())
     }
 }
 
@@ -172,7 +228,15 @@ impl HostState {
                 Access::ReadOnly => wasmtime_wasi::FsPerms::ReadOnly,
                 Access::ReadWrite => wasmtime_wasi::FsPerms::ReadWrite,
             };
-            b.preopened_dir(host, guest, perms)?;
+            // A grant removed since load (an operator's directory, or the plugin's own
+            // deleted under it) fails this instance naming the directory, not as a bare errno.
+            b.preopened_dir(host, guest, perms).map_err(|e| {
+                wasmtime::format_err!(
+                    "plugin '{}': cannot open its granted directory '{}': {e:#}",
+                    grants.plugin,
+                    host.display()
+                )
+            })?;
         }
         if let Some((host, guest)) = object_dir {
             b.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadWrite)?;
