@@ -530,3 +530,45 @@ fn a_missing_read_write_grant_is_created_private_and_a_missing_read_only_one_is_
     assert!(!e.message.contains("SANDBOX ESCAPE"), "{e}");
     still_serving(&conn);
 }
+
+#[test]
+fn identifying_a_program_is_checked_against_the_allowlist() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    let conn = f.host.open("hostile:///session", false).unwrap();
+    let identify = |name: &str, program: &str| {
+        let (def, _) = conn
+            .define(domain(name, &format!("identify:{program}")))
+            .unwrap();
+        conn.start(&def.uuid, false).unwrap_err()
+    };
+    // Outside the allowlist: refused as running it would be, naming the allowlist, and
+    // nothing about the file is told (not even whether it exists).
+    for program in ["/bin/sh", "cat", "/no/such/program"] {
+        let e = identify(&format!("id-{}", program.len()), program);
+        assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+        assert!(
+            e.message.starts_with("plugin 'hostile': program '")
+                && e.message.ends_with("(allowed: /bin/true)"),
+            "{e}"
+        );
+        assert!(!e.message.contains("identified"), "{e}");
+    }
+    // The granted program: its identity is the file the host would run, as stat(2) sees it.
+    let e = identify("id-true", "/bin/true");
+    let real = std::fs::canonicalize("/bin/true").unwrap();
+    let meta = std::fs::metadata(&real).unwrap();
+    assert_eq!(
+        e.message,
+        format!(
+            "internal error: identified /bin/true: path /bin/true resolved {} size {} mtime {}.{:09} inode {} device {}",
+            real.display(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ino(),
+            meta.dev()
+        )
+    );
+    still_serving(&conn);
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Resource;
 
 use crate::bindings::virtwasm::plugin::process::{
-    ExitStatus as WitExitStatus, Host, HostChild, Output,
+    ExitStatus as WitExitStatus, Host, HostChild, Output, ProgramIdentity,
 };
 use crate::bindings::virtwasm::plugin::types::{Error as WitError, ErrorKind as WitKind};
 use crate::error::wit_error;
@@ -55,6 +55,13 @@ impl ProgramAllowlist {
     /// *and* it lives in one of the [`CHILD_PATH`] directories, so a plugin cannot run a
     /// look-alike `qemu-system-x86_64` from a directory of its choosing.
     pub fn resolve(&self, requested: &str) -> Result<PathBuf, String> {
+        self.resolve_named(requested).map(|(_, real)| real)
+    }
+
+    /// [`ProgramAllowlist::resolve`], also returning the path the name was found as before
+    /// symlinks were followed (the absolute path as given, or the match in [`CHILD_PATH`]):
+    /// `(found, real)`.
+    pub fn resolve_named(&self, requested: &str) -> Result<(PathBuf, PathBuf), String> {
         let listed = || {
             if self.entries.is_empty() {
                 "its manifest grants no programs".to_string()
@@ -76,8 +83,6 @@ impl ProgramAllowlist {
             find_in_path(requested)
                 .ok_or_else(|| format!("program '{requested}' was not found in {CHILD_PATH}"))?
         };
-        let real = std::fs::canonicalize(&path)
-            .map_err(|e| format!("program '{}': {e}", path.display()))?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -86,6 +91,26 @@ impl ProgramAllowlist {
             .parent()
             .map(|dir| CHILD_PATH.split(':').any(|d| Path::new(d) == dir))
             .unwrap_or(false);
+        let not_listed = || {
+            format!(
+                "program '{requested}' is not in the plugin's allowlist ({})",
+                listed()
+            )
+        };
+        let real = match std::fs::canonicalize(&path) {
+            Ok(real) => real,
+            // A path an entry names that does not resolve (a granted program this host
+            // lacks): that is the cause. Any other path is refused by the allowlist alone,
+            // so a plugin learns nothing of what exists outside it.
+            Err(e)
+                if self.entries.iter().any(|entry| {
+                    Path::new(entry) == path || (in_search_path && name_matches(entry, name))
+                }) =>
+            {
+                return Err(format!("program '{}': {e}", path.display()));
+            }
+            Err(_) => return Err(not_listed()),
+        };
         for entry in &self.entries {
             if entry.starts_with('/') {
                 let same = Path::new(entry) == path
@@ -93,16 +118,13 @@ impl ProgramAllowlist {
                         .map(|e| e == real)
                         .unwrap_or(false);
                 if same {
-                    return Ok(real);
+                    return Ok((path, real));
                 }
             } else if in_search_path && name_matches(entry, name) {
-                return Ok(real);
+                return Ok((path, real));
             }
         }
-        Err(format!(
-            "program '{requested}' is not in the plugin's allowlist ({})",
-            listed()
-        ))
+        Err(not_listed())
     }
 }
 
@@ -528,6 +550,33 @@ impl Host for HostState {
         };
         self.children.add(entry, log_path);
         Ok(Ok(self.table.push(ChildHandle { pid })?))
+    }
+
+    fn identify(&mut self, program: String) -> wasmtime::Result<Result<ProgramIdentity, WitError>> {
+        use std::os::unix::fs::MetadataExt;
+        let (found, real) = match self.grants.programs.resolve_named(&program) {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(self.denied(why))),
+        };
+        let meta = match std::fs::metadata(&real) {
+            Ok(m) => m,
+            Err(e) => {
+                return Ok(Err(wit_error(
+                    WitKind::OperationFailed,
+                    format!("cannot read the identity of '{}': {e}", real.display()),
+                )));
+            }
+        };
+        Ok(Ok(ProgramIdentity {
+            path: found.to_string_lossy().into_owned(),
+            resolved: real.to_string_lossy().into_owned(),
+            size: meta.size(),
+            mtime_seconds: meta.mtime(),
+            // Always within 0..1e9 for a regular file's timestamp.
+            mtime_nanoseconds: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+            inode: meta.ino(),
+            device: meta.dev(),
+        }))
     }
 
     fn adopt(&mut self, pid: u32) -> wasmtime::Result<Result<Resource<ChildHandle>, WitError>> {

@@ -11,6 +11,7 @@
 //! | `reset`    | allocates and touches 512 MiB (past its memory cap)           |
 //! | `reboot`   | panics in the middle of the verb                              |
 //! | `start`    | with `spawn:PROGRAM ARG`, starts a long-lived child and keeps its pid |
+//! | `start`    | with `identify:PROGRAM`, asks the host for PROGRAM's identity and reports it |
 //! | `destroy`  | adopts the recorded child (or, with `adopt:PID`, a process that is not its own), kills and reaps it |
 //!
 //! Every other verb behaves, so a test can show that the host still answers afterwards.
@@ -73,6 +74,23 @@ impl Hypervisor for Hostile {
                 state: DomainState::Running(RunningReason::Booted),
                 driver_data: child.pid().to_string(),
             });
+        }
+        if let Some(program) = target(&dom, "identify:") {
+            // The answer travels back as an error so the test reads every field.
+            let id = process::identify(&program)?;
+            return Err(error(
+                ErrorKind::Internal,
+                format!(
+                    "identified {program}: path {} resolved {} size {} mtime {}.{:09} inode {} device {}",
+                    id.path,
+                    id.resolved,
+                    id.size,
+                    id.mtime_seconds,
+                    id.mtime_nanoseconds,
+                    id.inode,
+                    id.device
+                ),
+            ));
         }
         if let Some(bridge) = target(&dom, "tap:") {
             let tap = virtwasm_sdk::host::netdev::create_tap(&bridge)?;

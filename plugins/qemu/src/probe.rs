@@ -1,12 +1,13 @@
 //! What an emulator binary offers (its machine types and device models), learned by running
-//! it once with QMP on stdin and cached in a file keyed by the binary's identity (resolved
-//! path, size and modification time), so neither a start nor a daemon start pays for
-//! probing, and a replaced or updated binary is probed again.
+//! it once with QMP on stdin and cached in a file keyed by the binary's identity (the file the
+//! host runs for it, its size, modification time, inode and device), so neither a start nor a
+//! daemon start pays for probing, and a replaced or updated binary is probed again.
 //!
 //! The cache lives in the directory the manifest grants as `{cache_dir}/qemu`, seen by the
-//! plugin as [`CACHE_DIR`]. The binary's identity is read through read-only grants of the
-//! directories the host looks programs up in; a binary the plugin cannot see there (or a
-//! cache it cannot write) is probed on every call rather than cached under a wrong key.
+//! plugin as [`CACHE_DIR`]. The binary's identity comes from the host (`process.identify`,
+//! checked against the same allowlist as running it), so the plugin needs no grant of the
+//! directories programs live in; a binary whose identity the host does not give (or a cache
+//! the plugin cannot write) is probed on every call rather than cached under a wrong key.
 
 use std::time::UNIX_EPOCH;
 
@@ -19,19 +20,9 @@ use virtwasm_sdk::{VerbResult, error, log};
 /// `{cache_dir}/qemu`).
 pub const CACHE_DIR: &str = "/cache/qemu";
 
-/// The directories the host's process capability looks bare program names up in, in its
-/// order (the host's `CHILD_PATH`).
-const SEARCH_PATH: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
-
-/// Bump when the cached record changes shape, so old files are probed again.
-const FORMAT: u64 = 1;
+/// Bump when the cached record changes shape, so old files are probed again. (2: keyed by
+/// the host's identity of the binary, with its inode and device.)
+const FORMAT: u64 = 2;
 
 /// One machine type, as `query-machines` reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +38,7 @@ pub struct Machine {
 pub struct Emulator {
     /// The program as the definition names it (`qemu-system-x86_64` or a path).
     pub program: String,
-    /// The file the host runs for it, when the plugin could see it (`/usr/bin/...`).
+    /// The file the host runs for it, when the host told its identity (`/usr/bin/...`).
     pub binary: Option<String>,
     /// QEMU's version, `major.minor.micro`.
     pub version: String,
@@ -84,6 +75,8 @@ impl Emulator {
             "path": key.path,
             "size": key.size,
             "mtime_ns": key.mtime_ns.to_string(),
+            "inode": key.inode,
+            "device": key.device,
             "program": self.program,
             "version": self.version,
             "machines": self.machines.iter().map(|m| json!({ "name": m.name, "alias": m.alias })).collect::<Vec<_>>(),
@@ -98,6 +91,8 @@ impl Emulator {
             || v["path"].as_str() != Some(key.path.as_str())
             || v["size"].as_u64() != Some(key.size)
             || v["mtime_ns"].as_str() != Some(key.mtime_ns.to_string().as_str())
+            || v["inode"].as_u64() != Some(key.inode)
+            || v["device"].as_u64() != Some(key.device)
         {
             return None;
         }
@@ -127,16 +122,22 @@ impl Emulator {
 /// A binary's identity: what the cache is keyed by.
 #[derive(Debug, Clone, PartialEq)]
 struct Identity {
-    /// The file the host will run (a bare name looked up as the host looks it up).
+    /// The file the host will run, as the host found it (a bare name's match in its program
+    /// search path, or the absolute path as given).
     path: String,
     size: u64,
-    mtime_ns: u128,
+    mtime_ns: i128,
+    inode: u64,
+    device: u64,
 }
 
 impl Identity {
     /// The cache file's name: a stable hash of the identity.
     fn file(&self) -> String {
-        let text = format!("{}\0{}\0{}", self.path, self.size, self.mtime_ns);
+        let text = format!(
+            "{}\0{}\0{}\0{}\0{}",
+            self.path, self.size, self.mtime_ns, self.inode, self.device
+        );
         format!("{CACHE_DIR}/emulator-{:016x}.json", fnv1a(text.as_bytes()))
     }
 }
@@ -148,45 +149,24 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The identity of the binary the host runs for `program`, if the plugin can see it: the
-/// first match in [`SEARCH_PATH`] for a bare name (as the host resolves it), the path itself
-/// otherwise; size and modification time through the read-only grants (following a symlink
-/// only within them).
-fn identify(program: &str) -> Option<Identity> {
-    let stat = |path: &str| -> Option<Identity> {
-        let meta = std::fs::metadata(path).ok()?;
-        if !meta.is_file() {
-            return None;
-        }
-        let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
-        Some(Identity {
-            path: path.to_string(),
-            size: meta.len(),
-            mtime_ns: mtime.as_nanos(),
-        })
-    };
-    if program.contains('/') {
-        return stat(program);
-    }
-    for dir in SEARCH_PATH {
-        let path = format!("{dir}/{program}");
-        match std::fs::metadata(&path) {
-            Ok(_) => return stat(&path),
-            // Not there: the host would look further too.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            // A directory the plugin cannot see: a binary there would shadow the later ones,
-            // so nothing found later can be trusted as what the host runs.
-            Err(_) => return None,
-        }
-    }
-    None
+/// The identity of the binary the host runs for `program`, as the host tells it (the same
+/// lookup and allowlist as running it), or why it cannot be had.
+fn identify(program: &str) -> Result<Identity, String> {
+    let id = process::identify(program).map_err(|e| e.message)?;
+    Ok(Identity {
+        path: id.path,
+        size: id.size,
+        mtime_ns: i128::from(id.mtime_seconds) * 1_000_000_000 + i128::from(id.mtime_nanoseconds),
+        inode: id.inode,
+        device: id.device,
+    })
 }
 
 /// What `program` offers: from the cache when its identity is known and cached, else by
 /// running it (and caching the answer).
 pub fn emulator(program: &str) -> VerbResult<Emulator> {
     let key = identify(program);
-    if let Some(key) = &key
+    if let Ok(key) = &key
         && let Ok(text) = std::fs::read(key.file())
         && let Ok(v) = serde_json::from_slice::<Value>(&text)
         && let Some(e) = Emulator::from_json(&v, key)
@@ -194,9 +174,9 @@ pub fn emulator(program: &str) -> VerbResult<Emulator> {
         return Ok(e);
     }
     let mut e = probe(program)?;
-    e.binary = key.as_ref().map(|k| k.path.clone());
+    e.binary = key.as_ref().ok().map(|k| k.path.clone());
     match &key {
-        Some(key) => {
+        Ok(key) => {
             if let Err(why) = store(key, &e) {
                 log::warn(&format!(
                     "cannot cache what emulator '{program}' offers in {}: {why} (it is probed again next time)",
@@ -204,9 +184,8 @@ pub fn emulator(program: &str) -> VerbResult<Emulator> {
                 ));
             }
         }
-        None => log::warn(&format!(
-            "emulator '{program}' is not in a directory the plugin may read ({}), so what it offers is not cached and is probed on every use",
-            SEARCH_PATH.join(", ")
+        Err(why) => log::warn(&format!(
+            "the host gave no identity of emulator '{program}' ({why}), so what it offers is not cached and is probed on every use"
         )),
     }
     Ok(e)
