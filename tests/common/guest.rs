@@ -6,7 +6,8 @@
 //! modules, starts `acpid` so `system_powerdown` powers the guest off, prints
 //! [`READY`] and then a `counter N` line every 0.5 s so a test can see it run (and, after a
 //! save/restore, continue), with `cpus N online` and `memtotal N kB` whenever those change
-//! (vCPU hotplug, the balloon). With [`PANIC_AT`] on its command line it panics on purpose.
+//! (vCPU hotplug, the balloon). With [`PANIC_AT`] on its command line it panics on purpose;
+//! with [`IP`] its first NIC gets an address.
 //!
 //! Include it from a test with `#[path = "common/guest.rs"] mod guest;` and call
 //! [`test_guest`] (or [`test_guest_or_skip`]). The kernel comes from `/boot` + `/lib/modules`
@@ -34,6 +35,9 @@ pub const PANICKING: &str = "VIRTWASM-GUEST-PANICKING";
 /// (`echo c > /proc/sysrq-trigger`) once its counter reaches N: a guest that crashes on
 /// purpose, some seconds after it is up.
 pub const PANIC_AT: &str = "virtwasm_panic_at";
+/// A kernel command line word (append `=ADDR/PREFIX`) that has `/init` give the guest's
+/// `eth0` that address and print `eth0 ADDR/PREFIX up` (or `eth0 missing`).
+pub const IP: &str = "virtwasm_ip";
 /// The kernel command line [`Guest::cmdline`] holds: console on the first serial port, an
 /// immediate reboot on panic (unless QEMU stops the guest first: the pvpanic modules are
 /// loaded, and the QEMU driver gives pc and q35 guests a pvpanic device), a fixed TSC frequency
@@ -103,6 +107,19 @@ say() {
         [ -c /dev/$t ] && echo "$*" >/dev/$t 2>/dev/null
     done
 }
+
+# With virtwasm_ip=ADDR/PREFIX, eth0 (the first NIC, virtio_net above) gets that address, so
+# a test can reach the guest over the network it is connected to.
+if [ -n "$virtwasm_ip" ]; then
+    ip link set lo up
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+    if ip link set eth0 up && ip addr add "$virtwasm_ip" dev eth0; then
+        say "eth0 $virtwasm_ip up"
+    else
+        say "eth0 missing"
+    fi
+fi
 
 # A shell reading the console, so a client of `virtwasm console` can type commands and see
 # their output (the console round trip).

@@ -151,6 +151,9 @@ pub fn daemon_binary() -> PathBuf {
 /// installed; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Daemon {
     pub child: Option<std::process::Child>,
+    /// A command the daemon runs under, e.g. `ip netns exec NS` (it must exec the daemon, so
+    /// the child's pid is the daemon's).
+    pub wrapper: Vec<String>,
     pub root: PathBuf,
     pub home: PathBuf,
     pub args: Vec<String>,
@@ -160,8 +163,14 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with `args` after `--root ROOT`, and waits for its socket.
     pub fn start(home: &Path, args: &[&str]) -> Daemon {
+        Self::start_under(home, args, &[])
+    }
+
+    /// [`Daemon::start`] under `wrapper` (e.g. `["ip", "netns", "exec", NS]`).
+    pub fn start_under(home: &Path, args: &[&str], wrapper: &[&str]) -> Daemon {
         let root = home.join("daemon-root");
         let mut d = Daemon {
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
             root,
             home: home.to_path_buf(),
@@ -214,7 +223,14 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut c = Command::new(daemon_binary());
+        let mut c = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(daemon_binary());
+                c
+            }
+            None => Command::new(daemon_binary()),
+        };
         Self::env(&self.home, &mut c);
         c.arg("--root")
             .arg(&self.root)

@@ -13,6 +13,9 @@ pub struct Launch<'a> {
     pub monitor: &'a str,
     /// Directory for the domain's other sockets (unix consoles without a path).
     pub runtime_dir: &'a str,
+    /// The tap made for each interface (by index) of type bridge; empty when only checking
+    /// a definition.
+    pub taps: &'a [Option<String>],
 }
 
 fn unsupported(what: String) -> virtwasm_sdk::types::Error {
@@ -403,9 +406,26 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     for (i, n) in def.interfaces.iter().enumerate() {
         let netdev = match n.interface_type {
             InterfaceType::User => format!("user,id=net{i}"),
+            InterfaceType::Bridge => {
+                if n.source.as_deref().is_none_or(str::is_empty) {
+                    return Err(error(
+                        ErrorKind::InvalidArgument,
+                        "an interface of type 'bridge' needs <source bridge='NAME'/>",
+                    ));
+                }
+                // A tap the host made and enslaved; QEMU opens it by name (no scripts: the
+                // host already did what they would).
+                let tap = launch
+                    .taps
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| "vnet0".to_string());
+                format!("tap,id=net{i},ifname={},script=no,downscript=no", opt(&tap))
+            }
             other => {
                 return Err(unsupported(format!(
-                    "interface type '{}' (user networking works now; bridge and network arrive with the host's netdev capability)",
+                    "interface type '{}' (user and bridge networking work now; network arrives with the network driver)",
                     interface_word(other)
                 )));
             }

@@ -15,7 +15,7 @@ mod probe;
 mod qmp;
 
 use serde_json::{Value, json};
-use virtwasm_sdk::host::process;
+use virtwasm_sdk::host::{netdev, process};
 use virtwasm_sdk::types::*;
 use virtwasm_sdk::{Hypervisor, Network, Storage, VerbResult, error, export_driver, log};
 
@@ -31,6 +31,16 @@ const DEFAULT_EMULATOR: &str = "qemu-system-x86_64";
 struct Running {
     pid: u32,
     monitor: String,
+    /// The tap device the host made for each bridge interface, by the interface's MAC
+    /// (deleted when QEMU ends, or when the interface is unplugged).
+    taps: Vec<Tap>,
+}
+
+/// A tap the host made for a bridge interface.
+#[derive(Clone)]
+struct Tap {
+    mac: String,
+    name: String,
 }
 
 fn record(rt: &Option<DomainRuntime>) -> VerbResult<Running> {
@@ -44,10 +54,24 @@ fn record(rt: &Option<DomainRuntime>) -> VerbResult<Running> {
             format!("the domain's runtime record is not the QEMU driver's ({e}): '{data}'"),
         )
     })?;
+    let taps = v["taps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| {
+                    Some(Tap {
+                        mac: t["mac"].as_str()?.to_string(),
+                        name: t["tap"].as_str()?.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     match (v["pid"].as_u64(), v["monitor"].as_str()) {
         (Some(pid), Some(monitor)) => Ok(Running {
             pid: pid as u32,
             monitor: monitor.to_string(),
+            taps,
         }),
         _ => Err(error(
             ErrorKind::Internal,
@@ -57,10 +81,73 @@ fn record(rt: &Option<DomainRuntime>) -> VerbResult<Running> {
 }
 
 fn runtime(state: DomainState, r: &Running) -> DomainRuntime {
+    let data = if r.taps.is_empty() {
+        json!({ "pid": r.pid, "monitor": r.monitor })
+    } else {
+        let taps: Vec<Value> = r
+            .taps
+            .iter()
+            .map(|t| json!({ "mac": t.mac, "tap": t.name }))
+            .collect();
+        json!({ "pid": r.pid, "monitor": r.monitor, "taps": taps })
+    };
     DomainRuntime {
         state,
-        driver_data: json!({ "pid": r.pid, "monitor": r.monitor }).to_string(),
+        driver_data: data.to_string(),
     }
+}
+
+/// The record of a domain whose QEMU has ended, once what that QEMU held on the host (its
+/// taps) is released.
+fn ended(reason: ShutoffReason, r: &Running) -> DomainRuntime {
+    release_taps(&r.taps.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+    DomainRuntime {
+        state: DomainState::Shutoff(reason),
+        driver_data: String::new(),
+    }
+}
+
+/// Deletes taps; one that cannot go (still held, already gone) is logged, never fatal: the
+/// guest has stopped either way.
+fn release_taps(taps: &[String]) {
+    for tap in taps {
+        if let Err(e) = netdev::delete_tap(tap) {
+            log::warn(&format!("cannot delete tap {tap}: {}", e.message));
+        }
+    }
+}
+
+/// One tap per bridge interface of `def` (`None` for other types), made by the host's
+/// netdev capability; on failure the ones already made are deleted.
+fn make_taps(def: &DomainDef) -> VerbResult<Vec<Option<String>>> {
+    let mut made: Vec<Option<String>> = Vec::new();
+    for n in &def.interfaces {
+        if n.interface_type != InterfaceType::Bridge {
+            made.push(None);
+            continue;
+        }
+        let bridge = n.source.as_deref().unwrap_or_default();
+        match netdev::create_tap(bridge) {
+            Ok(tap) => made.push(Some(tap)),
+            Err(e) => {
+                release_taps(&made.into_iter().flatten().collect::<Vec<_>>());
+                return Err(error(
+                    e.kind,
+                    format!(
+                        "cannot connect interface {} to bridge '{bridge}': {}",
+                        made_index_mac(n),
+                        e.message
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// How an interface is named in messages: its MAC when it has one.
+fn made_index_mac(n: &virtwasm_sdk::types::Interface) -> String {
+    n.mac.clone().unwrap_or_else(|| "(no MAC)".to_string())
 }
 
 /// Where this driver's sockets go: the directory the host granted (`{runtime_dir}/qemu`).
@@ -183,10 +270,7 @@ fn crashed(dom: &DomainRef, r: &Running, q: &mut Qmp) -> VerbResult<DomainRuntim
             ));
             let _ = q.execute("quit", None);
             stop_process(r.pid, false)?;
-            Ok(DomainRuntime {
-                state: DomainState::Shutoff(ShutoffReason::Crashed),
-                driver_data: String::new(),
-            })
+            Ok(ended(ShutoffReason::Crashed, r))
         }
     }
 }
@@ -338,6 +422,7 @@ impl Hypervisor for Qemu {
             &cmdline::Launch {
                 monitor: "/validate",
                 runtime_dir: "/validate",
+                taps: &[],
             },
         )?;
         // ... including a machine type or device model this emulator lacks (what it has is
@@ -406,10 +491,7 @@ impl Hypervisor for Qemu {
     fn destroy(dom: DomainRef, graceful: bool) -> VerbResult<DomainRuntime> {
         let r = record(&dom.runtime)?;
         stop_process(r.pid, graceful)?;
-        Ok(DomainRuntime {
-            state: DomainState::Shutoff(ShutoffReason::Destroyed),
-            driver_data: String::new(),
-        })
+        Ok(ended(ShutoffReason::Destroyed, &r))
     }
 
     fn suspend(dom: DomainRef) -> VerbResult<DomainRuntime> {
@@ -436,10 +518,7 @@ impl Hypervisor for Qemu {
         let child = match process::adopt(r.pid) {
             Ok(c) => c,
             Err(e) if e.kind == ErrorKind::NotFound => {
-                return Ok(DomainRuntime {
-                    state: DomainState::Shutoff(ShutoffReason::Unknown),
-                    driver_data: String::new(),
-                });
+                return Ok(ended(ShutoffReason::Unknown, &r));
             }
             Err(e) => return Err(e),
         };
@@ -459,10 +538,7 @@ impl Hypervisor for Qemu {
                 ));
                 ShutoffReason::Crashed
             };
-            return Ok(DomainRuntime {
-                state: DomainState::Shutoff(reason),
-                driver_data: String::new(),
-            });
+            return Ok(ended(reason, &r));
         }
         let mut q = Qmp::connect(&r.monitor, 2000)?;
         let status = q.execute("query-status", None)?;
@@ -495,10 +571,7 @@ impl Hypervisor for Qemu {
         }
         let _ = q.execute("quit", None);
         stop_process(r.pid, false)?;
-        Ok(DomainRuntime {
-            state: DomainState::Shutoff(ShutoffReason::Saved),
-            driver_data: String::new(),
-        })
+        Ok(ended(ShutoffReason::Saved, &r))
     }
 
     fn restore(
@@ -580,7 +653,12 @@ impl Hypervisor for Qemu {
                     return Err(e);
                 }
             }
-            Device::Interface(n) if n.interface_type == InterfaceType::User => {
+            Device::Interface(n)
+                if matches!(
+                    n.interface_type,
+                    InterfaceType::User | InterfaceType::Bridge
+                ) =>
+            {
                 let mac = n.mac.clone().ok_or_else(|| {
                     error(
                         ErrorKind::InvalidArgument,
@@ -589,21 +667,46 @@ impl Hypervisor for Qemu {
                 })?;
                 // Named after the MAC: unique per domain, and what detach finds it by.
                 let id = format!("net-{}", mac.replace(':', ""));
-                q.execute("netdev_add", Some(json!({ "type": "user", "id": id })))?;
                 let model = cmdline::nic_model(n.model.as_deref())?;
-                if let Err(e) = q.execute(
-                    "device_add",
-                    Some(json!({ "driver": model, "netdev": id, "id": id, "mac": mac })),
-                ) {
-                    let _ = q.execute("netdev_del", Some(json!({ "id": id })));
+                let tap = if n.interface_type == InterfaceType::Bridge {
+                    let def = DomainDef {
+                        interfaces: vec![n.clone()],
+                        ..dom.def.clone()
+                    };
+                    make_taps(&def)?.into_iter().flatten().next()
+                } else {
+                    None
+                };
+                let backend = match &tap {
+                    Some(t) => json!({
+                        "type": "tap", "id": id, "ifname": t, "script": "no", "downscript": "no"
+                    }),
+                    None => json!({ "type": "user", "id": id }),
+                };
+                let plugged = q.execute("netdev_add", Some(backend)).and_then(|_| {
+                    q.execute(
+                        "device_add",
+                        Some(json!({ "driver": model, "netdev": id, "id": id, "mac": mac })),
+                    )
+                    .inspect_err(|_| {
+                        let _ = q.execute("netdev_del", Some(json!({ "id": id })));
+                    })
+                });
+                if let Err(e) = plugged {
+                    release_taps(&tap.into_iter().collect::<Vec<_>>());
                     return Err(e);
+                }
+                if let Some(name) = tap {
+                    let mut r = r;
+                    r.taps.push(Tap { mac, name });
+                    return Ok(runtime(state_of(&dom), &r));
                 }
             }
             other => {
                 return Err(error(
                     ErrorKind::Unsupported,
                     format!(
-                        "unsupported configuration: hot-plugging {} devices of this kind (virtio disks and user-mode interfaces hot-plug)",
+                        "unsupported configuration: hot-plugging {} devices of this kind (virtio disks and user-mode and bridge interfaces hot-plug)",
                         device_kind(other)
                     ),
                 ));
@@ -628,6 +731,14 @@ impl Hypervisor for Qemu {
                 ));
             }
             q.execute("netdev_del", Some(json!({ "id": id })))?;
+            // Its tap, if the host made one, goes too.
+            let mut r = r;
+            let (gone, kept): (Vec<Tap>, Vec<Tap>) = r
+                .taps
+                .drain(..)
+                .partition(|t| t.mac.eq_ignore_ascii_case(&mac));
+            r.taps = kept;
+            release_taps(&gone.into_iter().map(|t| t.name).collect::<Vec<_>>());
             return Ok(runtime(state_of(&dom), &r));
         }
         let Device::Disk(d) = &dev else {
@@ -731,10 +842,7 @@ impl Hypervisor for Qemu {
         let r = record(&dom.runtime)?;
         if !success {
             stop_process(r.pid, false)?;
-            return Ok(DomainRuntime {
-                state: DomainState::Shutoff(ShutoffReason::Failed),
-                driver_data: String::new(),
-            });
+            return Ok(ended(ShutoffReason::Failed, &r));
         }
         let (r, mut q) = monitor(&dom)?;
         // The incoming stream ends with the guest paused; wait until QEMU has it all.
@@ -764,10 +872,7 @@ impl Hypervisor for Qemu {
         if success {
             let _ = q.execute("quit", None);
             stop_process(r.pid, false)?;
-            return Ok(DomainRuntime {
-                state: DomainState::Shutoff(ShutoffReason::Migrated),
-                driver_data: String::new(),
-            });
+            return Ok(ended(ShutoffReason::Migrated, &r));
         }
         // Failed or cancelled: the guest goes on here.
         let st = q.execute("query-status", None)?;
@@ -1278,13 +1383,34 @@ fn migrate(q: &mut Qmp, uri: &str, what: &str) -> VerbResult<()> {
 fn launch(def: &DomainDef, incoming: bool) -> VerbResult<(process::Child, Running, Qmp)> {
     let dir = socket_dir()?;
     let monitor = format!("{dir}/{}.monitor", def.uuid);
-    let mut args = cmdline::build(
+    let taps = make_taps(def)?;
+    let made: Vec<String> = taps.iter().flatten().cloned().collect();
+    let recorded: Vec<Tap> = def
+        .interfaces
+        .iter()
+        .zip(&taps)
+        .filter_map(|(n, t)| {
+            Some(Tap {
+                mac: n.mac.clone().unwrap_or_default(),
+                name: t.clone()?,
+            })
+        })
+        .collect();
+    let built = cmdline::build(
         def,
         &cmdline::Launch {
             monitor: &monitor,
             runtime_dir: &dir,
+            taps: &taps,
         },
-    )?;
+    );
+    let mut args = match built {
+        Ok(a) => a,
+        Err(e) => {
+            release_taps(&made);
+            return Err(e);
+        }
+    };
     if incoming {
         args.extend(["-incoming".into(), "defer".into()]);
     }
@@ -1297,10 +1423,17 @@ fn launch(def: &DomainDef, incoming: bool) -> VerbResult<(process::Child, Runnin
         def.name,
         args.join(" ")
     ));
-    let child = process::spawn(&program, &args)?;
+    let child = match process::spawn(&program, &args) {
+        Ok(c) => c,
+        Err(e) => {
+            release_taps(&made);
+            return Err(e);
+        }
+    };
     let r = Running {
         pid: child.pid(),
         monitor: monitor.clone(),
+        taps: recorded,
     };
     match Qmp::connect(&monitor, 10_000) {
         Ok(q) => Ok((child, r, q)),
@@ -1310,6 +1443,7 @@ fn launch(def: &DomainDef, incoming: bool) -> VerbResult<(process::Child, Runnin
             if status.is_none() {
                 end(&child);
             }
+            release_taps(&made);
             Err(error(
                 ErrorKind::OperationFailed,
                 format!(
