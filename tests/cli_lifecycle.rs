@@ -449,3 +449,108 @@ fn man_pages_and_completions_come_from_the_command_table() {
     );
     assert!(out.join("_virtwasm").exists() && out.join("virtwasm.fish").exists());
 }
+
+/// A kernel CPU list (`0-3,8`), read here independently of the host's parser.
+fn cpu_count(list: &str) -> u32 {
+    list.trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn nodeinfo_of_a_driver_without_it_is_the_hosts_own() {
+    // The QEMU driver does not implement get-node-info (a plugin gets no /proc): the host
+    // answers from this machine's facts, which the test reads itself.
+    let home = tempfile::tempdir().unwrap();
+    let uri = format!("qemu:///embed?root={}", home.path().join("root").display());
+    let r = virtwasm(home.path(), &["-c", &uri, "nodeinfo"]);
+    let out = r.ok().to_string();
+    let field = |key: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+            .trim()
+            .to_string()
+    };
+    let num = |key: &str| -> u64 {
+        field(key)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let uname = std::process::Command::new("uname")
+        .arg("-m")
+        .output()
+        .unwrap();
+    assert_eq!(
+        field("CPU model:"),
+        String::from_utf8_lossy(&uname.stdout).trim()
+    );
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let mem_total: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(field("Memory size:"), format!("{mem_total} KiB"));
+    let sys = std::path::Path::new("/sys/devices/system");
+    let online = cpu_count(&std::fs::read_to_string(sys.join("cpu/online")).unwrap());
+    let present = cpu_count(&std::fs::read_to_string(sys.join("cpu/present")).unwrap());
+    assert_eq!(num("CPU(s):"), u64::from(online), "{out}");
+    let (nodes, sockets, cores, threads) = (
+        num("NUMA cell(s):"),
+        num("CPU socket(s):"),
+        num("Core(s) per socket:"),
+        num("Thread(s) per core:"),
+    );
+    // libvirt's invariant: the topology multiplies out to every CPU, online or not (else
+    // it is reported flat).
+    assert_eq!(
+        nodes * sockets * cores * threads,
+        u64::from(present),
+        "{out}"
+    );
+    let numa_dirs = std::fs::read_dir(sys.join("node"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("node"))
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count() as u64
+        })
+        .unwrap_or(0)
+        .max(1);
+    assert!(
+        nodes == numa_dirs || (nodes, sockets, threads) == (1, 1, 1),
+        "{out}"
+    );
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    if field("CPU model:") == "x86_64" && cpuinfo.lines().any(|l| l.starts_with("cpu MHz")) {
+        assert!(num("CPU frequency:") > 0, "{out}");
+    }
+    // capabilities, which wants node info too, now answers, with the same topology.
+    let r = virtwasm(home.path(), &["-c", &uri, "capabilities"]);
+    let caps = r.ok();
+    assert!(
+        caps.contains(&format!(
+            "<topology sockets='{sockets}' dies='1' cores='{cores}' threads='{threads}'/>"
+        )),
+        "{caps}"
+    );
+    assert!(
+        caps.contains(&format!("<arch>{}</arch>", field("CPU model:"))),
+        "{caps}"
+    );
+}

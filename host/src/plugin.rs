@@ -343,6 +343,12 @@ impl Plugin {
         })
     }
 
+    /// Whether the plugin answered `verb` with the SDK's "not implemented" (so the host may
+    /// answer in its place where it can, as for node info).
+    pub fn lacks(&self, verb: &str) -> bool {
+        self.lacks.lock().unwrap().contains(verb)
+    }
+
     fn not_served(&self, iface: &str, verb: &str) -> Error {
         Error::new(
             ErrorKind::Unsupported,
