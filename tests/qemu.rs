@@ -1378,3 +1378,107 @@ fn what_an_emulator_offers_is_probed_once_per_binary_and_cached() {
         "{body}"
     );
 }
+
+/// A file with `marker` at its start, `size` bytes long.
+fn marked_image(path: &Path, marker: &str, size: usize) {
+    let mut bytes = marker.as_bytes().to_vec();
+    bytes.resize(size, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A loop device over `file`, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Result<Loop, String> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Loop(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["--detach", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn disks_on_every_bus_and_a_block_device_reach_the_guest() {
+    let Some(g) = guest::test_guest_or_skip() else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let blk_file = home.path().join("blk.img");
+    marked_image(&blk_file, "MARKER-BLOCK", 1 << 20);
+    let lo = match Loop::attach(&blk_file) {
+        Ok(l) => l,
+        Err(e) => {
+            guest::skip(&format!("no loop device for the block disk: {e}"));
+            return;
+        }
+    };
+    // Block devices are files a client names like any other: this daemon lets clients name
+    // the loop device's directory too.
+    let etc = home.path().join("daemon-root/etc/virtwasm");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("virtwasmd.toml"),
+        format!(
+            "[files]\nallowed = [{:?}, {:?}, \"/dev\"]\n",
+            std::env::temp_dir().display().to_string(),
+            env!("CARGO_TARGET_TMPDIR")
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("qemu", "/system");
+    let sata = home.path().join("sata.img");
+    marked_image(&sata, "MARKER-SATA", 1 << 20);
+    let iso = home.path().join("cd.iso");
+    marked_image(&iso, "MARKER-CDROM", 1 << 20);
+    let console = home.path().join("disks.console");
+    let disks = format!(
+        "<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='{}'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='sata'/></disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk>
+    <serial type='file'><source path='{}'/></serial>",
+        lo.0,
+        sata.display(),
+        iso.display(),
+        console.display()
+    );
+    let xml = home.path().join("disks.xml");
+    std::fs::write(&xml, domain_with_serial("disks", &g, &disks)).unwrap();
+    let r = d.client(
+        &uri,
+        &format!("define {}; start disks; domblklist disks", xml.display()),
+    );
+    let out = r.ok();
+    assert!(
+        out.contains(&format!(" vda      {}\n", lo.0))
+            && out.contains(&format!(" sda      {}\n", sata.display()))
+            && out.contains(&format!(" hdc      {}\n", iso.display())),
+        "{out}"
+    );
+    // Each reaches the guest as the device its bus makes, holding its own file's bytes.
+    wait_console(&console, "disk vda present MARKER-BLOCK", 1, 60);
+    wait_console(&console, "disk sda present MARKER-SATA", 1, 30);
+    wait_console(&console, "disk sr0 present MARKER-CDROM", 1, 30);
+    d.client(&uri, "destroy disks").ok();
+    drop(d);
+    drop(lo);
+}

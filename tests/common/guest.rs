@@ -67,6 +67,22 @@ const MODULES: &[&str] = &[
     // a panic reaches the host as QEMU's guest-panicked state.
     "pvpanic",
     "pvpanic-mmio",
+    // IDE/SATA disks and CD-ROMs: the pc machine's PIIX controller (and AHCI), SCSI disks
+    // and CD-ROMs on top of libata, with sd_mod's checksum helpers.
+    "scsi_common",
+    "scsi_mod",
+    "libata",
+    "ata_piix",
+    "libahci",
+    "ahci",
+    "cdrom",
+    "sr_mod",
+    "crct10dif_common",
+    "crc-t10dif",
+    "crc64",
+    "crc64-rocksoft",
+    "t10-pi",
+    "sd_mod",
 ];
 
 /// The package whose dependency names the current Debian kernel.
@@ -127,7 +143,8 @@ sh </dev/console >/dev/console 2>&1 &
 
 say VIRTWASM-GUEST-READY
 # A heartbeat: tests see the guest run, pause (no lines) and continue after restore. Each
-# virtio disk is announced once, including ones hot-plugged later; the number of online CPUs
+# disk (virtio, SATA/IDE, CD-ROM) is announced once with its first bytes, including ones
+# hot-plugged later; the number of online CPUs
 # and MemTotal each time they change (a hot-plugged CPU is brought online first, as udev
 # would; the balloon shrinks MemTotal).
 n=0
@@ -154,11 +171,13 @@ while :; do
         mem=$now
         say "memtotal $mem kB"
     fi
-    for d in /dev/vd[a-z]; do
+    for d in /dev/vd[a-z] /dev/sd[a-z] /dev/sr[0-9]; do
         [ -b "$d" ] || continue
         case "$seen" in *" $d "*) continue ;; esac
         seen="$seen$d "
-        say "disk ${d#/dev/} present"
+        # The disk's first bytes, letters, digits and dashes only: a test writes a marker
+        # there to see which file reached which device.
+        say "disk ${d#/dev/} present $(head -c 32 $d 2>/dev/null | tr -dc 'A-Za-z0-9-')"
     done
     sleep 0.5
 done
