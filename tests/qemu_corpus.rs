@@ -39,7 +39,10 @@
 //! `qemu-xhci`), the default video adapters (`VGA`, `cirrus-vga`) and `pcie-root-port`
 //! (libvirt's automatic hot-plug slots on q35) are left out of both multisets and shown as
 //! ignored. `-serial chardev:ID`, which virtwasm writes, counts as `isa-serial`: it is the
-//! same device, created by QEMU.
+//! same device, created by QEMU. Devices virtwasm adds to every guest by its own choice
+//! (`pvpanic` on pc and q35, for crash detection by default) are tolerated once per guest
+//! where libvirt's argv lacks them (libvirt writes one only for `<panic model='isa'/>`); the
+//! report says how often. One libvirt expects and virtwasm lacks still counts as missing.
 //!
 //! The scores are the report; the test fails only if an accepted domain does not start in
 //! QEMU (with QEMU's words), or if a refusal does not say what it refuses. A refusal may come
@@ -79,6 +82,13 @@ const IMPLICIT: &[&str] = &[
     "cirrus-vga",
     "pcie-root-port",
 ];
+
+/// Devices virtwasm's QEMU driver adds to every guest by its own choice, with why: one of
+/// each in virtwasm's argv beyond libvirt's is tolerated (and counted in the report).
+const VIRTWASM_ADDS: &[(&str, &str)] = &[(
+    "pvpanic",
+    "crash detection by default on pc and q35 (libvirt: only for <panic model='isa'/>)",
+)];
 
 // ------------------------------------------------------------------ argv
 
@@ -224,6 +234,54 @@ fn minus(a: &[String], b: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Compares virtwasm's device drivers with libvirt's, leaving out [`IMPLICIT`] defaults on
+/// both sides: (missing from virtwasm's, extra in virtwasm's, virtwasm's own additions
+/// tolerated). One of each [`VIRTWASM_ADDS`] beyond what libvirt expects is tolerated, not
+/// extra; one libvirt expects and virtwasm lacks is still missing.
+fn compare_devices(ours: &[String], theirs: &[String]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let keep = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|d| !IMPLICIT.contains(&d.as_str()))
+            .cloned()
+            .collect()
+    };
+    let (mine, libvirts) = (keep(ours), keep(theirs));
+    let missing = minus(&libvirts, &mine);
+    let mut extra = minus(&mine, &libvirts);
+    let mut tolerated = Vec::new();
+    for (added, _) in VIRTWASM_ADDS {
+        if let Some(i) = extra.iter().position(|d| d == added) {
+            tolerated.push(extra.remove(i));
+        }
+    }
+    (missing, extra, tolerated)
+}
+
+#[test]
+fn virtwasms_own_pvpanic_is_tolerated_once_and_a_missing_one_still_counts() {
+    let v = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Added by virtwasm where libvirt's argv has none: tolerated, not extra.
+    assert_eq!(
+        compare_devices(&v(&["pvpanic", "virtio-blk-pci"]), &v(&["virtio-blk-pci"])),
+        (v(&[]), v(&[]), v(&["pvpanic"]))
+    );
+    // Asked for by the XML (<panic model='isa'/>): both have it, nothing to tolerate.
+    assert_eq!(
+        compare_devices(&v(&["pvpanic"]), &v(&["pvpanic"])),
+        (v(&[]), v(&[]), v(&[]))
+    );
+    // Only one per guest is virtwasm's own: a second is a real difference.
+    assert_eq!(
+        compare_devices(&v(&["pvpanic", "pvpanic"]), &v(&[])),
+        (v(&[]), v(&["pvpanic"]), v(&["pvpanic"]))
+    );
+    // One libvirt expects and virtwasm lacks is missing, and other extras stay extra.
+    assert_eq!(
+        compare_devices(&v(&["isa-serial", "VGA"]), &v(&["pvpanic", "cirrus-vga"])),
+        (v(&["pvpanic"]), v(&["isa-serial"]), v(&[]))
+    );
 }
 
 // ------------------------------------------------------------------ XML rewriting
@@ -636,6 +694,8 @@ struct Outcome {
     memory: Option<bool>,
     vcpus: Option<bool>,
     devices: Option<bool>,
+    /// virtwasm's own additions ([`VIRTWASM_ADDS`]) left out of the device comparison.
+    tolerated: Vec<String>,
     detail: Vec<String>,
     xml: String,
 }
@@ -737,15 +797,8 @@ fn run_one(d: &Daemon, uri: &str, dir: &Path, file: &Path, expected: &[String]) 
             ours.vcpus, theirs.vcpus
         ));
     }
-    let keep = |v: &[String]| -> Vec<String> {
-        v.iter()
-            .filter(|d| !IMPLICIT.contains(&d.as_str()))
-            .cloned()
-            .collect()
-    };
-    let (mine, libvirts) = (keep(&ours.devices), keep(&theirs.devices));
-    let missing = minus(&libvirts, &mine);
-    let extra = minus(&mine, &libvirts);
+    let (missing, extra, tolerated) = compare_devices(&ours.devices, &theirs.devices);
+    out.tolerated = tolerated;
     out.devices = Some(missing.is_empty() && extra.is_empty());
     if out.devices != Some(true) {
         let ignored: Vec<&String> = theirs
@@ -755,7 +808,8 @@ fn run_one(d: &Daemon, uri: &str, dir: &Path, file: &Path, expected: &[String]) 
             .filter(|d| IMPLICIT.contains(&d.as_str()))
             .collect();
         out.detail.push(format!(
-            "devices: missing {missing:?}, extra {extra:?} (ignored: {ignored:?})"
+            "devices: missing {missing:?}, extra {extra:?} (ignored: {ignored:?}; virtwasm's own, tolerated: {:?})",
+            out.tolerated
         ));
     }
     out
@@ -870,6 +924,17 @@ fn libvirts_qemuxml2argv_corpus() {
         count(|o| o.vcpus),
         count(|o| o.devices),
     );
+
+    for (added, why) in VIRTWASM_ADDS {
+        let times = started
+            .iter()
+            .filter(|o| o.tolerated.iter().any(|t| t == added))
+            .count();
+        report.push_str(&format!(
+            "\nvirtwasm's addition '{added}' ({why}) is not counted as a device difference: tolerated in {times} of {} started domains\n",
+            started.len()
+        ));
+    }
 
     // Refusals grouped by reason.
     let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
