@@ -1482,3 +1482,52 @@ fn disks_on_every_bus_and_a_block_device_reach_the_guest() {
     drop(d);
     drop(lo);
 }
+
+#[test]
+fn a_kvm_domain_where_kvm_is_unusable_fails_with_qemus_reason() {
+    let Some(g) = guest::test_guest_or_skip() else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        guest::skip("hiding /dev/kvm in a mount namespace needs root");
+        return;
+    }
+    // The daemon runs in a mount namespace where /dev/kvm is /dev/null: present, unusable.
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start_under(
+        home.path(),
+        &[],
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind /dev/null /dev/kvm && exec \"$@\"",
+            "sh",
+        ],
+    );
+    let uri = d.uri("qemu", "/system");
+    let console = home.path().join("kvm.console");
+    let xml = home.path().join("kvm.xml");
+    std::fs::write(
+        &xml,
+        domain_xml("kvm1", &g, &console).replace("<domain type='qemu'>", "<domain type='kvm'>"),
+    )
+    .unwrap();
+    let r = d.client(&uri, &format!("define {}; start kvm1", xml.display()));
+    let e = r.failed();
+    assert!(
+        e.contains("QEMU failed to start kvm1: ")
+            && e.contains(
+                "qemu-system-x86_64: -accel kvm: failed to initialize kvm: Inappropriate ioctl for device"
+            ),
+        "{e}"
+    );
+    assert_eq!(
+        d.client(&uri, "domstate kvm1 --reason").ok(),
+        "shut off (failed)\n\n"
+    );
+}

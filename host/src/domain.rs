@@ -605,7 +605,7 @@ impl Connection {
         {
             return Ok(());
         }
-        self.verb(
+        let started = self.verb(
             key,
             "start",
             |r| {
@@ -620,7 +620,22 @@ impl Connection {
                 c.plugin
                     .hypervisor("start", |g, s| g.call_start(s, &dom, paused))
             },
-        )
+        );
+        // As libvirt: a start the backend failed to carry out leaves the domain shut off
+        // with the reason 'failed'; a refusal (a state check, a flag the driver does not
+        // take, bad input) changes nothing.
+        if let Err(e) = &started
+            && matches!(
+                e.kind,
+                ErrorKind::OperationFailed | ErrorKind::PluginCrashed
+            )
+            && let Ok(mut now) = self.domain(&rec.def.uuid)
+            && !now.is_active()
+        {
+            now.shutoff_reason = ShutoffReason::Failed;
+            self.replace_record(now)?;
+        }
+        started
     }
 
     /// Asks the guest to shut down. Whether the domain's state allows it is the driver's
