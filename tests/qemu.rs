@@ -1348,9 +1348,8 @@ fn what_an_emulator_offers_is_probed_once_per_binary_and_cached() {
         )
     );
 
-    // capabilities lists what QEMU itself says it has: every machine of `-machine help`.
-    // (Through the API: the CLI's `capabilities` also wants node info, which this driver
-    // does not give yet.)
+    // capabilities lists what QEMU itself says it has: every machine of `-machine help`
+    // (read here through the API, as a program would).
     let help = std::process::Command::new(&qemu)
         .args(["-machine", "help"])
         .output()
