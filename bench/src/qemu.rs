@@ -89,6 +89,17 @@ stdio_handler = "file"
 "#;
 
 /// The built test guest.
+/// The daemons' config: clients may name the section's work directory (consoles, save
+/// images) and the guest's (kernel, initrd), as an operator lists their image directories.
+fn files_config(work: &Path, guest: &Guest) -> String {
+    let guest_dir = guest.kernel.parent().unwrap_or(Path::new("/"));
+    format!(
+        "[files]\nallowed = [{:?}, {:?}]\n",
+        work.display().to_string(),
+        guest_dir.display().to_string()
+    )
+}
+
 struct Guest {
     kernel: PathBuf,
     initrd: PathBuf,
@@ -695,7 +706,8 @@ pub fn run() {
         }
     }
 
-    let vw = match Virtwasmd::start(&bins.virtwasmd, &work.path().join("vw"), None) {
+    let config = files_config(work.path(), &guest);
+    let vw = match Virtwasmd::start(&bins.virtwasmd, &work.path().join("vw"), Some(&config)) {
         Ok((d, _)) => d,
         Err(e) => {
             println!("!!! FAILED: virtwasmd did not answer: {e}");
@@ -1233,8 +1245,19 @@ fn measure_vw_migration(
     ns: &str,
     primer: &Primer,
 ) -> Result<Vec<Duration>, String> {
-    let (a, _) = Virtwasmd::start_in(&bins.virtwasmd, &work.join("ma"), None, Some((ip, ns)))?;
-    let (b, _) = Virtwasmd::start_in(&bins.virtwasmd, &work.join("mb"), None, Some((ip, ns)))?;
+    let config = files_config(work, guest);
+    let (a, _) = Virtwasmd::start_in(
+        &bins.virtwasmd,
+        &work.join("ma"),
+        Some(&config),
+        Some((ip, ns)),
+    )?;
+    let (b, _) = Virtwasmd::start_in(
+        &bins.virtwasmd,
+        &work.join("mb"),
+        Some(&config),
+        Some((ip, ns)),
+    )?;
     let uri = |d: &Virtwasmd| format!("qemu+unix:///system?socket={}", d.socket.display());
     let (ua, ub) = (uri(&a), uri(&b));
     let connect = |u: &str| {

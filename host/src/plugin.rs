@@ -297,7 +297,14 @@ impl Plugin {
             .as_ref()
             .ok_or_else(|| self.not_served("hypervisor", verb))?;
         self.call(verb, |store, instance| {
-            let guest = idx.load(&mut *store, instance)?;
+            let guest = match store.data().exports.hypervisor.clone() {
+                Some(g) => g,
+                None => {
+                    let g = idx.load(&mut *store, instance)?;
+                    store.data_mut().exports.hypervisor = Some(g.clone());
+                    g
+                }
+            };
             f(&guest, store)
         })
     }
@@ -319,7 +326,14 @@ impl Plugin {
             .as_ref()
             .ok_or_else(|| self.not_served("storage", verb))?;
         self.call_in(verb, pool_dir, |store, instance| {
-            let guest = idx.load(&mut *store, instance)?;
+            let guest = match store.data().exports.storage.clone() {
+                Some(g) => g,
+                None => {
+                    let g = idx.load(&mut *store, instance)?;
+                    store.data_mut().exports.storage = Some(g.clone());
+                    g
+                }
+            };
             f(&guest, store)
         })
     }
@@ -338,7 +352,14 @@ impl Plugin {
             .as_ref()
             .ok_or_else(|| self.not_served("network", verb))?;
         self.call(verb, |store, instance| {
-            let guest = idx.load(&mut *store, instance)?;
+            let guest = match store.data().exports.network.clone() {
+                Some(g) => g,
+                None => {
+                    let g = idx.load(&mut *store, instance)?;
+                    store.data_mut().exports.network = Some(g.clone());
+                    g
+                }
+            };
             f(&guest, store)
         })
     }
@@ -602,6 +623,16 @@ fn libvirt_api(verb: &str) -> Option<&'static str> {
         "net-dhcp-leases" => "virNetworkGetDHCPLeases",
         _ => return None,
     })
+}
+
+/// A plugin instance's exports, type-checked once per instance and kept in its store: the
+/// check walks every verb's signature (the whole domain model), which cost more than the
+/// call itself when it was repeated for each call.
+#[derive(Default)]
+pub struct LoadedExports {
+    pub(crate) hypervisor: Option<hypervisor::Guest>,
+    pub(crate) storage: Option<storage::Guest>,
+    pub(crate) network: Option<network::Guest>,
 }
 
 /// Epoch ticks for a duration, rounded up, plus one so a budget is never cut short.

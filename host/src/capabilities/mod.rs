@@ -189,6 +189,8 @@ pub struct HostState {
     pub(crate) budget: std::time::Duration,
     /// Where the current call's output starts in the captured buffer.
     output_mark: usize,
+    /// This instance's exports once type-checked (see [`crate::plugin::LoadedExports`]).
+    pub(crate) exports: crate::plugin::LoadedExports,
 }
 
 /// The longest a single host-capability wait may last. Time blocked in the host does not count
@@ -255,6 +257,7 @@ impl HostState {
             call_started: std::time::Instant::now(),
             budget: std::time::Duration::ZERO,
             output_mark: 0,
+            exports: Default::default(),
         })
     }
 
