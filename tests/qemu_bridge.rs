@@ -152,8 +152,8 @@ fn a_guest_on_a_bridge_answers_on_it_and_its_tap_goes_with_it() {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     assert!(
-        tap.starts_with("vnet"),
-        "no vnet tap on {BRIDGE}: {enslaved}"
+        tap.starts_with("vwnet"),
+        "no vwnet tap on {BRIDGE}: {enslaved}"
     );
     assert!(enslaved.contains("mtu 1500"), "{enslaved}");
     assert!(
@@ -207,14 +207,14 @@ fn a_guest_on_a_bridge_answers_on_it_and_its_tap_goes_with_it() {
         r.stderr
     );
     let taps = ns.ip(&["-o", "link", "show", "type", "tun"]).unwrap();
-    assert_eq!(taps.matches("vnet").count(), 1, "{taps}");
+    assert_eq!(taps.matches("vwnet").count(), 1, "{taps}");
     let r = d.client(
         &uri,
         &format!("attach-interface net1 bridge {BRIDGE} --mac {second} --model virtio --live"),
     );
     assert_eq!(r.ok(), "Interface attached successfully\n\n");
     let ports = ns.ip(&["-o", "link", "show", "master", BRIDGE]).unwrap();
-    assert_eq!(ports.matches("vnet").count(), 2, "{ports}");
+    assert_eq!(ports.matches("vwnet").count(), 2, "{ports}");
     let r = d.client(
         &uri,
         &format!("detach-interface net1 bridge --mac {second} --live"),
@@ -222,7 +222,7 @@ fn a_guest_on_a_bridge_answers_on_it_and_its_tap_goes_with_it() {
     assert_eq!(r.ok(), "Interface detached successfully\n\n");
     let ports = ns.ip(&["-o", "link", "show", "master", BRIDGE]).unwrap();
     assert_eq!(
-        ports.matches("vnet").count(),
+        ports.matches("vwnet").count(),
         1,
         "the unplugged NIC's tap went: {ports}"
     );
@@ -250,9 +250,63 @@ fn a_guest_on_a_bridge_answers_on_it_and_its_tap_goes_with_it() {
         "{}",
         r.stderr
     );
-    let left = ns
-        .ip(&["-o", "link", "show", "type", "tun"])
-        .unwrap_or_default();
-    assert!(!left.contains("vnet"), "a tap was left behind: {left}");
+    let taps = || {
+        ns.ip(&["-o", "link", "show", "type", "tun"])
+            .unwrap_or_default()
+    };
+    assert!(
+        !taps().contains("vwnet"),
+        "a tap was left behind: {}",
+        taps()
+    );
+    // Two NICs, the first on the bridge, the second on a missing one: the first's tap, made
+    // already, is taken back when the second fails.
+    let two = home.path().join("net3.xml");
+    std::fs::write(
+        &two,
+        domain("net3", &g, &console, BRIDGE).replace(
+            "    <serial type='file'>",
+            "    <interface type='bridge'><source bridge='nosuchbr0'/><mac address='52:54:00:77:00:09'/><model type='virtio'/></interface>\n    <serial type='file'>",
+        ),
+    )
+    .unwrap();
+    let r = d.client(&uri, &format!("define {}; start net3", two.display()));
+    assert!(
+        r.failed()
+            .contains("'nosuchbr0' is not a bridge on this host"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !taps().contains("vwnet"),
+        "the first NIC's tap was left: {}",
+        taps()
+    );
+    // A start that fails after QEMU was spawned (a disk file that does not exist) takes its
+    // taps back too.
+    let missing = home.path().join("missing.img");
+    let broken = home.path().join("net4.xml");
+    std::fs::write(
+        &broken,
+        domain("net4", &g, &console, BRIDGE).replace(
+            "    <serial type='file'>",
+            &format!(
+                "    <disk type='file' device='disk'><source file='{}'/><target dev='vda' bus='virtio'/></disk>\n    <serial type='file'>",
+                missing.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let r = d.client(&uri, &format!("define {}; start net4", broken.display()));
+    assert!(
+        r.failed().contains("QEMU failed to start net4"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !taps().contains("vwnet"),
+        "the failed QEMU's tap was left: {}",
+        taps()
+    );
     drop(d);
 }

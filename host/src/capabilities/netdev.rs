@@ -1,6 +1,7 @@
 //! The `netdev` capability: tap devices for guests' NICs, enslaved to bridges the manifest
-//! grants. The host names the taps (`vnetN`, as libvirt does) and deletes only taps of that
-//! name, so a plugin reaches nothing else of the host's network.
+//! grants. The host names the taps `vwnetN` (libvirt's `vnetN` with a prefix of its own, so
+//! libvirt's taps on the same host are never touched) and deletes only taps of that name, so
+//! a plugin reaches nothing else of the host's network.
 //!
 //! Written against the kernel's ioctls (TUNSETIFF, TUNSETPERSIST, SIOCBRADDIF and the
 //! interface flag/MTU calls) with `libc`: five calls did not justify a netlink stack.
@@ -16,7 +17,7 @@ use crate::error::wit_error;
 use super::HostState;
 
 /// The names the host gives taps; the kernel fills in the lowest free number.
-const TAP_TEMPLATE: &str = "vnet%d";
+const TAP_TEMPLATE: &str = "vwnet%d";
 /// `SIOCBRADDIF` from `linux/sockios.h` (not in every libc release).
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
 
@@ -28,9 +29,9 @@ pub fn bridge_granted(bridge: &str, patterns: &[String]) -> bool {
     })
 }
 
-/// Whether `name` is a tap this capability may delete: `vnet` and digits, and a tun device.
+/// Whether `name` is a tap this capability may delete: `vwnet` and digits, and a tun device.
 fn is_our_tap(name: &str) -> bool {
-    name.strip_prefix("vnet")
+    name.strip_prefix("vwnet")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         && Path::new("/sys/class/net")
             .join(name)
@@ -163,7 +164,7 @@ pub fn create_tap(bridge: &str) -> Result<String, String> {
 pub fn delete_tap(name: &str) -> Result<(), String> {
     if !is_our_tap(name) {
         return Err(format!(
-            "'{name}' is not a tap device this host created (vnetN)"
+            "'{name}' is not a tap device this host created (vwnetN)"
         ));
     }
     let (fd, real) = open_tap(name)?;
@@ -211,7 +212,15 @@ mod tests {
 
     #[test]
     fn only_vnet_taps_can_be_deleted() {
-        for name in ["lo", "eth0", "vnet", "vnetx", "vnet1/../lo", "../lo"] {
+        for name in [
+            "lo",
+            "eth0",
+            "vnet0",
+            "vwnet",
+            "vwnetx",
+            "vwnet1/../lo",
+            "../lo",
+        ] {
             let e = delete_tap(name).unwrap_err();
             assert!(
                 e.contains("is not a tap device this host created"),

@@ -420,7 +420,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
                     .get(i)
                     .cloned()
                     .flatten()
-                    .unwrap_or_else(|| "vnet0".to_string());
+                    .unwrap_or_else(|| "vwnet0".to_string());
                 format!("tap,id=net{i},ifname={},script=no,downscript=no", opt(&tap))
             }
             other => {

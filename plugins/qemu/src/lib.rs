@@ -463,7 +463,7 @@ impl Hypervisor for Qemu {
             return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
         }
         if let Err(e) = q.execute("cont", None) {
-            end(&child);
+            end_running(&child, &r);
             return Err(e);
         }
         Ok(runtime(DomainState::Running(RunningReason::Booted), &r))
@@ -604,14 +604,14 @@ impl Hypervisor for Qemu {
             }
         })();
         if let Err(e) = result {
-            end(&child);
+            end_running(&child, &r);
             return Err(e);
         }
         if paused {
             return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
         }
         if let Err(e) = q.execute("cont", None) {
-            end(&child);
+            end_running(&child, &r);
             return Err(e);
         }
         Ok(runtime(DomainState::Running(RunningReason::Restored), &r))
@@ -730,7 +730,8 @@ impl Hypervisor for Qemu {
                     format!("the guest did not release interface {mac} within 20 s"),
                 ));
             }
-            q.execute("netdev_del", Some(json!({ "id": id })))?;
+            // The device is gone: its tap goes too, even if QEMU refuses to drop the backend.
+            let backend = q.execute("netdev_del", Some(json!({ "id": id })));
             // Its tap, if the host made one, goes too.
             let mut r = r;
             let (gone, kept): (Vec<Tap>, Vec<Tap>) = r
@@ -739,6 +740,7 @@ impl Hypervisor for Qemu {
                 .partition(|t| t.mac.eq_ignore_ascii_case(&mac));
             r.taps = kept;
             release_taps(&gone.into_iter().map(|t| t.name).collect::<Vec<_>>());
+            backend?;
             return Ok(runtime(state_of(&dom), &r));
         }
         let Device::Disk(d) = &dev else {
@@ -802,7 +804,7 @@ impl Hypervisor for Qemu {
                 runtime: runtime(DomainState::Paused(PausedReason::Migration), &r),
             }),
             Err(e) => {
-                end(&child);
+                end_running(&child, &r);
                 Err(e)
             }
         }
@@ -1321,6 +1323,12 @@ fn sh_quote(word: &str) -> String {
 fn end(child: &process::Child) {
     let _ = child.kill(9);
     let _ = child.wait(2000);
+}
+
+/// Ends a QEMU a verb must not leave behind, and releases what it held (its taps).
+fn end_running(child: &process::Child, r: &Running) {
+    end(child);
+    release_taps(&r.taps.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
 }
 
 /// Has QEMU report its migration's progress as MIGRATION events, which the waits read.
