@@ -452,13 +452,21 @@ impl Plugin {
         }
         match answer {
             Ok(r) => Ok(r),
-            // The SDK's default answer for a verb a driver lacks: remembered, and said as
-            // libvirt says it. A driver's own words pass.
+            // The SDK's default answer for a verb a driver does not implement at all:
+            // remembered, and said as libvirt says it.
+            Err(e)
+                if e.kind == types::ErrorKind::Unsupported
+                    && e.message.starts_with("this driver does not implement '") =>
+            {
+                self.lacks.lock().unwrap().insert(verb.to_string());
+                Err(self.lacking(verb))
+            }
+            // The SDK's `unsupported()`, which a driver may answer for some inputs only: said
+            // as libvirt says it, but not remembered. A driver's own words pass.
             Err(e)
                 if e.kind == types::ErrorKind::Unsupported
                     && e.message.starts_with("this driver does not support '") =>
             {
-                self.lacks.lock().unwrap().insert(verb.to_string());
                 Err(self.lacking(verb))
             }
             Err(e) => Err(Error::from(e)),

@@ -126,7 +126,17 @@ pub fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
     }
 }
 
-/// The error a verb returns when this driver does not implement it.
+/// The answer of a verb the driver does not implement at all (the traits' defaults). The host
+/// remembers it for the loaded plugin and answers later calls itself; a driver that refuses
+/// only some inputs uses [`unsupported`] instead.
+fn not_implemented(verb: &str) -> Error {
+    error(
+        ErrorKind::Unsupported,
+        format!("this driver does not implement '{verb}'"),
+    )
+}
+
+/// The error a verb returns when this driver does not support what it was asked.
 pub fn unsupported(verb: &str) -> Error {
     error(
         ErrorKind::Unsupported,
@@ -164,15 +174,15 @@ pub type VerbResult<T> = Result<T, Error>;
 pub trait Hypervisor {
     /// Connects to the backend; returns the objects the connection starts with.
     fn open(path: String, params: Vec<(String, String)>) -> VerbResult<InitialObjects> {
-        Err(unsupported("open"))
+        Err(not_implemented("open"))
     }
     /// Host numbers behind `nodeinfo`.
     fn get_node_info() -> VerbResult<NodeInfo> {
-        Err(unsupported("node-info"))
+        Err(not_implemented("node-info"))
     }
     /// What guests this driver runs.
     fn capabilities() -> VerbResult<DriverCapabilities> {
-        Err(unsupported("capabilities"))
+        Err(not_implemented("capabilities"))
     }
     /// Checks a definition and fills the driver's defaults. The default accepts it unchanged.
     fn fill_defaults(def: DomainDef) -> VerbResult<DomainDef> {
@@ -180,31 +190,31 @@ pub trait Hypervisor {
     }
     /// Starts an inactive domain.
     fn start(dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
-        Err(unsupported("start"))
+        Err(not_implemented("start"))
     }
     /// Asks the guest to shut down.
     fn shutdown(dom: DomainRef, modes: ShutdownModes) -> VerbResult<DomainRuntime> {
-        Err(unsupported("shutdown"))
+        Err(not_implemented("shutdown"))
     }
     /// Asks the guest to reboot.
     fn reboot(dom: DomainRef, modes: ShutdownModes) -> VerbResult<DomainRuntime> {
-        Err(unsupported("reboot"))
+        Err(not_implemented("reboot"))
     }
     /// Resets the virtual hardware.
     fn reset(dom: DomainRef) -> VerbResult<DomainRuntime> {
-        Err(unsupported("reset"))
+        Err(not_implemented("reset"))
     }
     /// Stops the domain at once.
     fn destroy(dom: DomainRef, graceful: bool) -> VerbResult<DomainRuntime> {
-        Err(unsupported("destroy"))
+        Err(not_implemented("destroy"))
     }
     /// Pauses the virtual CPUs.
     fn suspend(dom: DomainRef) -> VerbResult<DomainRuntime> {
-        Err(unsupported("suspend"))
+        Err(not_implemented("suspend"))
     }
     /// Resumes the virtual CPUs.
     fn resume(dom: DomainRef) -> VerbResult<DomainRuntime> {
-        Err(unsupported("resume"))
+        Err(not_implemented("resume"))
     }
     /// Refreshes the runtime record from the backend. The default trusts the host's record.
     fn poll(dom: DomainRef) -> VerbResult<DomainRuntime> {
@@ -213,19 +223,19 @@ pub trait Hypervisor {
     }
     /// Numbers behind `dominfo`.
     fn info(dom: DomainRef) -> VerbResult<DomainInfo> {
-        Err(unsupported("info"))
+        Err(not_implemented("info"))
     }
     /// Statistics behind `domstats`.
     fn stats(dom: DomainRef) -> VerbResult<Vec<(String, StatValue)>> {
-        Err(unsupported("stats"))
+        Err(not_implemented("stats"))
     }
     /// The guest's interfaces and addresses, from `source` (`lease`, `agent`, `arp`).
     fn interface_addresses(dom: DomainRef, source: String) -> VerbResult<Vec<GuestInterface>> {
-        Err(unsupported("interface-addresses"))
+        Err(not_implemented("interface-addresses"))
     }
     /// Saves memory to `path` and stops.
     fn save(dom: DomainRef, path: String) -> VerbResult<DomainRuntime> {
-        Err(unsupported("save"))
+        Err(not_implemented("save"))
     }
     /// Starts from memory saved at `path`.
     fn restore(
@@ -234,43 +244,43 @@ pub trait Hypervisor {
         offset: u64,
         paused: bool,
     ) -> VerbResult<DomainRuntime> {
-        Err(unsupported("restore"))
+        Err(not_implemented("restore"))
     }
     /// Takes a snapshot.
     fn snapshot_create(dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<SnapshotDef> {
-        Err(unsupported("snapshot-create"))
+        Err(not_implemented("snapshot-create"))
     }
     /// Reverts to a snapshot.
     fn snapshot_revert(dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<DomainRuntime> {
-        Err(unsupported("snapshot-revert"))
+        Err(not_implemented("snapshot-revert"))
     }
     /// Deletes a snapshot's data.
     fn snapshot_delete(dom: DomainRef, snapshot: SnapshotDef) -> VerbResult<()> {
-        Err(unsupported("snapshot-delete"))
+        Err(not_implemented("snapshot-delete"))
     }
     /// Hot-plugs a device.
     fn attach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
-        Err(unsupported("attach-device"))
+        Err(not_implemented("attach-device"))
     }
     /// Hot-unplugs a device.
     fn detach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
-        Err(unsupported("detach-device"))
+        Err(not_implemented("detach-device"))
     }
     /// Changes live vCPUs.
     fn set_vcpus(dom: DomainRef, count: u32) -> VerbResult<DomainRuntime> {
-        Err(unsupported("set-vcpus"))
+        Err(not_implemented("set-vcpus"))
     }
     /// Changes live memory.
     fn set_memory(dom: DomainRef, kib: u64) -> VerbResult<DomainRuntime> {
-        Err(unsupported("set-memory"))
+        Err(not_implemented("set-memory"))
     }
     /// Where the console is.
     fn open_console(dom: DomainRef, device: Option<String>) -> VerbResult<ConsoleEndpoint> {
-        Err(unsupported("open-console"))
+        Err(not_implemented("open-console"))
     }
     /// Destination: prepares an incoming guest.
     fn migrate_prepare(dom: DomainRef, listen_address: String) -> VerbResult<MigrationTarget> {
-        Err(unsupported("migrate-prepare"))
+        Err(not_implemented("migrate-prepare"))
     }
     /// Source: starts sending.
     fn migrate_perform(
@@ -278,23 +288,23 @@ pub trait Hypervisor {
         target_uri: String,
         bandwidth_mib: Option<u64>,
     ) -> VerbResult<()> {
-        Err(unsupported("migrate-perform"))
+        Err(not_implemented("migrate-perform"))
     }
     /// Source: progress.
     fn migrate_progress(dom: DomainRef) -> VerbResult<MigrationProgress> {
-        Err(unsupported("migrate-progress"))
+        Err(not_implemented("migrate-progress"))
     }
     /// Source: cancels.
     fn migrate_cancel(dom: DomainRef) -> VerbResult<()> {
-        Err(unsupported("migrate-cancel"))
+        Err(not_implemented("migrate-cancel"))
     }
     /// Destination: resumes or tears down.
     fn migrate_finish(dom: DomainRef, success: bool) -> VerbResult<DomainRuntime> {
-        Err(unsupported("migrate-finish"))
+        Err(not_implemented("migrate-finish"))
     }
     /// Source: stops or resumes.
     fn migrate_confirm(dom: DomainRef, success: bool) -> VerbResult<DomainRuntime> {
-        Err(unsupported("migrate-confirm"))
+        Err(not_implemented("migrate-confirm"))
     }
 }
 
@@ -303,39 +313,39 @@ pub trait Hypervisor {
 pub trait Storage {
     /// Creates the pool's underlying storage.
     fn pool_build(pool: PoolDef, overwrite: bool) -> VerbResult<()> {
-        Err(unsupported("pool-build"))
+        Err(not_implemented("pool-build"))
     }
     /// Activates a pool.
     fn pool_start(pool: PoolDef) -> VerbResult<PoolInfo> {
-        Err(unsupported("pool-start"))
+        Err(not_implemented("pool-start"))
     }
     /// Deactivates a pool.
     fn pool_stop(pool: PoolDef) -> VerbResult<()> {
-        Err(unsupported("pool-stop"))
+        Err(not_implemented("pool-stop"))
     }
     /// Destroys the pool's storage.
     fn pool_delete(pool: PoolDef) -> VerbResult<()> {
-        Err(unsupported("pool-delete"))
+        Err(not_implemented("pool-delete"))
     }
     /// Lists the backend's volumes.
     fn pool_refresh(pool: PoolDef, known: Vec<VolumeDef>) -> VerbResult<Vec<VolumeDef>> {
-        Err(unsupported("pool-refresh"))
+        Err(not_implemented("pool-refresh"))
     }
     /// Numbers behind `pool-info`.
     fn get_pool_info(pool: PoolDef, volumes: Vec<VolumeDef>) -> VerbResult<PoolInfo> {
-        Err(unsupported("pool-info"))
+        Err(not_implemented("pool-info"))
     }
     /// Creates a volume.
     fn vol_create(pool: PoolDef, vol: VolumeDef) -> VerbResult<VolumeDef> {
-        Err(unsupported("vol-create"))
+        Err(not_implemented("vol-create"))
     }
     /// Copies a volume.
     fn vol_clone(pool: PoolDef, source: VolumeDef, vol: VolumeDef) -> VerbResult<VolumeDef> {
-        Err(unsupported("vol-clone"))
+        Err(not_implemented("vol-clone"))
     }
     /// Deletes a volume.
     fn vol_delete(pool: PoolDef, vol: VolumeDef) -> VerbResult<()> {
-        Err(unsupported("vol-delete"))
+        Err(not_implemented("vol-delete"))
     }
     /// Resizes a volume.
     fn vol_resize(
@@ -344,19 +354,19 @@ pub trait Storage {
         capacity: u64,
         allow_shrink: bool,
     ) -> VerbResult<VolumeDef> {
-        Err(unsupported("vol-resize"))
+        Err(not_implemented("vol-resize"))
     }
     /// Zeroes a volume.
     fn vol_wipe(pool: PoolDef, vol: VolumeDef) -> VerbResult<()> {
-        Err(unsupported("vol-wipe"))
+        Err(not_implemented("vol-wipe"))
     }
     /// Numbers behind `vol-info`.
     fn vol_info(pool: PoolDef, vol: VolumeDef) -> VerbResult<VolumeInfo> {
-        Err(unsupported("vol-info"))
+        Err(not_implemented("vol-info"))
     }
     /// Where the volume's bytes are, for the host to stream.
     fn vol_data_path(pool: PoolDef, vol: VolumeDef, writable: bool) -> VerbResult<String> {
-        Err(unsupported("vol-data-path"))
+        Err(not_implemented("vol-data-path"))
     }
 }
 
@@ -365,15 +375,15 @@ pub trait Storage {
 pub trait Network {
     /// Brings a network up.
     fn net_start(net: NetworkDef) -> VerbResult<()> {
-        Err(unsupported("net-start"))
+        Err(not_implemented("net-start"))
     }
     /// Takes a network down.
     fn net_stop(net: NetworkDef) -> VerbResult<()> {
-        Err(unsupported("net-stop"))
+        Err(not_implemented("net-stop"))
     }
     /// Current DHCP leases.
     fn net_dhcp_leases(net: NetworkDef) -> VerbResult<Vec<DhcpLease>> {
-        Err(unsupported("net-dhcp-leases"))
+        Err(not_implemented("net-dhcp-leases"))
     }
 }
 
