@@ -605,37 +605,37 @@ impl Connection {
         {
             return Ok(());
         }
-        let started = self.verb(
-            key,
-            "start",
-            |r| {
-                if r.is_active() {
-                    return Err(Error::invalid_state(
-                        "Requested operation is not valid: domain is already running",
-                    ));
-                }
-                Ok(())
-            },
-            |c, dom| {
-                c.plugin
-                    .hypervisor("start", |g, s| g.call_start(s, &dom, paused))
-            },
-        );
-        // As libvirt: a start the backend failed to carry out leaves the domain shut off
-        // with the reason 'failed'; a refusal (a state check, a flag the driver does not
-        // take, bad input) changes nothing.
-        if let Err(e) = &started
-            && matches!(
-                e.kind,
-                ErrorKind::OperationFailed | ErrorKind::PluginCrashed
-            )
-            && let Ok(mut now) = self.domain(&rec.def.uuid)
-            && !now.is_active()
-        {
-            now.shutoff_reason = ShutoffReason::Failed;
-            self.replace_record(now)?;
+        let (_job, rec) = self.locked_domain(key, "start")?;
+        if rec.is_active() {
+            return Err(Error::invalid_state(
+                "Requested operation is not valid: domain is already running",
+            ));
         }
-        started
+        let dom = rec.as_ref();
+        match self
+            .plugin
+            .hypervisor("start", |g, s| g.call_start(s, &dom, paused))
+        {
+            Ok(runtime) => self.apply(&rec.def.uuid, runtime),
+            Err(e) => {
+                // As libvirt: a start the backend failed to carry out leaves the domain shut
+                // off with the reason 'failed' (under the job lock, so no other start can
+                // interleave); a refusal (a flag the driver does not take, bad input) changes
+                // nothing. The start's own error is what the caller hears.
+                if matches!(
+                    e.kind,
+                    ErrorKind::OperationFailed | ErrorKind::PluginCrashed
+                ) && let Ok(mut now) = self.domain(&rec.def.uuid)
+                    && !now.is_active()
+                {
+                    now.shutoff_reason = ShutoffReason::Failed;
+                    if let Err(p) = self.replace_record(now) {
+                        tracing::warn!(domain = %rec.def.name, "cannot record the failed start: {}", p.message);
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Asks the guest to shut down. Whether the domain's state allows it is the driver's
