@@ -660,6 +660,51 @@ fn a_definition_cannot_make_the_daemon_open_files_outside_its_directories() {
     );
     assert!(!r.stdout.contains("/etc/shadow"), "{}", r.stdout);
 
+    // A disk image inside the allowed directories whose backing file is outside: refused at
+    // define, and at start when the image was changed after the define.
+    let qcow = home.path().join("overlay.qcow2");
+    let img = |backing: Option<&str>| {
+        let _ = std::fs::remove_file(&qcow);
+        let mut c = std::process::Command::new("qemu-img");
+        c.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            c.args(["-F", "raw", "-u", "-b", b]);
+        }
+        assert!(c.arg(&qcow).arg("1M").status().unwrap().success());
+    };
+    let with_qcow = home.path().join("with-qcow.xml");
+    std::fs::write(
+        &with_qcow,
+        outside(&qcow.display().to_string(), &log.display().to_string())
+            .replace("<name>vm</name>", "<name>vm2</name>")
+            .replace(
+                "<disk type='file' device='disk'>",
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>",
+            ),
+    )
+    .unwrap();
+    img(Some("/etc/shadow"));
+    let r = d.client(&qemu, &format!("define {}", with_qcow.display()));
+    assert!(
+        r.failed().contains(&format!(
+            "disk 'vda': '{}' is backed by '/etc/shadow': '/etc/shadow' is outside the directories",
+            qcow.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    img(None);
+    d.client(&qemu, &format!("define {}", with_qcow.display()))
+        .ok();
+    img(Some("/etc/shadow"));
+    let r = d.client(&qemu, "start vm2");
+    assert!(
+        r.failed()
+            .contains("is backed by '/etc/shadow': '/etc/shadow' is outside the directories"),
+        "{}",
+        r.stderr
+    );
+
     // A save image is input too: one whose definition names /etc/shadow is not restored.
     // (Made with the in-process test driver, which opens no files, so it may name any.)
     let image = d.root.join("images/crafted.save");

@@ -190,6 +190,37 @@ fn a_directory_pool_holds_real_volumes() {
         r.ok()
     );
 
+    // An image placed (or uploaded) in the pool whose backing file is outside it: every verb
+    // that would read the chain refuses, and nothing of the outside file is copied.
+    let secret = home.path().join("secret.raw");
+    std::fs::write(&secret, b"SECRET-OUTSIDE-THE-POOL").unwrap();
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-u", "-b"])
+        .arg(&secret)
+        .arg(pool.join("sneaky.qcow2"))
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    embed(home.path(), "pool-refresh p1").ok();
+    let refusal = format!(
+        "'{}' is backed by '{}', which is not a volume of this pool ('{}')",
+        pool.join("sneaky.qcow2").display(),
+        secret.display(),
+        pool.display()
+    );
+    for verb in [
+        "vol-clone sneaky.qcow2 copy.raw --pool p1",
+        "vol-resize sneaky.qcow2 2M --pool p1",
+        "vol-wipe sneaky.qcow2 --pool p1",
+    ] {
+        let r = embed(home.path(), verb);
+        assert!(r.failed().contains(&refusal), "{verb}: {}", r.stderr);
+    }
+    assert!(!pool.join("copy.raw").exists(), "nothing was copied");
+    let r = embed(home.path(), "vol-delete sneaky.qcow2 --pool p1");
+    assert_eq!(r.ok(), "Vol sneaky.qcow2 deleted\n\n");
+
     // A pool with volumes is not deleted; once empty, its directory goes.
     let r = embed(home.path(), "pool-destroy p1; pool-delete p1");
     assert_eq!(

@@ -75,8 +75,66 @@ fn paths_allowed(
     }
     for (what, path) in paths {
         files(&path, false).map_err(|e| Error::new(e.kind, format!("{what}: {}", e.message)))?;
+        if what.starts_with("disk ") {
+            backing_chain_allowed(&what, &path, files)?;
+        }
     }
     Ok(())
+}
+
+/// How many backing files a disk's chain may have before the check stops following it.
+const MAX_CHAIN: usize = 16;
+
+/// The files a disk image's backing chain names must be ones clients may name too: QEMU
+/// opens the whole chain, so a qcow2 whose header names /etc/shadow would hand it to the
+/// guest. Each link is read with `qemu-img info` of that one file, which does not open its
+/// backing file, so nothing outside is opened here either. A disk that is no image file (a
+/// block device, a raw file) has no chain.
+fn backing_chain_allowed(
+    what: &str,
+    path: &str,
+    files: &dyn Fn(&str, bool) -> Result<()>,
+) -> Result<()> {
+    let mut current = path.to_string();
+    for _ in 0..MAX_CHAIN {
+        if !Path::new(&current).is_file() {
+            return Ok(());
+        }
+        let out = std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(&current)
+            .output()
+            .map_err(|e| {
+                Error::failed(format!(
+                    "{what}: cannot read the backing chain of '{current}' (qemu-img: {e})"
+                ))
+            })?;
+        if !out.status.success() {
+            // Not an image qemu-img reads: the driver's start will say what is wrong with it.
+            return Ok(());
+        }
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let Some(backing) = info
+            .get("full-backing-filename")
+            .or_else(|| info.get("backing-filename"))
+            .and_then(Value::as_str)
+        else {
+            return Ok(());
+        };
+        files(backing, false).map_err(|e| {
+            Error::new(
+                e.kind,
+                format!(
+                    "{what}: '{current}' is backed by '{backing}': {}",
+                    e.message
+                ),
+            )
+        })?;
+        current = backing.to_string();
+    }
+    Err(Error::invalid(format!(
+        "{what}: '{path}' has more than {MAX_CHAIN} backing files"
+    )))
 }
 
 /// A pool whose storage driver will be given its target directory must name a directory
@@ -142,7 +200,14 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             snapshots,
             managed_save,
         } => json(conn.undefine_with(&key, snapshots, managed_save)?),
-        R::Start { key, paused } => json(conn.start(&key, paused)?),
+        R::Start { key, paused } => {
+            // Checked again at start: an image's backing file can change after the define.
+            if reaches_files(conn) {
+                let def = conn.domain(&key)?.def;
+                paths_allowed(conn, devices::host_paths(&def), files)?;
+            }
+            json(conn.start(&key, paused)?)
+        }
         R::Shutdown { key, modes } => json(conn.shutdown(&key, modes.unwrap_or_default())?),
         R::Reboot { key, modes } => json(conn.reboot(&key, modes.unwrap_or_default())?),
         R::Reset { key } => json(conn.reset(&key)?),

@@ -1061,7 +1061,7 @@ fn print_starts(s: &Starts, lv_skip: Option<&str>, lv_ready: Option<(Duration, D
         );
     }
     println!(
-        "  (the bare script polls the monitor socket every 1 ms, virtwasm's driver every 5 ms; the process rows include process start and connection)"
+        "  (the bare script polls the monitor socket every 1 ms, as virtwasm's host does for its driver; the process rows include process start and connection)"
     );
     if let Some(why) = lv_skip {
         println!("!!! SKIPPED the libvirtd numbers: {why}");

@@ -4,8 +4,9 @@
 //! all of them: its pools are make-believe). Any other type goes to the storage-driver plugin
 //! that lists it, as libvirt's storage driver serves every hypervisor connection. Such a
 //! plugin has no directory of its own: each call about a pool gets that pool's target
-//! directory, read-write, in a single-use instance, so a dir-pool driver can reach the pools
-//! an operator defined and nothing else.
+//! directory, read-write, in a single-use instance, so through WASI a dir-pool driver can reach
+//! the pools an operator defined and nothing else. (A program it runs, such as qemu-img, runs
+//! with the host's privileges and takes paths: the driver must check what it hands it.)
 //!
 //! The host owns the existence of a pool's target directory (it creates it for `pool-build`
 //! and removes it, once empty, for `pool-delete`); the driver owns what is inside.

@@ -5,8 +5,10 @@
 //! host also creates that directory for `pool-build` and removes it after `pool-delete`). It
 //! lists and removes files itself, through WASI, and runs `qemu-img` to make, copy, resize and
 //! measure images, and `df` for the file system's numbers. A volume's key is its path, as in
-//! libvirt. Backing files must be volumes of the same pool, so a definition cannot make an
-//! image that reads a file the pool does not hold.
+//! libvirt. Backing files must be volumes of the same pool, checked link by link before any
+//! verb that reads a chain (create with a backing volume, clone, resize, wipe), so neither a
+//! definition nor an uploaded image can make qemu-img read a file the pool does not hold.
+//! (The plugin runs qemu-img with the host's privileges: its grant is as wide as that tool.)
 
 use virtwasm_sdk::host::process;
 use virtwasm_sdk::types::*;
@@ -122,6 +124,7 @@ impl Storage for DirPool {
         ];
         if let Some(backing) = &vol.backing_path {
             let backing = inside_pool(dir, backing)?;
+            chain_inside_pool(dir, &backing)?;
             let backing_format = match &vol.backing_format {
                 Some(f) => f.clone(),
                 None => probe(&backing)?.format,
@@ -154,6 +157,7 @@ impl Storage for DirPool {
                 ),
             ));
         }
+        chain_inside_pool(dir, &from)?;
         let source_format = probe(&from)?.format;
         let format = vol.format.clone().unwrap_or_else(|| source_format.clone());
         check_format(&format)?;
@@ -188,7 +192,9 @@ impl Storage for DirPool {
         capacity: u64,
         allow_shrink: bool,
     ) -> VerbResult<VolumeDef> {
-        let path = volume_path(target(&pool)?, &vol.name)?;
+        let dir = target(&pool)?;
+        let path = volume_path(dir, &vol.name)?;
+        chain_inside_pool(dir, &path)?;
         let image = probe(&path)?;
         if capacity < image.capacity && !allow_shrink {
             return Err(error(
@@ -223,7 +229,8 @@ impl Storage for DirPool {
             return Ok(());
         }
         // An image format has metadata that zeroes would destroy: make it anew, empty, with
-        // the same size and backing file.
+        // the same size and backing file (which must be the pool's: `create -b` opens it).
+        chain_inside_pool(dir, &path)?;
         let mut args = vec![
             "create".to_string(),
             "-q".into(),
@@ -329,6 +336,37 @@ fn inside_pool(dir: &str, path: &str) -> VerbResult<String> {
     // Opened through the sandbox, which refuses a link that leads out of the directory.
     std::fs::File::open(&path).map_err(|e| io_error("cannot open backing store", &path, &e))?;
     Ok(path)
+}
+
+/// How many backing files a chain may have before the driver stops following it.
+const MAX_CHAIN: usize = 16;
+
+/// Refuses an image whose backing chain leaves the pool: `qemu-img convert`, `create -b` and a
+/// guest using the volume read every file of the chain. Each link is read with `qemu-img info`
+/// of that one file (which does not open its backing file), so nothing outside the pool is
+/// ever opened.
+fn chain_inside_pool(dir: &str, path: &str) -> VerbResult<()> {
+    let mut image = probe(path)?;
+    let mut seen = 0;
+    while let Some(backing) = image.backing.clone() {
+        seen += 1;
+        if seen > MAX_CHAIN {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!("'{path}' has more than {MAX_CHAIN} backing files"),
+            ));
+        }
+        let inside = inside_pool(dir, &backing).map_err(|_| {
+            error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "'{path}' is backed by '{backing}', which is not a volume of this pool ('{dir}'): this driver reads no files outside the pool"
+                ),
+            )
+        })?;
+        image = probe(&inside)?;
+    }
+    Ok(())
 }
 
 fn check_format(format: &str) -> VerbResult<()> {
