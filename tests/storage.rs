@@ -319,12 +319,25 @@ fn volume_streams_through_the_daemon_carry_real_bytes() {
     );
     assert!(
         r.failed().starts_with(&format!(
-            "error: Failed to define pool p2\nerror: '{}' is outside the directories this daemon lets clients name ({}, ",
+            "error: Failed to define pool p2\nerror: storage pool 'p2': '{}' is outside the directories this daemon lets clients name ({}, ",
             elsewhere.display(),
             d.root.join("images").display()
         )),
         "{}",
         r.stderr
+    );
+    // Nor may a pool be an allowed directory itself (the images directory holds save images).
+    let images = d.root.join("images");
+    let r = d.client(
+        &uri,
+        &format!("pool-define-as p3 dir --target {}", images.display()),
+    );
+    assert_eq!(
+        r.failed(),
+        format!(
+            "error: Failed to define pool p3\nerror: storage pool 'p3': '{}' is one of the directories clients may name; a pool's directory must lie below one\n",
+            images.display()
+        )
     );
     let r = d.client(&uri, "pool-list --all --name");
     assert_eq!(r.ok(), "p1\n\n", "nothing was defined");

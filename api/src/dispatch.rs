@@ -20,6 +20,10 @@ pub struct Context<'a> {
     /// the in-process client allows any, the daemon only its images directories and never a
     /// file that exists already.
     pub files: &'a dyn Fn(&str, bool) -> Result<()>,
+    /// Whether a client may make `path` a storage pool's directory: any in process; through
+    /// the daemon a directory strictly below one clients may name (a pool at the images
+    /// directory itself would hand its save images to vol-delete and vol-upload).
+    pub pool_dirs: &'a dyn Fn(&str) -> Result<()>,
     /// Where long work reports progress (done, total); an error stops the work (a cancel).
     pub progress: &'a dyn Fn(u64, u64) -> Result<()>,
     /// Ask the driver for a running domain's true state before answering a read. In
@@ -33,6 +37,7 @@ impl Context<'static> {
     pub fn local() -> Context<'static> {
         Context {
             files: &|_, _| Ok(()),
+            pool_dirs: &|_| Ok(()),
             progress: &|_, _| Ok(()),
             refresh_on_read: true,
         }
@@ -142,10 +147,15 @@ fn backing_chain_allowed(
 fn pool_target_allowed(
     conn: &Connection,
     def: &virtwasm_host::bindings::types::PoolDef,
-    files: &dyn Fn(&str, bool) -> Result<()>,
+    pool_dirs: &dyn Fn(&str) -> Result<()>,
 ) -> Result<()> {
     match conn.pool_driver(def)?.dir {
-        Some(dir) => files(&dir.to_string_lossy(), false),
+        Some(dir) => pool_dirs(&dir.to_string_lossy()).map_err(|e| {
+            Error::new(
+                e.kind,
+                format!("storage pool '{}': {}", def.name, e.message),
+            )
+        }),
         None => Ok(()),
     }
 }
@@ -259,15 +269,15 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         R::PoolXml { key } => json(conn.pool_xml(&key)?),
         R::PoolDefineXml { xml, validate } => {
             let parsed = Connection::parse_pool_xml(&xml, validate)?;
-            pool_target_allowed(conn, &parsed.def, files)?;
+            pool_target_allowed(conn, &parsed.def, ctx.pool_dirs)?;
             json(conn.pool_define(parsed.def, parsed.extras)?)
         }
         R::PoolDefine { def, extras } => {
-            pool_target_allowed(conn, &def, files)?;
+            pool_target_allowed(conn, &def, ctx.pool_dirs)?;
             json(conn.pool_define(def, extras)?)
         }
         R::PoolCreate { def, extras, build } => {
-            pool_target_allowed(conn, &def, files)?;
+            pool_target_allowed(conn, &def, ctx.pool_dirs)?;
             json(conn.pool_create_with(def, extras, build)?)
         }
         R::PoolBuild { key, overwrite } => json(conn.pool_build(&key, overwrite)?),

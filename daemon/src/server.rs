@@ -255,6 +255,32 @@ impl Daemon {
     /// Whether a client may name `path` (absolute, under an allowed directory once
     /// symbolic links are resolved); one it would `create` must not exist yet, so a client
     /// can never replace a file (another domain's image, the daemon's own state).
+    /// Whether a client may make `path` a storage pool's directory: a path it may name, and
+    /// not one of the allowed directories themselves.
+    fn check_pool_dir(&self, path: &str) -> Result<()> {
+        self.check_file(path, false)?;
+        let real = Path::new(path)
+            .canonicalize()
+            .or_else(|_| {
+                let p = Path::new(path);
+                match (p.parent(), p.file_name()) {
+                    (Some(d), Some(f)) => d.canonicalize().map(|d| d.join(f)),
+                    _ => Ok(p.to_path_buf()),
+                }
+            })
+            .map_err(|e| Error::io("cannot resolve", Path::new(path), e))?;
+        if self
+            .files_allowed
+            .iter()
+            .any(|a| a.canonicalize().is_ok_and(|a| a == real))
+        {
+            return Err(Error::denied(format!(
+                "'{path}' is one of the directories clients may name; a pool's directory must lie below one"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_file(&self, path: &str, create: bool) -> Result<()> {
         if create && std::fs::symlink_metadata(path).is_ok() {
             return Err(Error::new(
@@ -650,6 +676,7 @@ fn answer_quick(daemon: &Daemon, peer: &Peer, call: Prepared) -> Result<Prepared
         } if !virtwasm_api::ops::LONG.contains(&route.op) => {
             let ctx = dispatch::Context {
                 files: &|f, create| daemon.check_file(f, create),
+                pool_dirs: &|p| daemon.check_pool_dir(p),
                 progress: &|_, _| Ok(()),
                 refresh_on_read: false,
             };
@@ -1013,6 +1040,7 @@ async fn run(
         let _running = Running(d2, who);
         let ctx = dispatch::Context {
             files: &|p, create| d.check_file(p, create),
+            pool_dirs: &|p| d.check_pool_dir(p),
             progress: &|done, total| e.progress(done, total, "bytes"),
             refresh_on_read: false,
         };
@@ -1162,7 +1190,18 @@ async fn events(
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     Bytes::from_static(b": keepalive\n\n")
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                // The bus dropped this subscriber: it fell too far behind. Say so, so the
+                // client knows it missed events (and can reconnect and re-read state).
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = runtime.block_on(tx.send_timeout(
+                        Bytes::from(format!(
+                            "event: overflow\ndata: {{\"reason\":\"this client fell {} events behind; events were lost\"}}\n\n",
+                            virtwasm_host::events::SUBSCRIBER_BACKLOG
+                        )),
+                        stall,
+                    ));
+                    return;
+                }
             };
             if runtime.block_on(tx.send_timeout(chunk, stall)).is_err() {
                 tracing::info!(
