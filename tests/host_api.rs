@@ -148,3 +148,35 @@ fn devices_attach_and_detach_in_the_persistent_definition() {
             .is_none()
     );
 }
+
+#[test]
+fn a_save_image_swapped_after_its_check_is_not_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = host(tmp.path());
+    let conn = h.open("test:///default", false).unwrap();
+    let image = tmp.path().join("test.save");
+    conn.save("test", &image).unwrap();
+    let (checked, _) = virtwasm_host::savefile::read_header(&image).unwrap();
+    // A front end checked another definition than the one the file now holds.
+    let e = conn
+        .restore_checked(
+            &image,
+            false,
+            "<domain type='test'><name>other</name></domain>",
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.message,
+        format!(
+            "save image '{}' changed while it was being restored",
+            image.display()
+        )
+    );
+    assert!(
+        !conn.domain("test").unwrap().is_active(),
+        "nothing was restored"
+    );
+    // With the definition it holds, the restore goes ahead.
+    conn.restore_checked(&image, false, &checked).unwrap();
+    assert!(conn.domain("test").unwrap().is_active());
+}

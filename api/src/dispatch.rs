@@ -260,7 +260,8 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             // The image's definition is input too: a crafted image must not name other files.
             let (xml, _) = virtwasm_host::savefile::read_header(Path::new(&path))?;
             definition_paths_allowed(conn, &xml, files)?;
-            json(conn.restore(Path::new(&path), paused)?)
+            // Restored only if it still holds what was checked (no swap in between).
+            json(conn.restore_checked(Path::new(&path), paused, &xml)?)
         }
         R::ManagedSave { key } => json(conn.managed_save(&key)?),
         R::ManagedSaveRemove { key } => json(conn.managed_save_remove(&key)?),

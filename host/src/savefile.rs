@@ -9,9 +9,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::bindings::types::{DomainState, RunningReason};
-use crate::manifest::ManagedSaveStartReason;
 use crate::connect::Connection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::ManagedSaveStartReason;
 use crate::xml::{FormatOptions, ParsedDomain};
 
 const MAGIC: &[u8; 16] = b"VirtwasmSaveImg\0";
@@ -143,15 +143,34 @@ impl Connection {
 
     /// Starts the domain saved in `path`; returns its name.
     pub fn restore(&self, path: &Path, paused: bool) -> Result<String> {
-        self.restore_from(path, paused, RunningReason::Restored)
+        self.restore_from(path, paused, RunningReason::Restored, None)
+    }
+
+    /// [`restore`](Self::restore), refusing an image whose definition is no longer
+    /// `checked`: a front end that vetted the definition (the files it names) must not
+    /// restore one swapped in after its check.
+    pub fn restore_checked(&self, path: &Path, paused: bool, checked: &str) -> Result<String> {
+        self.restore_from(path, paused, RunningReason::Restored, Some(checked))
     }
 
     /// Restores, reporting `reason` when the guest runs (a start from a managed-save image
     /// reports what the driver's manifest says).
-    fn restore_from(&self, path: &Path, paused: bool, reason: RunningReason) -> Result<String> {
+    fn restore_from(
+        &self,
+        path: &Path,
+        paused: bool,
+        reason: RunningReason,
+        checked: Option<&str>,
+    ) -> Result<String> {
         self.writable()?;
         let path = absolute(path)?;
         let (xml, offset) = read_header(&path)?;
+        if checked.is_some_and(|c| c != xml) {
+            return Err(Error::invalid_state(format!(
+                "save image '{}' changed while it was being restored",
+                path.display()
+            )));
+        }
         let parsed = crate::xml::parse_domain(&xml).map_err(|e| {
             Error::invalid(format!("save image '{}': {}", path.display(), e.message))
         })?;
@@ -299,7 +318,7 @@ impl Connection {
             ManagedSaveStartReason::Restored => RunningReason::Restored,
             ManagedSaveStartReason::Booted => RunningReason::Booted,
         };
-        self.restore_from(&path, paused, reason)?;
+        self.restore_from(&path, paused, reason, None)?;
         let _ = std::fs::remove_file(&path);
         let mut now = self.domain(uuid)?;
         now.managed_save = false;
