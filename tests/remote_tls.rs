@@ -407,3 +407,54 @@ role = "operator"
         r.stderr
     );
 }
+
+#[test]
+fn a_rule_on_volume_names_applies_to_the_volumes_a_client_creates() {
+    let home = tempfile::tempdir().unwrap();
+    let pki = Pki::new(home.path(), "pki");
+    let vic = pki.client("vic");
+    let config = r#"
+[[access.rule]]
+identity = "dn:*CN=vic"
+role = "admin"
+objects = "volume:scratch-*"
+
+[[access.rule]]
+identity = "dn:*CN=vic"
+role = "admin"
+objects = "pool:*"
+"#;
+    let (d, port) = tls_daemon(home.path(), &pki, config);
+    let r = tls_client(
+        &d,
+        port,
+        &vic,
+        "vol-create-as default-pool scratch-1 1M; vol-clone scratch-1 scratch-2 --pool default-pool",
+    );
+    assert_eq!(
+        r.ok(),
+        "Vol scratch-1 created\n\nVol scratch-2 cloned from scratch-1\n\n"
+    );
+    // A name outside the rule: refused, for a new volume as for a copy, and nothing is made.
+    let r = tls_client(&d, port, &vic, "vol-create-as default-pool other 1M");
+    assert!(
+        r.failed()
+            .contains("lacks permission 'storage_vol:write' on storage volume 'other'"),
+        "{}",
+        r.stderr
+    );
+    let r = tls_client(
+        &d,
+        port,
+        &vic,
+        "vol-clone scratch-1 other --pool default-pool",
+    );
+    assert!(
+        r.failed()
+            .contains("lacks permission 'storage_vol:write' on storage volume 'other'"),
+        "{}",
+        r.stderr
+    );
+    let r = d.client(&d.uri("test", "/default"), "vol-list default-pool");
+    assert!(!r.ok().contains(" other "), "{}", r.stdout);
+}

@@ -1122,6 +1122,27 @@ fn prepare(
         route.permission,
         name.as_deref(),
     )?;
+    // A new volume is an object too: rules on volume names apply to the name it will have
+    // (a client limited to `volume:scratch-*` creates only scratch volumes).
+    let new_volume = match &req {
+        Request::VolCreate { vol, .. } => Some(vol.name.clone()),
+        Request::VolCreateXml { xml, .. } => virtwasm_host::xml::parse_volume(xml)
+            .ok()
+            .map(|p| p.def.name),
+        Request::VolClone { name, .. } => Some(name.clone()),
+        _ => None,
+    };
+    if let Some(new) = new_volume {
+        authorize(
+            &daemon.access(),
+            &peer.identity,
+            readonly,
+            route.op,
+            ObjectKind::Volume,
+            Permission::Write,
+            Some(&new),
+        )?;
+    }
     tracing::debug!(client = %peer.identity.describe(), op = route.op, "request");
     Ok(Prepared::Call {
         conn,
