@@ -572,3 +572,30 @@ fn identifying_a_program_is_checked_against_the_allowlist() {
     );
     still_serving(&conn);
 }
+
+#[test]
+fn a_manifest_whose_paths_were_not_expanded_is_refused_and_creates_nothing() {
+    // A `{variable}` left in a grant would make directories relative to the current one.
+    let manifest = hostile_manifest().replace(
+        "[limits]",
+        "sockets = [\"{runtime_dir}/hostile-test\"]\n\n[limits]",
+    );
+    let m = virtwasm_host::manifest::Manifest::parse(&manifest, "hostile").unwrap();
+    let wasm = std::fs::read(virtwasm_bundle::HOSTILE_WASM).unwrap();
+    let runtime = Arc::new(virtwasm_host::engine::Runtime::new(None).unwrap());
+    let e = virtwasm_host::plugin::Plugin::load(
+        runtime,
+        m,
+        &wasm,
+        None,
+        virtwasm_host::plugin::PluginSource::Bundled,
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains(
+            "granted path '{runtime_dir}/hostile-test' is not absolute (were the manifest's variables expanded?)"
+        ),
+        "{e}"
+    );
+    assert!(!Path::new("{runtime_dir}").exists(), "nothing was created");
+}

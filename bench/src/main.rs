@@ -50,11 +50,22 @@ struct Subject {
     wasm: Vec<u8>,
 }
 
-fn subjects() -> Vec<Subject> {
+/// The bundled plugins and the hostile fixture, their granted paths expanded under `dir` (as
+/// the host expands them under its own directories).
+fn subjects(dir: &std::path::Path) -> Vec<Subject> {
+    let vars = virtwasm_host::manifest::PathVars {
+        vars: ["config_dir", "runtime_dir", "state_dir", "cache_dir"]
+            .iter()
+            .map(|v| (v.to_string(), dir.join(v)))
+            .collect(),
+    };
     let mut v: Vec<Subject> = virtwasm_bundle::BUNDLED
         .iter()
         .map(|b| {
-            let manifest = Manifest::parse(b.manifest, "bundled").expect("bundled manifest");
+            let mut manifest = Manifest::parse(b.manifest, "bundled").expect("bundled manifest");
+            manifest
+                .expand_paths(&vars, "bundled")
+                .expect("bundled manifest paths");
             Subject {
                 name: manifest.plugin.name.clone(),
                 manifest,
@@ -64,7 +75,10 @@ fn subjects() -> Vec<Subject> {
         .collect();
     let hostile =
         std::fs::read_to_string(virtwasm_bundle::HOSTILE_MANIFEST).expect("hostile manifest");
-    let manifest = Manifest::parse(&hostile, "hostile").expect("hostile manifest");
+    let mut manifest = Manifest::parse(&hostile, "hostile").expect("hostile manifest");
+    manifest
+        .expand_paths(&vars, "hostile")
+        .expect("hostile manifest paths");
     v.push(Subject {
         name: "hostile (test fixture)".into(),
         manifest,
@@ -87,8 +101,9 @@ fn load(runtime: &Arc<Runtime>, s: &Subject) -> Plugin {
 fn plugin_costs() {
     println!("== plugin load, instantiation and calls (in-process) ==");
     let cache = tempfile::tempdir().expect("temp dir");
+    let dirs = tempfile::tempdir().expect("temp dir");
     let cold_rt = Arc::new(Runtime::new(None).expect("runtime"));
-    for s in subjects() {
+    for s in subjects(dirs.path()) {
         let cold: Vec<Duration> = (0..5).map(|_| load(&cold_rt, &s).report.compile).collect();
         // Populate the cache once, then load from it with fresh runtimes (a new process).
         let rt = Arc::new(Runtime::new(Some(cache.path().to_path_buf())).expect("runtime"));
@@ -114,7 +129,10 @@ fn plugin_costs() {
         );
     }
     let rt = Arc::new(Runtime::new(Some(cache.path().to_path_buf())).expect("runtime"));
-    let test = subjects().into_iter().next().expect("the test plugin");
+    let test = subjects(dirs.path())
+        .into_iter()
+        .next()
+        .expect("the test plugin");
     let plugin = load(&rt, &test);
     // Instantiation: a fresh store and instance from the pooling allocator.
     for _ in 0..200 {

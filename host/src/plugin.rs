@@ -184,6 +184,24 @@ impl Plugin {
                 format!("component sha256 is {sha256}, but the manifest pins {pin}"),
             ));
         }
+        // Grants are created and opened by path: one still naming a `{variable}` (a manifest
+        // loaded without `expand_paths`) would make a directory relative to the current one.
+        if let Some(p) = manifest
+            .capabilities
+            .files
+            .iter()
+            .map(|f| f.host.as_path())
+            .chain(manifest.capabilities.sockets.iter().map(|p| p.as_path()))
+            .find(|p| !p.is_absolute())
+        {
+            return Err(load_err(
+                &name,
+                format!(
+                    "granted path '{}' is not absolute (were the manifest's variables expanded?)",
+                    p.display()
+                ),
+            ));
+        }
         let t0 = Instant::now();
         let (component, cache) = runtime.compile(&name, wasm, &sha256)?;
         let compile = t0.elapsed();
