@@ -233,6 +233,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` atomically (temporary file, rename) without flushing to disk: for
+/// runtime state (status files, child records), which must survive the daemon's death, where
+/// the page cache holds it, but not a power loss, after which there is no process left to
+/// describe (a record that comes back names a pid whose start time no longer matches). Its
+/// fsyncs sat between a QEMU's spawn and its first monitor answer on every start.
+pub fn write_atomically_volatile(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile_in(dir, path)?;
+    let written = tmp
+        .1
+        .write_all(bytes)
+        .and_then(|_| std::fs::rename(&tmp.0, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp.0);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Flushes a directory's entries (a rename, a removal) to disk.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

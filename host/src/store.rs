@@ -8,13 +8,15 @@
 //!   definition it runs with, the driver's record such as a pid and a monitor path), kept in
 //!   the runtime directory so a reboot of the host forgets it, as it forgets the guests.
 //!
-//! Every file is written atomically (temporary file, fsync, rename, fsync of the directory),
-//! so a crash leaves the old version or the new one, never a torn file.
+//! Every file is written atomically (temporary file, rename), so a crash leaves the old version
+//! or the new one, never a torn file. Definitions are also flushed (fsync of the file and the
+//! directory) so they survive a power loss; runtime status is not, since after a power loss
+//! there is no guest left for it to describe.
 
 use std::path::{Path, PathBuf};
 
 use crate::bindings::types::{DomainDef, DomainRuntime};
-use crate::engine::write_atomically;
+use crate::engine::{write_atomically, write_atomically_volatile};
 use crate::error::{Error, Result};
 use crate::state::DomainRecord;
 use crate::xml::{self, FormatOptions, ParsedDomain};
@@ -158,9 +160,9 @@ impl DiskStore {
                 };
                 let json = serde_json::to_vec_pretty(&body)
                     .map_err(|e| Error::internal(format!("encoding status of '{name}': {e}")))?;
-                write_atomically(&status, &json).map_err(io("cannot write", &status))?;
+                write_atomically_volatile(&status, &json).map_err(io("cannot write", &status))?;
             }
-            (None, _) => remove_if_present(&status)?,
+            (None, _) => remove_status(&status)?,
         }
         Ok(())
     }
@@ -177,7 +179,7 @@ impl DiskStore {
     pub fn forget(&self, name: &str) -> Result<()> {
         check_file_name(name)?;
         self.remove_definition(name)?;
-        remove_if_present(&self.status_path(name))
+        remove_status(&self.status_path(name))
     }
 
     /// Reads every domain back: definitions first, then status files of running domains
@@ -264,9 +266,9 @@ impl DiskStore {
             Some(s) => {
                 let body = serde_json::to_vec_pretty(&s)
                     .map_err(|e| Error::internal(format!("encoding status of '{name}': {e}")))?;
-                write_atomically(&stat, &body).map_err(io("cannot write", &stat))?;
+                write_atomically_volatile(&stat, &body).map_err(io("cannot write", &stat))?;
             }
-            None => remove_if_present(&stat)?,
+            None => remove_status(&stat)?,
         }
         Ok(())
     }
@@ -277,7 +279,7 @@ impl DiskStore {
         remove_if_present(&def)?;
         remove_if_present(&mark)?;
         if !keep_status {
-            remove_if_present(&stat)?;
+            remove_status(&stat)?;
         }
         Ok(())
     }
@@ -393,8 +395,6 @@ impl DiskStore {
     }
 }
 
-/// Removes `path` and flushes the removal, so a power loss cannot bring the file back (a
-/// destroyed domain's status file returning would make it look running).
 /// Writes `bytes` atomically unless the file already holds exactly them: every state change
 /// saves the record, and most (a start, a pause) leave the definition as it was; its two
 /// fsyncs would be paid for nothing on the path of every verb.
@@ -405,6 +405,18 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomically(path, bytes)
 }
 
+/// Removes a status file without flushing the removal: runtime state, see
+/// [`write_atomically_volatile`](crate::engine::write_atomically_volatile).
+fn remove_status(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot remove", path, e)),
+    }
+}
+
+/// Removes `path` and flushes the removal, so a power loss cannot bring an undefined object's
+/// definition back.
 fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {

@@ -355,7 +355,7 @@ impl ChildRegistry {
             };
             let path = dir.join(format!("{pid}.json"));
             let body = serde_json::to_vec(&rec).unwrap_or_default();
-            if let Err(e) = crate::engine::write_atomically(&path, &body) {
+            if let Err(e) = crate::engine::write_atomically_volatile(&path, &body) {
                 tracing::warn!(file = %path.display(), "cannot record child {pid}: {e}");
             }
             entry.files = Some((path, dir.join(format!("{pid}.stderr"))));
