@@ -48,8 +48,9 @@ use crate::daemon::{Binaries, Libvirtd, Netns, Virtwasmd, client_env, env_usize,
 use crate::{fmt, median};
 
 /// Timed starts per subject (after one warm-up each), unless `VIRTWASM_BENCH_QEMU_RUNS`
-/// says otherwise.
-const N: usize = 5;
+/// says otherwise: 15, because QEMU's own start varies by tens of milliseconds here and five
+/// samples let one slow start move the median.
+const N: usize = 15;
 /// The pause before each timed save, and after the [`Primer`] before each timed start.
 const SETTLE: Duration = Duration::from_millis(100);
 /// Save + restore rounds per subject.
