@@ -231,6 +231,10 @@ fn a_guest_on_a_bridge_answers_on_it_and_its_tap_goes_with_it() {
         "the first tap stayed: {ports}"
     );
 
+    // A restarted daemon still knows the tap is its own: stopping the guest then removes it.
+    let mut d = d;
+    d.stop_with(libc::SIGTERM);
+    d.spawn();
     // Stopping the guest removes its tap.
     let r = d.client(&uri, "destroy net1");
     assert_eq!(r.ok(), "Domain 'net1' destroyed\n\n");

@@ -185,7 +185,8 @@ fn taps_go_only_on_granted_bridges_and_only_vnet_taps_are_deleted() {
         e.message,
         "operation failed: 'vwgranted0' is not a bridge on this host"
     );
-    // Deleting is limited to the host's own vwnetN taps: not the loopback, not a path.
+    // Deleting is limited to taps the host made for this plugin: not the loopback, not a
+    // path, not libvirt's vnet0.
     for victim in ["lo", "vwnet0/../lo", "eth0", "vnet0"] {
         let (def, _) = conn
             .define(domain(
@@ -196,7 +197,7 @@ fn taps_go_only_on_granted_bridges_and_only_vnet_taps_are_deleted() {
         let e = conn.start(&def.uuid, false).unwrap_err();
         assert!(
             e.message
-                .contains("is not a tap device this host created (vwnetN)"),
+                .contains("is not a tap device this host created for plugin 'hostile'"),
             "{victim}: {e}"
         );
     }

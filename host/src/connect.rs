@@ -33,7 +33,8 @@ pub struct HostConfig {
     pub system_dirs: Dirs,
     /// Config and status roots for `DRIVER:///session` (this user's).
     pub session_dirs: Dirs,
-    /// Where the registry of long-lived children (QEMU and kin) is kept, so a later host
+    /// Where the registries of long-lived children (QEMU and kin) and of the taps the host
+    /// made are kept, so a later host
     /// finds the guests this one started: the daemon's runtime directory, or an embed
     /// root's. `None`: children are known only to this process.
     pub children_dir: Option<PathBuf>,
@@ -175,6 +176,11 @@ impl Host {
                     dir.display()
                 );
             }
+            registry
+                .runtime()
+                .taps()
+                .persist_in(dir)
+                .map_err(|e| Error::io("cannot keep the tap registry in", dir, e))?;
         }
         Ok(Host {
             registry: Arc::new(registry),

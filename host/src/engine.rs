@@ -45,6 +45,7 @@ pub struct Runtime {
     engine: Engine,
     cache: std::result::Result<PathBuf, String>,
     pub(crate) children: Arc<ChildRegistry>,
+    pub(crate) taps: Arc<crate::capabilities::netdev::TapRegistry>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -100,6 +101,7 @@ impl Runtime {
             engine,
             cache,
             children: Arc::new(ChildRegistry::default()),
+            taps: Arc::new(Default::default()),
         })
     }
 
@@ -116,6 +118,11 @@ impl Runtime {
     /// The long-lived children plugins have spawned.
     pub fn children(&self) -> &Arc<ChildRegistry> {
         &self.children
+    }
+
+    /// The tap devices plugins have had the host make.
+    pub fn taps(&self) -> &Arc<crate::capabilities::netdev::TapRegistry> {
+        &self.taps
     }
 
     fn cache_key(&self, sha256: &str) -> String {

@@ -535,6 +535,7 @@ impl Plugin {
         let state = HostState::new(
             self.grants.clone(),
             self.runtime.children.clone(),
+            self.runtime.taps.clone(),
             object_dir,
         )
         .map_err(|e| {

@@ -179,6 +179,7 @@ pub struct HostState {
     pub(crate) limiter: Limiter,
     pub(crate) grants: Arc<Grants>,
     pub(crate) children: Arc<process::ChildRegistry>,
+    pub(crate) taps: Arc<netdev::TapRegistry>,
     pub(crate) stderr: MemoryOutputPipe,
     /// Wall time this call spent blocked in host capabilities; the guest's CPU budget
     /// excludes it, so a plugin waiting for `qemu-img` is not killed as a runaway loop.
@@ -210,6 +211,7 @@ impl HostState {
     pub(crate) fn new(
         grants: Arc<Grants>,
         children: Arc<process::ChildRegistry>,
+        taps: Arc<netdev::TapRegistry>,
         object_dir: Option<(&std::path::Path, &str)>,
     ) -> wasmtime::Result<HostState> {
         let stderr = MemoryOutputPipe::new(STDIO_CAPTURE);
@@ -252,6 +254,7 @@ impl HostState {
             },
             grants,
             children,
+            taps,
             stderr,
             host_time: std::time::Duration::ZERO,
             call_started: std::time::Instant::now(),

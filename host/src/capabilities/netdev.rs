@@ -171,6 +171,95 @@ pub fn delete_tap(name: &str) -> Result<(), String> {
     set_persist(&fd, false, &real)
 }
 
+/// The taps this host made, by name: which plugin made each and the interface index it got.
+/// A plugin may delete only a tap it made that still has that index, so a stale record (a
+/// name the kernel has since given to another tap) or another plugin's tap is never touched.
+/// Kept beside the child registry, one `NAME.tap` file each, so a restarted host knows them.
+#[derive(Debug, Default)]
+pub struct TapRegistry {
+    dir: std::sync::OnceLock<std::path::PathBuf>,
+    taps: std::sync::Mutex<std::collections::HashMap<String, TapRecord>>,
+}
+
+/// One tap the host made.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct TapRecord {
+    plugin: String,
+    ifindex: i32,
+}
+
+impl TapRegistry {
+    /// Keeps the registry in `dir` (created by the child registry), reading what an earlier
+    /// host left there: a tap that is gone, or whose name now has another index, is dropped.
+    /// Returns how many taps it found.
+    pub fn persist_in(&self, dir: &Path) -> std::io::Result<usize> {
+        let _ = self.dir.set(dir.to_path_buf());
+        let mut found = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("tap") {
+                continue;
+            }
+            let name = path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let rec: Option<TapRecord> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match rec {
+                Some(rec) if ifindex_of(&name) == Some(rec.ifindex) => {
+                    self.taps.lock().unwrap().insert(name, rec);
+                    found += 1;
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn record(&self, name: &str, rec: TapRecord) {
+        if let Some(dir) = self.dir.get() {
+            let path = dir.join(format!("{name}.tap"));
+            let body = serde_json::to_vec(&rec).unwrap_or_default();
+            if let Err(e) = crate::engine::write_atomically_volatile(&path, &body) {
+                tracing::warn!(file = %path.display(), "cannot record tap {name}: {e}");
+            }
+        }
+        self.taps.lock().unwrap().insert(name.to_string(), rec);
+    }
+
+    /// Whether `plugin` made `name` and it is still that tap (same interface index).
+    fn owned_by(&self, name: &str, plugin: &str) -> bool {
+        self.taps
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|r| r.plugin == plugin && ifindex_of(name) == Some(r.ifindex))
+    }
+
+    fn forget(&self, name: &str) {
+        self.taps.lock().unwrap().remove(name);
+        if let Some(dir) = self.dir.get() {
+            let _ = std::fs::remove_file(dir.join(format!("{name}.tap")));
+        }
+    }
+}
+
+/// The kernel's index of interface `name` (in this network namespace), if it exists.
+fn ifindex_of(name: &str) -> Option<i32> {
+    let sock = control_socket().ok()?;
+    let mut req = ifreq(name).ok()?;
+    // SAFETY: SIOCGIFINDEX reads and fills the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } < 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled the index member.
+    Some(unsafe { req.ifr_ifru.ifru_ifindex })
+}
+
 impl Host for HostState {
     fn create_tap(&mut self, bridge: String) -> wasmtime::Result<Result<String, WitError>> {
         let patterns = self.grants.bridges.as_deref().unwrap_or_default();
@@ -187,11 +276,37 @@ impl Host for HostState {
             tracing::warn!(plugin = %self.grants.plugin, "denied: {why}");
             return Ok(Err(wit_error(WitKind::PermissionDenied, why)));
         }
-        Ok(create_tap(&bridge).map_err(|e| wit_error(WitKind::OperationFailed, e)))
+        let made = create_tap(&bridge).map_err(|e| wit_error(WitKind::OperationFailed, e));
+        if let Ok(name) = &made {
+            match ifindex_of(name) {
+                Some(ifindex) => self.taps.record(
+                    name,
+                    TapRecord {
+                        plugin: self.grants.plugin.clone(),
+                        ifindex,
+                    },
+                ),
+                None => tracing::warn!("tap {name} vanished right after it was made"),
+            }
+        }
+        Ok(made)
     }
 
     fn delete_tap(&mut self, name: String) -> wasmtime::Result<Result<(), WitError>> {
-        Ok(delete_tap(&name).map_err(|e| wit_error(WitKind::OperationFailed, e)))
+        if !self.taps.owned_by(&name, &self.grants.plugin) {
+            return Ok(Err(wit_error(
+                WitKind::PermissionDenied,
+                format!(
+                    "'{name}' is not a tap device this host created for plugin '{}' (or it has been replaced since)",
+                    self.grants.plugin
+                ),
+            )));
+        }
+        let deleted = delete_tap(&name).map_err(|e| wit_error(WitKind::OperationFailed, e));
+        if deleted.is_ok() {
+            self.taps.forget(&name);
+        }
+        Ok(deleted)
     }
 }
 
@@ -211,7 +326,43 @@ mod tests {
     }
 
     #[test]
-    fn only_vnet_taps_can_be_deleted() {
+    fn the_registry_knows_only_taps_it_made_and_drops_stale_ones() {
+        let reg = TapRegistry::default();
+        let dir = tempfile::tempdir().unwrap();
+        reg.persist_in(dir.path()).unwrap();
+        // The loopback always exists: a stand-in for a live tap.
+        let lo = ifindex_of("lo").expect("lo has an index");
+        reg.record(
+            "lo",
+            TapRecord {
+                plugin: "qemu".into(),
+                ifindex: lo,
+            },
+        );
+        assert!(reg.owned_by("lo", "qemu"));
+        assert!(!reg.owned_by("lo", "other"), "another plugin's");
+        assert!(!reg.owned_by("vwnet9", "qemu"), "never made");
+        // A record whose index no longer matches is stale: not owned, and dropped on reload.
+        reg.record(
+            "lo",
+            TapRecord {
+                plugin: "qemu".into(),
+                ifindex: lo + 1000,
+            },
+        );
+        assert!(!reg.owned_by("lo", "qemu"));
+        let again = TapRegistry::default();
+        assert_eq!(again.persist_in(dir.path()).unwrap(), 0);
+        assert!(
+            !dir.path().join("lo.tap").exists(),
+            "the stale record was removed"
+        );
+        reg.forget("lo");
+        assert!(!reg.owned_by("lo", "qemu"));
+    }
+
+    #[test]
+    fn only_vwnet_taps_can_be_deleted() {
         for name in [
             "lo",
             "eth0",
