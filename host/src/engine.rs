@@ -219,25 +219,7 @@ fn prepare_cache_dir(dir: &Path) -> std::result::Result<PathBuf, String> {
 /// rename is done the new version is the file, so a failed directory fsync is logged rather
 /// than reported as a failed write (which would leave callers believing the old one stands).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir, path)?;
-    let written = tmp
-        .1
-        .write_all(bytes)
-        .and_then(|_| tmp.1.sync_all())
-        .and_then(|_| std::fs::rename(&tmp.0, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp.0);
-        return Err(e);
-    }
-    if let Err(e) = sync_dir(dir) {
-        tracing::warn!(
-            "{} was replaced, but syncing {} failed: {e}",
-            path.display(),
-            dir.display()
-        );
-    }
-    Ok(())
+    replace_file(path, bytes, true)
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, rename) without flushing to disk: for
@@ -246,15 +228,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// describe (a record that comes back names a pid whose start time no longer matches). Its
 /// fsyncs sat between a QEMU's spawn and its first monitor answer on every start.
 pub fn write_atomically_volatile(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file(path, bytes, false)
+}
+
+/// The one way files are replaced: a temporary file in the same directory, renamed over
+/// `path`; with `durable`, the file and then the directory are flushed too.
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile_in(dir, path)?;
     let written = tmp
         .1
         .write_all(bytes)
+        .and_then(|_| if durable { tmp.1.sync_all() } else { Ok(()) })
         .and_then(|_| std::fs::rename(&tmp.0, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp.0);
         return Err(e);
+    }
+    if durable && let Err(e) = sync_dir(dir) {
+        tracing::warn!(
+            "{} was replaced, but syncing {} failed: {e}",
+            path.display(),
+            dir.display()
+        );
     }
     Ok(())
 }

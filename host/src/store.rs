@@ -408,19 +408,18 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Removes a status file without flushing the removal: runtime state, see
 /// [`write_atomically_volatile`](crate::engine::write_atomically_volatile).
 fn remove_status(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("cannot remove", path, e)),
-    }
+    remove_file(path, false)
 }
 
-/// Removes `path` and flushes the removal, so a power loss cannot bring an undefined object's
-/// definition back.
 fn remove_if_present(path: &Path) -> Result<()> {
+    remove_file(path, true)
+}
+
+/// Removes `path` if it exists; with `durable`, the removal is flushed too.
+fn remove_file(path: &Path, durable: bool) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {
-            if let Some(dir) = path.parent() {
+            if durable && let Some(dir) = path.parent() {
                 crate::engine::sync_dir(dir).map_err(|e| Error::io("cannot sync", dir, e))?;
             }
             Ok(())
