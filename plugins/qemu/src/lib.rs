@@ -100,7 +100,7 @@ fn runtime(state: DomainState, r: &Running) -> DomainRuntime {
 /// The record of a domain whose QEMU has ended, once what that QEMU held on the host (its
 /// taps) is released.
 fn ended(reason: ShutoffReason, r: &Running) -> DomainRuntime {
-    release_taps(&r.taps.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+    release_taps(r.taps.iter().map(|t| &t.name));
     DomainRuntime {
         state: DomainState::Shutoff(reason),
         driver_data: String::new(),
@@ -109,8 +109,9 @@ fn ended(reason: ShutoffReason, r: &Running) -> DomainRuntime {
 
 /// Deletes taps; one that cannot go (still held, already gone) is logged, never fatal: the
 /// guest has stopped either way.
-fn release_taps(taps: &[String]) {
+fn release_taps<S: AsRef<str>>(taps: impl IntoIterator<Item = S>) {
     for tap in taps {
+        let tap = tap.as_ref();
         if let Err(e) = netdev::delete_tap(tap) {
             log::warn(&format!("cannot delete tap {tap}: {}", e.message));
         }
@@ -130,12 +131,12 @@ fn make_taps(def: &DomainDef) -> VerbResult<Vec<Option<String>>> {
         match netdev::create_tap(bridge) {
             Ok(tap) => made.push(Some(tap)),
             Err(e) => {
-                release_taps(&made.into_iter().flatten().collect::<Vec<_>>());
+                release_taps(made.into_iter().flatten());
                 return Err(error(
                     e.kind,
                     format!(
                         "cannot connect interface {} to bridge '{bridge}': {}",
-                        made_index_mac(n),
+                        nic_label(n),
                         e.message
                     ),
                 ));
@@ -146,7 +147,7 @@ fn make_taps(def: &DomainDef) -> VerbResult<Vec<Option<String>>> {
 }
 
 /// How an interface is named in messages: its MAC when it has one.
-fn made_index_mac(n: &virtwasm_sdk::types::Interface) -> String {
+fn nic_label(n: &virtwasm_sdk::types::Interface) -> String {
     n.mac.clone().unwrap_or_else(|| "(no MAC)".to_string())
 }
 
@@ -459,14 +460,7 @@ impl Hypervisor for Qemu {
 
     fn start(dom: DomainRef, paused: bool) -> VerbResult<DomainRuntime> {
         let (child, r, mut q) = launch(&dom.def, false)?;
-        if paused {
-            return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
-        }
-        if let Err(e) = q.execute("cont", None) {
-            end_running(&child, &r);
-            return Err(e);
-        }
-        Ok(runtime(DomainState::Running(RunningReason::Booted), &r))
+        go(&child, &r, &mut q, paused, RunningReason::Booted)
     }
 
     fn shutdown(dom: DomainRef, _modes: ShutdownModes) -> VerbResult<DomainRuntime> {
@@ -607,14 +601,7 @@ impl Hypervisor for Qemu {
             end_running(&child, &r);
             return Err(e);
         }
-        if paused {
-            return Ok(runtime(DomainState::Paused(PausedReason::User), &r));
-        }
-        if let Err(e) = q.execute("cont", None) {
-            end_running(&child, &r);
-            return Err(e);
-        }
-        Ok(runtime(DomainState::Running(RunningReason::Restored), &r))
+        go(&child, &r, &mut q, paused, RunningReason::Restored)
     }
 
     fn attach_device(dom: DomainRef, dev: Device) -> VerbResult<DomainRuntime> {
@@ -693,7 +680,7 @@ impl Hypervisor for Qemu {
                     })
                 });
                 if let Err(e) = plugged {
-                    release_taps(&tap.into_iter().collect::<Vec<_>>());
+                    release_taps(tap);
                     return Err(e);
                 }
                 if let Some(name) = tap {
@@ -739,7 +726,7 @@ impl Hypervisor for Qemu {
                 .drain(..)
                 .partition(|t| t.mac.eq_ignore_ascii_case(&mac));
             r.taps = kept;
-            release_taps(&gone.into_iter().map(|t| t.name).collect::<Vec<_>>());
+            release_taps(gone.into_iter().map(|t| t.name));
             backend?;
             return Ok(runtime(state_of(&dom), &r));
         }
@@ -1325,10 +1312,29 @@ fn end(child: &process::Child) {
     let _ = child.wait(2000);
 }
 
+/// The last step of a start or restore: a QEMU waiting on `-S` is left paused when asked,
+/// else continued (running for `reason`); if it refuses, it is ended, taps and all.
+fn go(
+    child: &process::Child,
+    r: &Running,
+    q: &mut Qmp,
+    paused: bool,
+    reason: RunningReason,
+) -> VerbResult<DomainRuntime> {
+    if paused {
+        return Ok(runtime(DomainState::Paused(PausedReason::User), r));
+    }
+    if let Err(e) = q.execute("cont", None) {
+        end_running(child, r);
+        return Err(e);
+    }
+    Ok(runtime(DomainState::Running(reason), r))
+}
+
 /// Ends a QEMU a verb must not leave behind, and releases what it held (its taps).
 fn end_running(child: &process::Child, r: &Running) {
     end(child);
-    release_taps(&r.taps.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+    release_taps(r.taps.iter().map(|t| &t.name));
 }
 
 /// Has QEMU report its migration's progress as MIGRATION events, which the waits read.
