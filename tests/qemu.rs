@@ -14,40 +14,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Daemon;
+use guest::console_text;
 
 /// A domain booting the test guest, its console in `console`.
 fn domain_xml(name: &str, g: &guest::Guest, console: &Path) -> String {
-    domain_with_serial(
+    g.domain_xml(
         name,
-        g,
+        "",
         &format!(
             "<serial type='file'><source path='{}'/></serial>",
             console.display()
         ),
-    )
-}
-
-/// A domain booting the test guest with `serial` as its serial port.
-fn domain_with_serial(name: &str, g: &guest::Guest, serial: &str) -> String {
-    format!(
-        "<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{}</kernel>
-    <initrd>{}</initrd>
-    <cmdline>{}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <devices>
-    {serial}
-  </devices>
-</domain>",
-        g.kernel.display(),
-        g.initrd.display(),
-        g.cmdline,
     )
 }
 
@@ -70,10 +47,6 @@ fn first_counter(p: &Path) -> u64 {
         .filter_map(|l| l.trim().strip_prefix("counter "))
         .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn console_text(p: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
 }
 
 /// Waits until the console holds `needle` at least `count` times.
@@ -101,6 +74,78 @@ fn last_counter(p: &Path) -> u64 {
         .filter_map(|l| l.trim().strip_prefix("counter "))
         .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// `virtwasm event NAME --event lifecycle --loop` run as a client of a daemon, its output
+/// collected as it arrives.
+struct EventWatcher {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl EventWatcher {
+    /// Starts the watcher and returns once it is subscribed: once it has reported the
+    /// `Resumed Unpaused` that `poke` (a pause and resume of NAME) causes. No fixed sleep: a
+    /// loaded machine takes its time to start the watcher.
+    fn start(d: &Daemon, uri: &str, name: &str, poke: impl Fn()) -> EventWatcher {
+        let mut c = std::process::Command::new(common::binary());
+        Daemon::env(d.home.as_path(), &mut c);
+        let mut child = c
+            .args([
+                "-c",
+                uri,
+                &format!("event {name} --event lifecycle --loop --timeout 60"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = seen.clone();
+        let mut out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.lock().unwrap().contains("Resumed Unpaused") {
+            assert!(Instant::now() < deadline, "the watcher never subscribed");
+            poke();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        EventWatcher {
+            child,
+            seen,
+            reader,
+        }
+    }
+
+    /// Waits up to `secs` seconds for `needle` in what the watcher printed.
+    #[track_caller]
+    fn wait_for(&self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.seen.lock().unwrap().contains(needle) {
+            assert!(Instant::now() < deadline, "{}", self.seen.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ends the watcher (SIGINT, as ^C) and returns everything it printed.
+    fn stop(mut self) -> String {
+        // SAFETY: a signal to the watcher this test started, by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        self.seen.lock().unwrap().clone()
+    }
 }
 
 struct Setup {
@@ -173,36 +218,9 @@ fn every_lifecycle_verb_on_a_real_guest() {
 
     // shutdown: ACPI power button; the guest powers off and QEMU exits; the daemon's
     // poll notices with nobody asking, and a watcher sees the event.
-    let mut c = std::process::Command::new(common::binary());
-    Daemon::env(d.home.as_path(), &mut c);
-    let mut watcher = c
-        .args(["-c", uri, "event vm1 --event lifecycle --loop --timeout 60"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = seen.clone();
-    let mut out = watcher.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    // Subscribed once it reports a pause and resume we cause (no fixed sleep: a loaded
-    // machine takes its time to start the watcher).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !seen.lock().unwrap().contains("Resumed Unpaused") {
-        assert!(Instant::now() < deadline, "the watcher never subscribed");
+    let watcher = EventWatcher::start(d, uri, "vm1", || {
         d.client(uri, "suspend vm1; resume vm1").ok();
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    });
     assert_eq!(
         d.client(uri, "shutdown vm1").ok(),
         "Domain 'vm1' is being shutdown\n\n"
@@ -217,19 +235,8 @@ fn every_lifecycle_verb_on_a_real_guest() {
         assert!(Instant::now() < deadline, "still {}", out.stdout);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen
-        .lock()
-        .unwrap()
-        .contains("event 'lifecycle' for domain 'vm1': Stopped Shutdown")
-    {
-        assert!(Instant::now() < deadline, "{}", seen.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // SAFETY: a signal to the watcher this test started, by pid.
-    unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
-    let _ = watcher.wait();
-    let _ = reader.join();
+    watcher.wait_for("event 'lifecycle' for domain 'vm1': Stopped Shutdown", 10);
+    watcher.stop();
 
     // start --paused, then destroy.
     d.client(uri, "start vm1 --paused").ok();
@@ -317,7 +324,7 @@ fn the_console_round_trips_through_the_daemon_and_the_cli() {
     let Some(s) = setup("vm4") else { return };
     let g = guest::test_guest().unwrap();
     let xml = s.d.home.join("vm5.xml");
-    std::fs::write(&xml, domain_with_serial("vm5", &g, "<serial type='pty'/>")).unwrap();
+    std::fs::write(&xml, g.domain_xml("vm5", "", "<serial type='pty'/>")).unwrap();
     s.d.client(&s.uri, &format!("define {}; start vm5", xml.display()))
         .ok();
 
@@ -882,56 +889,15 @@ fn a_guest_panic_is_a_crash_and_on_crash_decides_what_follows() {
     // (crashed) with nobody asking; a watcher sees the crash, then the stop, as libvirt
     // announces them. (The guest panics 8 s after boot: time to subscribe.)
     let console = boot("crash-destroy", "destroy", 16);
-    let mut c = std::process::Command::new(common::binary());
-    Daemon::env(d.home.as_path(), &mut c);
-    let mut watcher = c
-        .args([
-            "-c",
-            uri,
-            "event crash-destroy --event lifecycle --loop --timeout 60",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = seen.clone();
-    let mut out = watcher.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !seen.lock().unwrap().contains("Resumed Unpaused") {
-        assert!(Instant::now() < deadline, "the watcher never subscribed");
+    let watcher = EventWatcher::start(d, uri, "crash-destroy", || {
         d.client(uri, "suspend crash-destroy; resume crash-destroy");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    });
     wait_console(&console, guest::PANICKING, 1, 60);
     wait_state(d, uri, "crash-destroy", "shut off (crashed)", 30, &console);
     assert_eq!(console_text(&console).matches(guest::READY).count(), 1);
     let prefix = "event 'lifecycle' for domain 'crash-destroy': ";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen
-        .lock()
-        .unwrap()
-        .contains(&format!("{prefix}Stopped Crashed"))
-    {
-        assert!(Instant::now() < deadline, "{}", seen.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // SAFETY: a signal to the watcher this test started, by pid.
-    unsafe { libc::kill(watcher.id() as i32, libc::SIGINT) };
-    let _ = watcher.wait();
-    let _ = reader.join();
-    let events = seen.lock().unwrap().clone();
+    watcher.wait_for(&format!("{prefix}Stopped Crashed"), 10);
+    let events = watcher.stop();
     let after_subscribed = &events[events.rfind("Resumed Unpaused").unwrap()..];
     let lines: Vec<&str> = after_subscribed
         .lines()
@@ -1461,7 +1427,7 @@ fn disks_on_every_bus_and_a_block_device_reach_the_guest() {
         console.display()
     );
     let xml = home.path().join("disks.xml");
-    std::fs::write(&xml, domain_with_serial("disks", &g, &disks)).unwrap();
+    std::fs::write(&xml, g.domain_xml("disks", "", &disks)).unwrap();
     let r = d.client(
         &uri,
         &format!("define {}; start disks; domblklist disks", xml.display()),

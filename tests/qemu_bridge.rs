@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
+use guest::console_text;
 
 const BRIDGE: &str = "vwbr0";
 const HOST_SIDE: &str = "10.77.0.1/24";
@@ -76,37 +77,19 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn console_text(p: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
-}
-
 fn domain(name: &str, g: &guest::Guest, console: &Path, bridge: &str) -> String {
-    format!(
-        "<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{}</kernel>
-    <initrd>{}</initrd>
-    <cmdline>{} {}={GUEST_IP}/24</cmdline>
-  </os>
-  <features><acpi/></features>
-  <devices>
-    <interface type='bridge'>
+    g.domain_xml(
+        name,
+        &format!("{}={GUEST_IP}/24", guest::IP),
+        &format!(
+            "<interface type='bridge'>
       <source bridge='{bridge}'/>
       <mac address='{MAC}'/>
       <model type='virtio'/>
     </interface>
-    <serial type='file'><source path='{}'/></serial>
-  </devices>
-</domain>",
-        g.kernel.display(),
-        g.initrd.display(),
-        g.cmdline,
-        guest::IP,
-        console.display()
+    <serial type='file'><source path='{}'/></serial>",
+            console.display()
+        ),
     )
 }
 

@@ -199,6 +199,42 @@ pub struct Guest {
     pub cmdline: String,
 }
 
+impl Guest {
+    /// A domain (type `qemu`, machine `pc`, 128 MiB, one vCPU, ACPI) booting this guest with
+    /// `extra` appended to its kernel command line and `devices` inside `<devices>`.
+    pub fn domain_xml(&self, name: &str, extra: &str, devices: &str) -> String {
+        let cmdline = if extra.is_empty() {
+            self.cmdline.clone()
+        } else {
+            format!("{} {extra}", self.cmdline)
+        };
+        format!(
+            "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{}</kernel>
+    <initrd>{}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    {devices}
+  </devices>
+</domain>",
+            self.kernel.display(),
+            self.initrd.display(),
+        )
+    }
+}
+
+/// What a guest's console file holds so far (empty before QEMU created it).
+pub fn console_text(p: &Path) -> String {
+    String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned()
+}
+
 /// Builds the test guest once (per process, and per kernel and `/init` across processes: the
 /// result is cached) and returns it, or says what is missing (kernel package, busybox, a tool).
 pub fn test_guest() -> Result<Guest, String> {
