@@ -118,6 +118,22 @@ pub mod host {
 
 use types::*;
 
+/// Runs `program` (through the host's `process` capability) to completion and returns its
+/// stdout; an exit other than 0 is an `operation-failed` error carrying the program's own
+/// stderr, as `PROGRAM ARGS: what it said`, so the user reads the real cause.
+pub fn run_checked(program: &str, args: &[&str], timeout_ms: u32) -> VerbResult<Vec<u8>> {
+    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = host::process::run(program, &owned, &[], timeout_ms)?;
+    if out.status.code == Some(0) {
+        return Ok(out.stdout);
+    }
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(error(
+        ErrorKind::OperationFailed,
+        format!("{program} {}: {said}", args.join(" ")),
+    ))
+}
+
 /// Builds an [`Error`] of `kind` with `message`.
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
     Error {

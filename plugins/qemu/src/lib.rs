@@ -1269,16 +1269,7 @@ fn disk_path(d: &Disk) -> VerbResult<&str> {
 
 /// Runs `qemu-img` and says what it said when it fails.
 fn qemu_img(args: &[&str]) -> VerbResult<()> {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = process::run("qemu-img", &args, &[], 60_000)?;
-    if out.status.code == Some(0) {
-        return Ok(());
-    }
-    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(error(
-        ErrorKind::OperationFailed,
-        format!("qemu-img {}: {text}", args.join(" ")),
-    ))
+    virtwasm_sdk::run_checked("qemu-img", args, 60_000).map(|_| ())
 }
 
 /// A human-monitor command (savevm and kin have no QMP form in QEMU 7.2); its output is

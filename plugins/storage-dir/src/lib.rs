@@ -10,9 +10,8 @@
 //! definition nor an uploaded image can make qemu-img read a file the pool does not hold.
 //! (The plugin runs qemu-img with the host's privileges: its grant is as wide as that tool.)
 
-use virtwasm_sdk::host::process;
 use virtwasm_sdk::types::*;
-use virtwasm_sdk::{Hypervisor, Network, Storage, VerbResult, error, export_driver};
+use virtwasm_sdk::{Hypervisor, Network, Storage, VerbResult, error, export_driver, run_checked};
 
 /// Formats this driver creates (the ones `qemu-img create` writes that libvirt users use).
 const FORMATS: &[&str] = &["raw", "qcow2", "qed", "vmdk", "vdi"];
@@ -79,7 +78,7 @@ impl Storage for DirPool {
         let dir = target(&pool)?;
         // `df` reports the numbers libvirt takes from statvfs: size, blocks in use, and what
         // an unprivileged writer may still use.
-        let out = run("df", &["-B1", "--output=size,used,avail", dir], 30_000)?;
+        let out = run_checked("df", &["-B1", "--output=size,used,avail", dir], 30_000)?;
         let text = String::from_utf8_lossy(&out);
         let numbers: Vec<u64> = text
             .lines()
@@ -395,7 +394,7 @@ fn read_dir(dir: &str) -> VerbResult<Vec<String>> {
 
 /// Reads an image's format and numbers with `qemu-img info` (-U: a running guest may hold it).
 fn probe(path: &str) -> VerbResult<Image> {
-    let out = run(
+    let out = run_checked(
         "qemu-img",
         &["info", "-U", "--output=json", path],
         QEMU_IMG_TIMEOUT_MS,
@@ -418,21 +417,7 @@ fn probe(path: &str) -> VerbResult<Image> {
 
 fn qemu_img(args: &[String]) -> VerbResult<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("qemu-img", &args, QEMU_IMG_TIMEOUT_MS).map(|_| ())
-}
-
-/// Runs `program`, returning its stdout; a failure carries the program's own stderr line.
-fn run(program: &str, args: &[&str], timeout_ms: u32) -> VerbResult<Vec<u8>> {
-    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = process::run(program, &owned, &[], timeout_ms)?;
-    if out.status.code == Some(0) {
-        return Ok(out.stdout);
-    }
-    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(error(
-        ErrorKind::OperationFailed,
-        format!("{program} {}: {said}", args.join(" ")),
-    ))
+    run_checked("qemu-img", &args, QEMU_IMG_TIMEOUT_MS).map(|_| ())
 }
 
 fn io_error(what: &str, path: &str, e: &std::io::Error) -> Error {
