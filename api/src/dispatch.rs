@@ -54,34 +54,34 @@ fn definition_paths_allowed(
     xml: &str,
     files: &dyn Fn(&str, bool) -> Result<()>,
 ) -> Result<()> {
-    // Parsed only for a driver that reaches files: the test driver's defines stay one parse.
-    if !reaches_files(conn) {
-        return Ok(());
-    }
-    match virtwasm_host::xml::parse_domain(xml) {
-        Ok(parsed) => paths_allowed(conn, devices::host_paths(&parsed.def), files),
-        Err(_) => Ok(()),
-    }
+    paths_allowed(
+        conn,
+        || {
+            Ok(virtwasm_host::xml::parse_domain(xml)
+                .map(|parsed| devices::host_paths(&parsed.def))
+                .unwrap_or_default())
+        },
+        files,
+    )
 }
 
-/// Whether the connection's driver can open host files: it runs programs or has directories.
-fn reaches_files(conn: &Connection) -> bool {
-    let grants = conn.plugin().grants();
-    grants.process || !grants.files.is_empty()
-}
-
+/// Checks the paths `paths` lists, computing them (a parse, a lookup) only for a driver that
+/// can open host files: one that runs programs or has directories. The test driver's paths
+/// are make-believe, and its defines stay one parse.
 fn paths_allowed(
     conn: &Connection,
-    paths: Vec<(String, String)>,
+    paths: impl FnOnce() -> Result<Vec<devices::HostPath>>,
     files: &dyn Fn(&str, bool) -> Result<()>,
 ) -> Result<()> {
-    if !reaches_files(conn) {
+    let grants = conn.plugin().grants();
+    if !grants.process && grants.files.is_empty() {
         return Ok(());
     }
-    for (what, path) in paths {
-        files(&path, false).map_err(|e| Error::new(e.kind, format!("{what}: {}", e.message)))?;
-        if what.starts_with("disk ") {
-            backing_chain_allowed(&what, &path, files)?;
+    for p in paths()? {
+        files(&p.path, false)
+            .map_err(|e| Error::new(e.kind, format!("{}: {}", p.what, e.message)))?;
+        if p.image {
+            backing_chain_allowed(&p.what, &p.path, files)?;
         }
     }
     Ok(())
@@ -212,10 +212,11 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         } => json(conn.undefine_with(&key, snapshots, managed_save)?),
         R::Start { key, paused } => {
             // Checked again at start: an image's backing file can change after the define.
-            if reaches_files(conn) {
-                let def = conn.domain(&key)?.def;
-                paths_allowed(conn, devices::host_paths(&def), files)?;
-            }
+            paths_allowed(
+                conn,
+                || Ok(devices::host_paths(&conn.domain(&key)?.def)),
+                files,
+            )?;
             json(conn.start(&key, paused)?)
         }
         R::Shutdown { key, modes } => json(conn.shutdown(&key, modes.unwrap_or_default())?),
@@ -235,7 +236,7 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         R::SetMemory { key, kib, scope } => json(conn.set_memory(&key, kib, scope)?),
         R::SetMaxMemory { key, kib, scope } => json(conn.set_max_memory(&key, kib, scope)?),
         R::AttachDevice { key, device, scope } => {
-            paths_allowed(conn, devices::device_paths(&device), files)?;
+            paths_allowed(conn, || Ok(devices::device_paths(&device)), files)?;
             json(conn.attach_device(&key, device, scope)?)
         }
         R::DetachDevice {

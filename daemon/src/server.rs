@@ -252,23 +252,10 @@ impl Daemon {
         Ok(conn)
     }
 
-    /// Whether a client may name `path` (absolute, under an allowed directory once
-    /// symbolic links are resolved); one it would `create` must not exist yet, so a client
-    /// can never replace a file (another domain's image, the daemon's own state).
     /// Whether a client may make `path` a storage pool's directory: a path it may name, and
     /// not one of the allowed directories themselves.
     fn check_pool_dir(&self, path: &str) -> Result<()> {
-        self.check_file(path, false)?;
-        let real = Path::new(path)
-            .canonicalize()
-            .or_else(|_| {
-                let p = Path::new(path);
-                match (p.parent(), p.file_name()) {
-                    (Some(d), Some(f)) => d.canonicalize().map(|d| d.join(f)),
-                    _ => Ok(p.to_path_buf()),
-                }
-            })
-            .map_err(|e| Error::io("cannot resolve", Path::new(path), e))?;
+        let real = self.allowed_path(path, false)?;
         if self
             .files_allowed
             .iter()
@@ -281,7 +268,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// Whether a client may name `path` (absolute, under an allowed directory once
+    /// symbolic links are resolved); one it would `create` must not exist yet, so a client
+    /// can never replace a file (another domain's image, the daemon's own state).
     fn check_file(&self, path: &str, create: bool) -> Result<()> {
+        self.allowed_path(path, create).map(|_| ())
+    }
+
+    /// `path` resolved (its directory's symbolic links followed, and its own if it is one),
+    /// once it is known to lie under a directory clients may name (see `check_file`).
+    fn allowed_path(&self, path: &str, create: bool) -> Result<PathBuf> {
         if create && std::fs::symlink_metadata(path).is_ok() {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -313,7 +309,7 @@ impl Daemon {
             .iter()
             .any(|a| a.canonicalize().is_ok_and(|a| real.starts_with(a)))
         {
-            return Ok(());
+            return Ok(real);
         }
         Err(Error::denied(format!(
             "'{path}' is outside the directories this daemon lets clients name ({}); add one to [files] allowed in virtwasmd.toml",

@@ -14,13 +14,13 @@ const ENTROPY_SOURCES: &[&str] = &["/dev/urandom", "/dev/random", "/dev/hwrng"];
 /// sources, the direct-boot kernel and initrd, character devices' files and sockets, and RNG
 /// sources other than the kernel's entropy devices. A front end serving untrusted clients
 /// checks them against the directories it lets clients name.
-pub fn host_paths(def: &DomainDef) -> Vec<(String, String)> {
+pub fn host_paths(def: &DomainDef) -> Vec<HostPath> {
     let mut out = Vec::new();
     if let Some(k) = &def.os.kernel {
-        out.push(("<os><kernel>".to_string(), k.clone()));
+        out.push(HostPath::file("<os><kernel>", k));
     }
     if let Some(i) = &def.os.initrd {
-        out.push(("<os><initrd>".to_string(), i.clone()));
+        out.push(HostPath::file("<os><initrd>", i));
     }
     for d in &def.disks {
         out.extend(device_paths(&Device::Disk(d.clone())));
@@ -32,20 +32,43 @@ pub fn host_paths(def: &DomainDef) -> Vec<(String, String)> {
         if let Some(src) = &r.backend_source
             && !ENTROPY_SOURCES.contains(&src.as_str())
         {
-            out.push(("<rng><backend>".to_string(), src.clone()));
+            out.push(HostPath::file("<rng><backend>", src));
         }
     }
     out
 }
 
+/// A host path a definition names, and what names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPath {
+    /// What names it, for messages: `disk 'vda'`, `<os><kernel>`, `serial device`.
+    pub what: String,
+    /// The path.
+    pub path: String,
+    /// A disk's source: an image whose backing files the backend opens too.
+    pub image: bool,
+}
+
+impl HostPath {
+    fn file(what: &str, path: &str) -> HostPath {
+        HostPath {
+            what: what.to_string(),
+            path: path.to_string(),
+            image: false,
+        }
+    }
+}
+
 /// The host paths one device makes its driver open (see [`host_paths`]).
-pub fn device_paths(dev: &Device) -> Vec<(String, String)> {
+pub fn device_paths(dev: &Device) -> Vec<HostPath> {
     use crate::bindings::types::{ChardevSourceType as C, DiskSourceType as D};
     match dev {
         Device::Disk(d) => match (d.source_type, &d.source) {
-            (D::File | D::Block | D::Dir, Some(path)) => {
-                vec![(format!("disk '{}'", d.target_dev), path.clone())]
-            }
+            (D::File | D::Block | D::Dir, Some(path)) => vec![HostPath {
+                what: format!("disk '{}'", d.target_dev),
+                path: path.clone(),
+                image: true,
+            }],
             _ => vec![],
         },
         Device::Chardev(c) => match (c.source_type, &c.source_path) {
@@ -57,7 +80,7 @@ pub fn device_paths(dev: &Device) -> Vec<(String, String)> {
                     K::Parallel => "parallel",
                     K::Channel => "channel",
                 };
-                vec![(format!("{kind} device"), path.clone())]
+                vec![HostPath::file(&format!("{kind} device"), path)]
             }
             _ => vec![],
         },
