@@ -275,6 +275,26 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to 10 s for the log to contain `what`, and returns the log.
+    ///
+    /// For what the daemon logs after the client has its answer (a refused TLS handshake
+    /// is reported to the peer before the daemon's task writes its line), so reading
+    /// the log once would race.
+    pub fn wait_for_log(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.log_text();
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not log {what:?} within 10 s:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The read-write socket.
     pub fn socket(&self) -> PathBuf {
         self.root.join("run/virtwasm/virtwasm-sock")
