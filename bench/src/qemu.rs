@@ -5,7 +5,9 @@
 //! What it measures, in order:
 //!
 //! 1. Start to QMP `running`, median of [`N`] after one warm-up each, the four subjects
-//!    interleaved so they see the same noise, each timed start after the untimed [`Primer`]:
+//!    interleaved so they see the same noise (the API and the bare script trading places each
+//!    round), each timed start after the untimed [`Primer`]; the goal's ratio is the median of
+//!    each round's API start over that round's bare start:
 //!    - `virtwasm start` through the API: an in-process [`virtwasm_api::Client`] connected to a
 //!      `virtwasmd --root TMP` (no CLI process), from the request to the answer (the driver
 //!      answers once QEMU acknowledged `cont`), then `destroy`;
@@ -873,7 +875,8 @@ impl Subject {
 }
 
 /// One warm-up round (the API first: its QEMU gives the bare script its command line), then
-/// [`N`] rounds; every timed start after the [`Primer`].
+/// [`N`] rounds, the API and the bare script in alternating order; every timed start after
+/// the [`Primer`].
 #[allow(clippy::too_many_arguments)]
 fn measure_starts(
     client: &Client,
@@ -897,7 +900,15 @@ fn measure_starts(
     let mut primer: Option<Primer> = None;
     for i in 0..=runs() {
         let keep = i > 0;
-        for &subject in &subjects {
+        // The API and the bare script swap places every round, so neither always follows
+        // the same subject (virsh's destroy, a CLI process) and the round's pair shares
+        // whatever the machine was doing then. The warm-up round keeps the API first: its
+        // QEMU gives the bare script its command line.
+        let mut order = subjects.clone();
+        if i % 2 == 0 && keep {
+            order.swap(0, 1);
+        }
+        for &subject in &order {
             match &primer {
                 Some(p) => p.run()?,
                 None => std::thread::sleep(SETTLE),
@@ -1027,8 +1038,25 @@ fn print_starts(s: &Starts, lv_skip: Option<&str>, lv_ready: Option<(Duration, D
     row(
         "virtwasm start, API (in-process client -> virtwasmd)",
         &s.api,
-        "   (goals: / bare <= 1.10, / virsh <= 0.3)",
+        "   (goal: / virsh <= 0.3)",
     );
+    // The goal's ratio: each round's API start over the same round's bare start, the two
+    // run back to back, so a slow stretch of this shared machine weighs on both.
+    let paired: Vec<f64> = s
+        .api
+        .iter()
+        .zip(&s.bare)
+        .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+        .collect();
+    if !paired.is_empty() {
+        let mut sorted = paired.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted[sorted.len() / 2];
+        println!(
+            "{:<58} {:>10.2} {:>10.2} {:>7}   (goal: <= 1.10)",
+            "  API / bare, the same round's pair (median, min)", mid, sorted[0], ""
+        );
+    }
     row(
         "virtwasm -c qemu+unix:///system start (process)",
         &s.cli,
