@@ -1042,19 +1042,18 @@ fn print_starts(s: &Starts, lv_skip: Option<&str>, lv_ready: Option<(Duration, D
     );
     // The goal's ratio: each round's API start over the same round's bare start, the two
     // run back to back, so a slow stretch of this shared machine weighs on both.
-    let paired: Vec<f64> = s
+    let mut paired: Vec<f64> = s
         .api
         .iter()
         .zip(&s.bare)
         .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
         .collect();
     if !paired.is_empty() {
-        let mut sorted = paired.clone();
-        sorted.sort_by(f64::total_cmp);
-        let mid = sorted[sorted.len() / 2];
+        paired.sort_by(f64::total_cmp);
+        let mid = paired[paired.len() / 2];
         println!(
             "{:<58} {:>10.2} {:>10.2} {:>7}   (goal: <= 1.10)",
-            "  API / bare, the same round's pair (median, min)", mid, sorted[0], ""
+            "  API / bare, the same round's pair (median, min)", mid, paired[0], ""
         );
     }
     row(
