@@ -410,3 +410,60 @@ fn a_client_that_stops_reading_a_download_is_let_go() {
     );
     drop(s);
 }
+
+#[test]
+fn a_pool_directory_swapped_for_a_link_is_not_handed_to_the_driver() {
+    if !have_qemu_img() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let uri = d.uri("qemu", "/system");
+    let pool = d.root.join("images/p1");
+    let r = d.client(
+        &uri,
+        &format!(
+            "pool-create-as p1 dir --target {} --build; vol-create-as p1 a.img 1M",
+            pool.display()
+        ),
+    );
+    assert_eq!(r.ok(), "Pool p1 created\n\nVol a.img created\n\n");
+
+    // Someone with write access to the images directory swaps the pool's directory for a
+    // link to a directory clients may not name (the fixture allows /tmp: use /var/tmp).
+    let outside = tempfile::tempdir_in("/var/tmp").unwrap();
+    let real = outside.path().canonicalize().unwrap();
+    let moved = d.root.join("images/p1.moved");
+    std::fs::rename(&pool, &moved).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &pool).unwrap();
+
+    for cmd in ["pool-refresh p1", "vol-create-as p1 b.img 1M"] {
+        let r = d.client(&uri, cmd);
+        let e = r.failed();
+        assert!(
+            e.contains(&format!(
+                "storage pool 'p1': its directory resolves to '{}', outside the directories this daemon lets clients name (",
+                real.display()
+            )),
+            "{cmd}: {e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing was made through the link"
+    );
+
+    // Put back, the pool works again.
+    std::fs::remove_file(&pool).unwrap();
+    std::fs::rename(&moved, &pool).unwrap();
+    let r = d.client(&uri, "pool-refresh p1; vol-list p1");
+    let out = r.ok();
+    assert!(
+        out.starts_with("Pool p1 refreshed\n")
+            && out.contains(&format!(" a.img   {}\n", pool.join("a.img").display())),
+        "{out}"
+    );
+    let r = d.client(&uri, "vol-delete a.img --pool p1; pool-destroy p1");
+    assert_eq!(r.ok(), "Vol a.img deleted\n\nPool p1 destroyed\n\n");
+}

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, UnixListener};
 use virtwasm_api::endpoint::{SOCKET_RO, SOCKET_RW, socket_dir};
 use virtwasm_api::tls::{PkiPaths, TlsVersions, peer_cert};
 use virtwasm_host::connect::Dirs;
+use virtwasm_host::pool_driver::PoolDirRule;
 use virtwasm_host::{Error, Host, HostConfig, Result};
 
 use access::Identity;
@@ -208,7 +209,6 @@ fn run(args: Args) -> Result<()> {
     // The daemon's children (QEMU) are recorded beside its sockets, so a restarted daemon
     // controls the guests its predecessor started.
     host_config.children_dir = Some(lay.sockets.join("children"));
-    let host = Arc::new(Host::new(host_config)?);
     // The images directory clients save into: created, private to the daemon's user.
     for d in &lay.files_allowed {
         std::fs::create_dir_all(d).map_err(|e| Error::io("cannot create", d, e))?;
@@ -217,6 +217,13 @@ fn run(args: Args) -> Result<()> {
     }
     let mut files_allowed = lay.files_allowed.clone();
     files_allowed.extend(config.files.allowed.iter().cloned());
+    // A pool's directory is checked when a client defines the pool, and again by the host
+    // whenever a storage driver is handed it: by then a link may have replaced it.
+    let pool_dirs = files_allowed.clone();
+    host_config.pool_dir_rule = Some(PoolDirRule::new(move |real| {
+        server::pool_dir_allowed(&pool_dirs, real)
+    }));
+    let host = Arc::new(Host::new(host_config)?);
 
     let mut trust = None;
     let tls = if config.tls.enabled {

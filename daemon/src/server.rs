@@ -256,16 +256,7 @@ impl Daemon {
     /// not one of the allowed directories themselves.
     fn check_pool_dir(&self, path: &str) -> Result<()> {
         let real = self.allowed_path(path, false)?;
-        if self
-            .files_allowed
-            .iter()
-            .any(|a| a.canonicalize().is_ok_and(|a| a == real))
-        {
-            return Err(Error::denied(format!(
-                "'{path}' is one of the directories clients may name; a pool's directory must lie below one"
-            )));
-        }
-        Ok(())
+        pool_dir_allowed(&self.files_allowed, &real)
     }
 
     /// Whether a client may name `path` (absolute, under an allowed directory once
@@ -320,6 +311,33 @@ impl Daemon {
                 .join(", ")
         )))
     }
+}
+
+/// Whether `real` (a path with every link resolved) may be a storage pool's directory:
+/// strictly below one of the `allowed` directories clients may name, never one of them.
+pub(crate) fn pool_dir_allowed(allowed: &[PathBuf], real: &Path) -> Result<()> {
+    let resolved: Vec<PathBuf> = allowed
+        .iter()
+        .filter_map(|a| a.canonicalize().ok())
+        .collect();
+    if resolved.iter().any(|a| a == real) {
+        return Err(Error::denied(format!(
+            "'{}' is one of the directories clients may name; a pool's directory must lie below one",
+            real.display()
+        )));
+    }
+    if resolved.iter().any(|a| real.starts_with(a)) {
+        return Ok(());
+    }
+    Err(Error::denied(format!(
+        "its directory resolves to '{}', outside the directories this daemon lets clients name ({})",
+        real.display(),
+        allowed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// What trust tokens need.

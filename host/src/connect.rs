@@ -11,6 +11,7 @@ use crate::engine::Runtime;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{PathVars, StateKind};
 use crate::plugin::Plugin;
+use crate::pool_driver::PoolDirRule;
 use crate::registry::{BundledPlugin, Registry};
 use crate::state::{DomainRecord, DriverState, NetworkRecord, PoolRecord};
 use crate::store::DiskStore;
@@ -38,6 +39,9 @@ pub struct HostConfig {
     /// finds the guests this one started: the daemon's runtime directory, or an embed
     /// root's. `None`: children are known only to this process.
     pub children_dir: Option<PathBuf>,
+    /// Where storage pools' directories may be, for a front end serving clients it does not
+    /// trust; `None`: anywhere the host's user may write.
+    pub pool_dir_rule: Option<PoolDirRule>,
 }
 
 /// Where persistent drivers keep their files: each driver gets `config/DRIVER/` and
@@ -127,6 +131,7 @@ impl HostConfig {
             system_dirs,
             session_dirs,
             children_dir: None,
+            pool_dir_rule: None,
         }
     }
 }
@@ -141,6 +146,7 @@ pub struct Host {
     job_timeout: Duration,
     system_dirs: Dirs,
     session_dirs: Dirs,
+    pool_dir_rule: Option<PoolDirRule>,
 }
 
 impl std::fmt::Debug for Host {
@@ -188,6 +194,7 @@ impl Host {
             job_timeout: config.job_timeout,
             system_dirs: config.system_dirs,
             session_dirs: config.session_dirs,
+            pool_dir_rule: config.pool_dir_rule,
         })
     }
 
@@ -304,6 +311,7 @@ impl Host {
             store,
             readonly,
             job_timeout: self.job_timeout,
+            pool_dir_rule: self.pool_dir_rule.clone(),
         })
     }
 
@@ -448,6 +456,8 @@ pub struct Connection {
     pub(crate) store: Option<DiskStore>,
     pub(crate) readonly: bool,
     pub(crate) job_timeout: Duration,
+    /// The front end's rule on pool directories (see [`PoolDirRule`]).
+    pub(crate) pool_dir_rule: Option<PoolDirRule>,
 }
 
 impl std::fmt::Debug for Connection {

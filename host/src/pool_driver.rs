@@ -32,6 +32,39 @@ pub struct PoolDriver {
     pub dir: Option<PathBuf>,
 }
 
+/// A front end's rule on where storage pools' directories may be, asked with a directory's
+/// real path (every symbolic link resolved) before each call that hands it to a storage
+/// driver and before the host creates one. A daemon checks a pool's path when a client
+/// defines it; this catches what changed on disk since (a directory swapped for a link
+/// to /etc), at the moment it would matter.
+#[derive(Clone)]
+pub struct PoolDirRule(Arc<PoolDirCheck>);
+
+/// The check behind a [`PoolDirRule`].
+type PoolDirCheck = dyn Fn(&Path) -> Result<()> + Send + Sync;
+
+impl PoolDirRule {
+    /// The rule `check`; an `Err` refuses the call, its message saying why.
+    pub fn new(check: impl Fn(&Path) -> Result<()> + Send + Sync + 'static) -> PoolDirRule {
+        PoolDirRule(Arc::new(check))
+    }
+
+    fn check(&self, pool: &PoolDef, real: &Path) -> Result<()> {
+        (self.0)(real).map_err(|e| {
+            Error::new(
+                e.kind,
+                format!("storage pool '{}': {}", pool.name, e.message),
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for PoolDirRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolDirRule")
+    }
+}
+
 /// The mode of a target directory the host creates for `pool-build` when the definition names
 /// none (libvirt's default for pool directories).
 const DEFAULT_POOL_DIR_MODE: u32 = 0o711;
@@ -92,6 +125,9 @@ impl Connection {
             return driver.plugin.storage(verb, None, f);
         };
         let real = existing_dir(dir)?;
+        if let Some(rule) = &self.pool_dir_rule {
+            rule.check(pool, &real)?;
+        }
         driver
             .plugin
             .storage(verb, Some((&real, &dir.to_string_lossy())), f)
@@ -105,6 +141,9 @@ impl Connection {
         };
         if dir.is_dir() {
             return Ok(());
+        }
+        if let Some(rule) = &self.pool_dir_rule {
+            rule.check(pool, &would_be(&dir)?)?;
         }
         let mode = pool
             .target_permissions
@@ -145,6 +184,27 @@ fn existing_dir(dir: &Path) -> Result<PathBuf> {
             dir.display()
         )));
     }
+    Ok(real)
+}
+
+/// Where `dir`, which does not exist yet, would be made: its nearest existing ancestor with
+/// links resolved, then the rest of the path.
+fn would_be(dir: &Path) -> Result<PathBuf> {
+    let mut base = dir;
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(base).is_err() {
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                base = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut real = base
+        .canonicalize()
+        .map_err(|e| Error::io("cannot resolve storage pool directory", base, e))?;
+    real.extend(rest.iter().rev());
     Ok(real)
 }
 
