@@ -72,6 +72,12 @@ impl ProgramAllowlist {
         if requested.is_empty() || requested.contains('\0') {
             return Err("empty or malformed program name".into());
         }
+        let not_listed = || {
+            format!(
+                "program '{requested}' is not in the plugin's allowlist ({})",
+                listed()
+            )
+        };
         let path = if requested.contains('/') {
             if !requested.starts_with('/') || requested.split('/').any(|c| c == "..") {
                 return Err(format!(
@@ -80,8 +86,19 @@ impl ProgramAllowlist {
             }
             PathBuf::from(requested)
         } else {
-            find_in_path(requested)
-                .ok_or_else(|| format!("program '{requested}' was not found in {CHILD_PATH}"))?
+            // Missing is the cause only for a name the allowlist grants; any other name is
+            // refused by the allowlist alone, so a plugin cannot probe what is installed.
+            find_in_path(requested).ok_or_else(|| {
+                if self
+                    .entries
+                    .iter()
+                    .any(|e| !e.starts_with('/') && name_matches(e, requested))
+                {
+                    format!("program '{requested}' was not found in {CHILD_PATH}")
+                } else {
+                    not_listed()
+                }
+            })?
         };
         let name = path
             .file_name()
@@ -91,12 +108,6 @@ impl ProgramAllowlist {
             .parent()
             .map(|dir| CHILD_PATH.split(':').any(|d| Path::new(d) == dir))
             .unwrap_or(false);
-        let not_listed = || {
-            format!(
-                "program '{requested}' is not in the plugin's allowlist ({})",
-                listed()
-            )
-        };
         let real = match std::fs::canonicalize(&path) {
             Ok(real) => real,
             // A path an entry names that does not resolve (a granted program this host
@@ -789,8 +800,15 @@ mod tests {
         assert!(e.contains("true, /bin/echo"), "{e}");
         let e = list.resolve("/tmp/../bin/sh").unwrap_err();
         assert!(e.contains(".."), "{e}");
+        // Whether a program is installed is said only of one the allowlist grants.
         let e = list.resolve("no-such-program-xyz").unwrap_err();
-        assert!(e.contains("not found"), "{e}");
+        assert!(e.contains("not in the plugin's allowlist"), "{e}");
+        assert!(!e.contains("not found"), "{e}");
+        let e = list.resolve("qemu-system-nosucharch").unwrap_err();
+        assert!(
+            e.starts_with("program 'qemu-system-nosucharch' was not found in /usr/local/sbin:"),
+            "{e}"
+        );
         assert!(name_matches("qemu-system-*", "qemu-system-x86_64"));
         assert!(!name_matches("qemu-system-*", "qemu-system-"));
         assert!(!name_matches("qemu-img", "qemu-img2"));
