@@ -99,6 +99,29 @@ const FILES: &[(&str, &str)] = &[
 ",
     ),
     (
+        "displays.xml",
+        "<domain type='test'>
+  <name>displays</name>
+  <memory unit='KiB'>8192</memory>
+  <os><type>hvm</type></os>
+  <devices>
+    <graphics type='vnc' port='5903' autoport='no' listen='127.0.0.1'/>
+    <graphics type='spice' port='5910' autoport='no' listen='::1'/>
+  </devices>
+</domain>
+",
+    ),
+    (
+        "wildcard.xml",
+        "<domain type='test'>
+  <name>wildcard</name>
+  <memory unit='KiB'>8192</memory>
+  <os><type>hvm</type></os>
+  <devices><graphics type='vnc' port='5904' autoport='no' listen='0.0.0.0'/></devices>
+</domain>
+",
+    ),
+    (
         "net1.xml",
         "<network>
   <name>net1</name>
@@ -116,6 +139,15 @@ const FILES: &[(&str, &str)] = &[
 const CASES: &[(&str, &str, bool)] = &[
     // ---- list and its filters
     ("list_default", "list", false),
+    // ---- where a display listens
+    (
+        "display_addresses",
+        "define {dir}/displays.xml; vncdisplay displays; domdisplay displays; start displays; \
+         vncdisplay displays; domdisplay displays; domdisplay --type spice displays; \
+         domdisplay --all displays; domdisplay --type rdp displays; define {dir}/wildcard.xml; \
+         start wildcard; vncdisplay wildcard; domdisplay wildcard; vncdisplay test; domdisplay test",
+        false,
+    ),
     ("list_all", "list --all", false),
     (
         "list_inactive_empty",

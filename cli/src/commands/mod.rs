@@ -2,6 +2,7 @@
 //! parses its commands, so the same words, flags and error lines work in both.
 
 mod devices;
+mod display;
 mod domain;
 mod edit;
 mod monitor;
@@ -165,6 +166,7 @@ pub fn all() -> Vec<&'static Command> {
     v.extend(save::COMMANDS.iter());
     v.extend(snapshot::COMMANDS.iter());
     v.extend(monitor::COMMANDS.iter());
+    v.extend(display::COMMANDS.iter());
     v.extend(devices::COMMANDS.iter());
     v.extend(edit::COMMANDS.iter());
     v.extend(node::COMMANDS.iter());
