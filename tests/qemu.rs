@@ -1496,3 +1496,134 @@ fn a_kvm_domain_where_kvm_is_unusable_fails_with_qemus_reason() {
         "shut off (failed)\n\n"
     );
 }
+
+/// The port of the display in a domain's live XML.
+fn display_port(d: &Daemon, uri: &str, name: &str) -> u16 {
+    let xml = d.client(uri, &format!("dumpxml {name}")).ok().to_string();
+    let line = xml
+        .lines()
+        .find(|l| l.contains("<graphics type='vnc'"))
+        .unwrap_or_else(|| panic!("no VNC display in {name}'s live XML:\n{xml}"));
+    let port = line
+        .split("port='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no port in {line}"));
+    port.parse()
+        .unwrap_or_else(|_| panic!("{name}'s display has no port yet: {line}"))
+}
+
+/// The first 12 bytes a VNC server sends: its RFB protocol version.
+fn rfb_greeting(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 12];
+    s.read_exact(&mut greeting).unwrap();
+    String::from_utf8_lossy(&greeting).into_owned()
+}
+
+#[test]
+fn vnc_displays_get_free_ports_and_speak_rfb() {
+    let Some(s) = setup("vnc0") else { return };
+    let g = guest::test_guest_or_skip().expect("setup found it");
+    let (d, uri) = (&s.d, &s.uri);
+    // A port something else holds: the host must pass over it.
+    let squatter = (5900..6000)
+        .find_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .expect("a free port from 5900");
+    let held = squatter.local_addr().unwrap().port();
+    let define = |name: &str, devices: &str| {
+        let xml = d.home.join(format!("{name}.xml"));
+        std::fs::write(&xml, g.domain_xml(name, "", devices)).unwrap();
+        d.client(uri, &format!("define {}", xml.display()))
+    };
+    define("vnc1", "<graphics type='vnc'/>").ok();
+    define(
+        "vnc2",
+        "<graphics type='vnc' autoport='yes' listen='127.0.0.1'/><video><model type='cirrus'/></video>",
+    )
+    .ok();
+    assert_eq!(
+        d.client(uri, "start vnc1; start vnc2").ok(),
+        "Domain 'vnc1' started\n\nDomain 'vnc2' started\n\n"
+    );
+    let (p1, p2) = (display_port(d, uri, "vnc1"), display_port(d, uri, "vnc2"));
+    assert!(
+        p1 >= 5900 && p2 >= 5900 && p1 != p2 && p1 != held && p2 != held,
+        "ports {p1} and {p2} (held by the test: {held})"
+    );
+    for p in [p1, p2] {
+        assert_eq!(rfb_greeting(p), "RFB 003.008\n", "port {p}");
+    }
+    let live = d.client(uri, "dumpxml vnc1").ok().to_string();
+    assert!(
+        live.contains(&format!(
+            "<graphics type='vnc' port='{p1}' autoport='yes' listen='127.0.0.1'>"
+        )),
+        "{live}"
+    );
+    let inactive = d.client(uri, "dumpxml --inactive vnc1").ok().to_string();
+    assert!(
+        inactive.contains("<graphics type='vnc' port='-1' autoport='yes'/>"),
+        "{inactive}"
+    );
+    assert_eq!(
+        d.client(uri, "vncdisplay vnc1; domdisplay vnc2").ok(),
+        format!("127.0.0.1:{}\n\nvnc://127.0.0.1:{}\n", p1 - 5900, p2 - 5900)
+    );
+
+    // A fixed port something holds: QEMU's own words say why the start failed.
+    define(
+        "vnc3",
+        &format!("<graphics type='vnc' port='{held}' autoport='no'/>"),
+    )
+    .ok();
+    let e = d.client(uri, "start vnc3").failed().to_string();
+    assert!(
+        e.contains("QEMU failed to start vnc3: qemu-system-x86_64: -vnc 127.0.0.1:")
+            && e.contains("Address already in use"),
+        "{e}"
+    );
+    drop(squatter);
+
+    // Ended, a guest's port is closed; started again, it gets the lowest free one.
+    d.client(uri, "destroy vnc1").ok();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", p1)).is_err(),
+        "port {p1} still open after destroy"
+    );
+    assert_eq!(
+        d.client(uri, "vncdisplay vnc1").failed(),
+        "error: Domain is not running\n"
+    );
+
+    // What the driver would not carry out is refused, never silently dropped: a display
+    // run without its password would be open to anyone.
+    let e = define("vnc4", "<graphics type='vnc' passwd='secret'/>")
+        .failed()
+        .to_string();
+    assert!(
+        e.contains("the qemu driver does not carry out /domain/devices/graphics[1]/@passwd yet, and would run the display without it"),
+        "{e}"
+    );
+    assert!(d.client(uri, "domstate vnc4").failed().contains("vnc4"));
+
+    // A restored guest listens again, on a port picked at the restore (its image's live XML
+    // named the port of its earlier run).
+    let image = d.root.join("images/vnc2.save");
+    d.client(uri, &format!("save vnc2 {}", image.display()))
+        .ok();
+    let held_again = std::net::TcpListener::bind(("127.0.0.1", p2)).unwrap();
+    d.client(uri, &format!("restore {}", image.display())).ok();
+    let p3 = display_port(d, uri, "vnc2");
+    assert_ne!(
+        p3, p2,
+        "the restore passed over the port the test holds now"
+    );
+    assert_eq!(rfb_greeting(p3), "RFB 003.008\n");
+    drop(held_again);
+    d.client(uri, "destroy vnc2").ok();
+}

@@ -33,6 +33,9 @@
 //! - a `file`, `pipe` or `unix` character device's `<source path=…>` (`/tmp/…`) moves into
 //!   the temporary directory; for a unix socket in `connect` mode the test listens there
 //!   first, as the peer libvirt's test assumes. `type='dev'` (a host tty) is left as written.
+//! - a display's listen address that is neither loopback nor a wildcard (`2001:1:2:…`, an
+//!   address of libvirt's imagined host) becomes `127.0.0.1`: QEMU cannot bind an address
+//!   this host lacks.
 //!
 //! Comparison rules, lenient on what libvirt adds by itself rather than from the XML:
 //! the default USB host controllers (`piix3-usb-uhci`, `-usb`, the ich9 companions,
@@ -518,6 +521,28 @@ fn prepare(original: &str, dir: &Path, tag: &str) -> Prepared {
             }
             xml.replace_range(s..e, &block);
         }
+    }
+
+    // Display addresses this host has: in the listen attribute and in <listen address=…>.
+    for (s, e) in elements(&xml, "graphics").into_iter().rev() {
+        let mut block = xml[s..e].to_string();
+        let mut at = 0;
+        while let Some(i) = block[at..].find('<') {
+            let tag_at = at + i;
+            let tag = start_tag(&block, tag_at).to_string();
+            for name in ["listen", "address"] {
+                if let Some((vs, ve)) = attr_range(&tag, name)
+                    && !matches!(&tag[vs..ve], "127.0.0.1" | "::1" | "0.0.0.0" | "::")
+                    && tag[vs..ve].parse::<std::net::IpAddr>().is_ok()
+                {
+                    rewrites.push(format!("display address {}→127.0.0.1", &tag[vs..ve]));
+                    block.replace_range(tag_at + vs..tag_at + ve, "127.0.0.1");
+                    break;
+                }
+            }
+            at = tag_at + 1;
+        }
+        xml.replace_range(s..e, &block);
     }
 
     let name = elements(&xml, "name")

@@ -383,6 +383,7 @@ impl Connection {
     pub fn define_with_extras(&self, def: DomainDef, extras: Extras) -> Result<(DomainDef, bool)> {
         self.writable()?;
         validate_name(&def.name)?;
+        self.check_display_extras(&def, &extras)?;
         let def = self
             .plugin
             .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
@@ -446,6 +447,7 @@ impl Connection {
     ) -> Result<DomainDef> {
         self.writable()?;
         validate_name(&def.name)?;
+        self.check_display_extras(&def, &extras)?;
         let def = self
             .plugin
             .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
@@ -485,6 +487,16 @@ impl Connection {
             o.domains.remove(uuid);
         } else if let Some(rec) = o.domains.get_mut(uuid).filter(|d| !d.is_active()) {
             rec.live = None;
+        }
+    }
+
+    /// Makes `def` the live definition of the domain `uuid` (before the [`apply`] of a
+    /// start: what the driver was given, display ports and all).
+    ///
+    /// [`apply`]: Connection::apply
+    pub(crate) fn set_live(&self, uuid: &str, def: DomainDef) {
+        if let Some(r) = self.state.objects().domains.get_mut(uuid) {
+            r.live = Some(def);
         }
     }
 
@@ -611,12 +623,17 @@ impl Connection {
                 "Requested operation is not valid: domain is already running",
             ));
         }
-        let dom = rec.as_ref();
+        let mut dom = rec.as_ref();
+        let (def, _ports) = self.with_display_ports(dom.def)?;
+        dom.def = def;
         match self
             .plugin
             .hypervisor("start", |g, s| g.call_start(s, &dom, paused))
         {
-            Ok(runtime) => self.apply(&rec.def.uuid, runtime),
+            Ok(runtime) => {
+                self.set_live(&rec.def.uuid, dom.def);
+                self.apply(&rec.def.uuid, runtime)
+            }
             Err(e) => {
                 // As libvirt: a start the backend failed to carry out leaves the domain shut
                 // off with the reason 'failed' (under the job lock, so no other start can

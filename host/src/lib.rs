@@ -12,6 +12,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod graphics;
 pub mod hostinfo;
 pub mod manifest;
 pub mod migrate;

@@ -197,6 +197,12 @@ pub struct PluginSection {
     /// target directory and nothing else.
     #[serde(default, rename = "pool-types")]
     pub pool_types: Vec<String>,
+    /// Whether the host picks the port of each automatic VNC or SPICE display when a domain
+    /// starts (as libvirt's port allocator), and refuses displays with settings the model
+    /// does not carry. For drivers whose guests really listen: make-believe ones keep
+    /// `port='-1'` as libvirt's test driver does.
+    #[serde(default, rename = "graphics-ports")]
+    pub graphics_ports: bool,
 }
 
 /// The running reason after a start from a managed-save image.

@@ -17,8 +17,15 @@ impl Connection {
         let parsed = crate::domain::parse(xml, false)?;
         let def = self.stage_for_run(parsed.def, parsed.extras, " here")?;
         let (_job, rec) = self.locked_domain(&def.uuid, "migration in")?;
+        let (live, _ports) = match self.with_display_ports(def.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.unstage(&def.uuid);
+                return Err(e);
+            }
+        };
         let dom = crate::state::DomainRecord {
-            live: Some(def.clone()),
+            live: Some(live.clone()),
             ..rec
         };
         let target = self.plugin.hypervisor("migrate-prepare", |g, s| {
@@ -32,6 +39,7 @@ impl Connection {
                         self.plugin.name()
                     )));
                 }
+                self.set_live(&def.uuid, live);
                 self.apply(&def.uuid, t.runtime)?;
                 Ok((def.name, t.uri))
             }

@@ -219,8 +219,10 @@ impl Connection {
                 "Requested operation is not valid: domain '{name}' is already active"
             )));
         }
+        self.check_display_extras(&parsed.def, &parsed.extras)?;
         let mut dom = rec.as_ref();
-        dom.def = parsed.def.clone();
+        let (def, _ports) = self.with_display_ports(parsed.def)?;
+        dom.def = def;
         let path_text = path.to_string_lossy().into_owned();
         match self.plugin.hypervisor("restore", |g, s| {
             g.call_restore(s, &dom, &path_text, offset, paused)
@@ -229,9 +231,7 @@ impl Connection {
                 if runtime.state == DomainState::Running(RunningReason::Restored) {
                     runtime.state = DomainState::Running(reason);
                 }
-                if let Some(r) = self.state.objects().domains.get_mut(&uuid) {
-                    r.live = Some(parsed.def);
-                }
+                self.set_live(&uuid, dom.def);
                 self.apply(&uuid, runtime)?;
                 Ok(name)
             }

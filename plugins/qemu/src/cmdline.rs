@@ -43,6 +43,89 @@ pub fn accel(domain_type: &str) -> VerbResult<&'static str> {
     }
 }
 
+/// The first TCP port of VNC's displays (`:0`).
+const VNC_FIRST_PORT: i32 = 5900;
+
+/// The listen address of a display: the definition's, or loopback as libvirt's default
+/// (`vnc_listen`, `spice_listen`). Only an IP address: a name or anything else could add
+/// options to QEMU's argument.
+fn display_address(g: &Graphics) -> VerbResult<std::net::IpAddr> {
+    let text = g.listen.as_deref().unwrap_or("127.0.0.1");
+    text.parse().map_err(|_| {
+        unsupported(format!(
+            "{} listen address '{text}' (give an IPv4 or IPv6 address)",
+            g.graphics_type
+        ))
+    })
+}
+
+/// `-vnc` and `-spice` for the definition's displays, and a VGA device when it has displays
+/// but no video device (libvirt adds one then too). A display's port is the one the host
+/// picked at start for an automatic one; `-1` remains only when a definition is checked,
+/// and then QEMU would pick the first free display itself.
+fn graphics(def: &DomainDef, a: &mut Vec<String>) -> VerbResult<()> {
+    let mut seen: Vec<&str> = Vec::new();
+    for g in &def.graphics {
+        let kind = g.graphics_type.as_str();
+        if !matches!(kind, "vnc" | "spice") {
+            return Err(unsupported(format!(
+                "graphics of type '{kind}' (the QEMU driver serves vnc and spice)"
+            )));
+        }
+        if seen.contains(&kind) {
+            return Err(unsupported(format!("a second {kind} display")));
+        }
+        seen.push(kind);
+        let addr = display_address(g)?;
+        let port = g.port.filter(|p| *p > 0);
+        if let Some(p) = port
+            && !(VNC_FIRST_PORT..=65535).contains(&p)
+            && kind == "vnc"
+        {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!("VNC port {p} is outside {VNC_FIRST_PORT}-65535 (displays :0 and up)"),
+            ));
+        }
+        match kind {
+            "vnc" => {
+                let host = match addr {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                };
+                let display = match port {
+                    Some(p) => (p - VNC_FIRST_PORT).to_string(),
+                    None => format!("0,to={}", 65535 - VNC_FIRST_PORT),
+                };
+                a.extend(["-vnc".into(), format!("{host}:{display}")]);
+            }
+            _ => {
+                let port = match (port, g.autoport) {
+                    (Some(p), _) => format!("port={p},"),
+                    // Only while a definition is checked: a start has the host's port.
+                    (None, true) => String::new(),
+                    (None, false) => {
+                        return Err(error(
+                            ErrorKind::InvalidArgument,
+                            "the spice display has no port (set one, or autoport='yes')",
+                        ));
+                    }
+                };
+                // No password in the model: the display is open to whoever reaches the
+                // address, as libvirt's without a passwd.
+                a.extend([
+                    "-spice".into(),
+                    format!("{port}addr={addr},disable-ticketing=on"),
+                ]);
+            }
+        }
+    }
+    if !def.graphics.is_empty() && def.videos.is_empty() {
+        a.extend(["-device".into(), "VGA".into()]);
+    }
+    Ok(())
+}
+
 fn disk_id(d: &Disk) -> String {
     format!("disk-{}", d.target_dev)
 }
@@ -245,7 +328,7 @@ fn other_devices(def: &DomainDef, machine: &str) -> VerbResult<Vec<String>> {
         // QEMU has (as libvirt chooses them).
         let dev = match (v.model.as_str(), i) {
             ("none", _) => continue,
-            ("vga", 0) => "VGA",
+            ("vga" | "default", 0) => "VGA",
             ("cirrus", 0) => "cirrus-vga",
             ("virtio", 0) => "virtio-vga",
             ("virtio", _) => "virtio-gpu-pci",
@@ -289,12 +372,7 @@ fn other_devices(def: &DomainDef, machine: &str) -> VerbResult<Vec<String>> {
         };
         a.extend(["-device".into(), dev.into()]);
     }
-    if let Some(g) = def.graphics.first() {
-        return Err(unsupported(format!(
-            "graphics of type '{}' (the QEMU driver runs headless for now; use a serial console)",
-            g.graphics_type
-        )));
-    }
+    graphics(def, &mut a)?;
     for (i, r) in def.rngs.iter().enumerate() {
         if r.model != "virtio" || r.backend_model != "random" {
             return Err(unsupported(format!(
