@@ -1526,7 +1526,7 @@ fn rfb_greeting(port: u16) -> String {
 }
 
 #[test]
-fn vnc_displays_get_free_ports_and_speak_rfb() {
+fn displays_get_free_ports_and_answer_in_their_protocols() {
     let Some(s) = setup("vnc0") else { return };
     let g = guest::test_guest_or_skip().expect("setup found it");
     let (d, uri) = (&s.d, &s.uri);
@@ -1626,4 +1626,41 @@ fn vnc_displays_get_free_ports_and_speak_rfb() {
     assert_eq!(rfb_greeting(p3), "RFB 003.008\n");
     drop(held_again);
     d.client(uri, "destroy vnc2").ok();
+
+    // SPICE: a port of its own, where a SPICE server answers a link message with "REDQ".
+    define("spice1", "<graphics type='spice' autoport='yes'/>").ok();
+    d.client(uri, "start spice1").ok();
+    let shown = d.client(uri, "domdisplay spice1").ok().to_string();
+    let port: u16 = shown
+        .trim()
+        .strip_prefix("spice://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("domdisplay said {shown:?}"));
+    assert!(port >= 5900, "{port}");
+    assert_eq!(spice_magic(port), *b"REDQ", "port {port}");
+    d.client(uri, "destroy spice1").ok();
+}
+
+/// What a SPICE server sends back first when a client opens a link: its magic, "REDQ".
+fn spice_magic(port: u16) -> [u8; 4] {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // SpiceLinkHeader: magic, major 2, minor 2, size of the SpiceLinkMess that follows
+    // (connection 0, channel type 1 = main, channel id 0, no capabilities, caps offset 18).
+    let mut msg = Vec::new();
+    msg.extend_from_slice(b"REDQ");
+    for v in [2u32, 2, 18, 0] {
+        msg.extend_from_slice(&v.to_le_bytes());
+    }
+    msg.extend_from_slice(&[1, 0]);
+    for v in [0u32, 0, 18] {
+        msg.extend_from_slice(&v.to_le_bytes());
+    }
+    s.write_all(&msg).unwrap();
+    let mut magic = [0u8; 4];
+    s.read_exact(&mut magic).unwrap();
+    magic
 }
