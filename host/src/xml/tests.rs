@@ -1197,3 +1197,27 @@ fn libvirt_conformance_round_trip() {
         "below threshold: {shortfalls:?}\n{report}"
     );
 }
+
+#[test]
+fn controllers_without_an_index_get_the_lowest_their_type_leaves() {
+    let xml = domain(
+        "  <devices><controller type='pci' index='0' model='pcie-root'/><controller type='pci' model='pcie-root-port'/><controller type='usb' model='qemu-xhci'/><controller type='pci' index='1' model='pcie-root-port'/><controller type='pci' model='pcie-root-port'/></devices>",
+    );
+    let d = parse_domain(&xml).unwrap();
+    let got: Vec<(&str, Option<u32>)> = d
+        .def
+        .controllers
+        .iter()
+        .map(|c| (c.controller_type.as_str(), c.index))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("pci", Some(0)),
+            ("pci", Some(2)),
+            ("usb", Some(0)),
+            ("pci", Some(1)),
+            ("pci", Some(3))
+        ]
+    );
+}

@@ -65,8 +65,8 @@ pub fn parse_domain_with(xml: &str, options: &ParseOptions) -> Result<ParsedDoma
 
 /// Fills what libvirt fills when a domain is defined, so that our `dumpxml` matches its:
 /// a fresh uuid, current memory (at most the maximum), one vCPU with static placement, MACs
-/// in 52:54:00, disk buses from the target name, lifecycle actions, a UTC clock, and boot
-/// from disk for a full-virtualization guest that names no boot device.
+/// in 52:54:00, controller indexes, disk buses from the target name, lifecycle actions, a
+/// UTC clock, and boot from disk for a full-virtualization guest that names no boot device.
 pub fn fill_domain_defaults(d: &mut DomainDef) {
     let device_boot = d.disks.iter().any(|disk| disk.boot_order.is_some());
     fill_defaults(d, device_boot);
@@ -94,6 +94,21 @@ fn fill_defaults(d: &mut DomainDef, device_boot: bool) {
         if iface.mac.is_none() {
             iface.mac = Some(generate_mac());
         }
+    }
+    // A controller without an index gets the lowest its type leaves free, as libvirt
+    // numbers them (`<controller type='pci' model='pcie-root-port'/>` adds the next port).
+    for i in 0..d.controllers.len() {
+        if d.controllers[i].index.is_some() {
+            continue;
+        }
+        let kind = d.controllers[i].controller_type.clone();
+        let used: std::collections::BTreeSet<u32> = d
+            .controllers
+            .iter()
+            .filter(|c| c.controller_type == kind)
+            .filter_map(|c| c.index)
+            .collect();
+        d.controllers[i].index = (0..).find(|n| !used.contains(n));
     }
     for disk in &mut d.disks {
         if disk.target_bus.is_none() {
