@@ -1664,3 +1664,108 @@ fn spice_magic(port: u16) -> [u8; 4] {
     s.read_exact(&mut magic).unwrap();
     magic
 }
+
+#[test]
+fn a_q35_guest_finds_its_devices_where_libvirt_placed_them() {
+    let Some(s) = setup("q35setup") else { return };
+    let g = guest::test_guest_or_skip().expect("setup found it");
+    let (d, uri) = (&s.d, &s.uri);
+    let console = d.home.join("q35.console");
+    // libvirt's q35 layout, as virt-manager writes it: root ports on slot 2's functions,
+    // each device behind one of them by controller index; one NIC left without an address.
+    let port = |index: u32| {
+        format!(
+            "<controller type='pci' index='{index}' model='pcie-root-port'><address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='{:#x}'{}/></controller>",
+            index - 1,
+            if index == 1 {
+                " multifunction='on'"
+            } else {
+                ""
+            }
+        )
+    };
+    let devices = format!(
+        "<controller type='pci' index='0' model='pcie-root'/>{}{}{}\
+         <interface type='user'><mac address='52:54:00:00:00:21'/><model type='virtio'/><address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></interface>\
+         <interface type='user'><mac address='52:54:00:00:00:22'/><model type='virtio'/></interface>\
+         <memballoon model='virtio'><address type='pci' domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></memballoon>\
+         <serial type='file'><source path='{}'/></serial>",
+        port(1),
+        port(2),
+        port(3),
+        console.display()
+    );
+    let xml = g
+        .domain_xml("q35a", "", &devices)
+        .replace("machine='pc'", "machine='q35'");
+    let file = d.home.join("q35a.xml");
+    std::fs::write(&file, xml).unwrap();
+    d.client(uri, &format!("define {}; start q35a", file.display()))
+        .ok();
+    wait_console(&console, "VIRTWASM-GUEST-READY", 1, 90);
+    let text = console_text(&console);
+    // Root port index 2 (00:02.1) is the guest's bus 2: where the XML put the first NIC.
+    assert!(
+        text.contains("nic 52:54:00:00:00:21 at 0000:02:00.0"),
+        "{text}"
+    );
+    // The NIC without an address: the root bus's first free slot (slot 1 on q35).
+    assert!(
+        text.contains("nic 52:54:00:00:00:22 at 0000:00:01.0"),
+        "{text}"
+    );
+
+    // A device on a bus no controller makes is refused at define, naming both.
+    let bad = d.home.join("q35b.xml");
+    std::fs::write(
+        &bad,
+        g.domain_xml(
+            "q35b",
+            "",
+            "<interface type='user'><model type='virtio'/><address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></interface>",
+        )
+        .replace("machine='pc'", "machine='q35'"),
+    )
+    .unwrap();
+    let e = d
+        .client(uri, &format!("define {}", bad.display()))
+        .failed()
+        .to_string();
+    assert!(
+        e.contains("is on PCI bus 0x5, which no <controller type='pci' index='5'> makes"),
+        "{e}"
+    );
+
+    // q35's root bus takes no hot-plug: a disk goes to the one root port left empty
+    // (index 1), and the guest finds it there; with none left, the error says what to add.
+    let disk = d.home.join("q35-extra.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let r = d.client(
+        uri,
+        &format!("attach-disk q35a {} vdb --live", disk.display()),
+    );
+    assert_eq!(r.ok(), "Disk attached successfully\n\n");
+    wait_console(&console, "disk vda present", 1, 30);
+    let r = d.client(
+        uri,
+        "attach-interface q35a user none --mac 52:54:00:00:00:23 --model virtio --live",
+    );
+    assert!(
+        r.failed()
+            .contains("no free pcie-root-port to hot-plug into"),
+        "{}",
+        r.stderr
+    );
+    // Unplugged, the port is free again.
+    let r = d.client(uri, "detach-disk q35a vdb --live");
+    assert_eq!(r.ok(), "Disk detached successfully\n\n");
+    let r = d.client(
+        uri,
+        "attach-interface q35a user none --mac 52:54:00:00:00:23 --model virtio --live",
+    );
+    assert_eq!(r.ok(), "Interface attached successfully\n\n");
+    d.client(uri, "destroy q35a").ok();
+}

@@ -89,7 +89,7 @@ const MODULES: &[&str] = &[
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 
 /// Bump when the way the guest is assembled changes, so cached guests are rebuilt.
-const FORMAT: &str = "1";
+const FORMAT: &str = "2";
 
 /// `/init`, run by busybox sh as PID 1; `@MODULES@` is replaced with [`MODULES`]. Started as
 /// `/bin/busybox sh` since `/bin/sh` exists only after `busybox --install`.
@@ -136,6 +136,16 @@ if [ -n "$virtwasm_ip" ]; then
         say "eth0 missing"
     fi
 fi
+
+# Each NIC with its MAC and the PCI address the guest found it at (a virtio NIC's device is
+# the virtio device; its PCI function is the parent), so a test can check where a device
+# landed in the guest's PCI topology.
+for n in /sys/class/net/eth*; do
+    [ -e "$n/device" ] || continue
+    p=$(readlink -f "$n/device")
+    case "$(basename "$p")" in virtio*) p=$(dirname "$p") ;; esac
+    say "nic $(cat "$n/address") at $(basename "$p")"
+done
 
 # A shell reading the console, so a client of `virtwasm console` can type commands and see
 # their output (the console round trip).

@@ -11,6 +11,7 @@
 //! QMP error).
 
 mod cmdline;
+mod pci;
 mod probe;
 mod qmp;
 
@@ -618,18 +619,19 @@ impl Hypervisor for Qemu {
                         ),
                     ));
                 }
+                let mut device = json!({
+                    "driver": "virtio-blk-pci",
+                    "drive": format!("fmt-{}", d.target_dev),
+                    "id": format!("disk-{}", d.target_dev),
+                });
+                if let Some(port) = hotplug_port(&mut q, &dom.def)? {
+                    device["bus"] = json!(port);
+                }
                 let nodes = cmdline::blockdev_nodes(d)?;
                 for node in &nodes {
                     q.execute("blockdev-add", Some(node.clone()))?;
                 }
-                let added = q.execute(
-                    "device_add",
-                    Some(json!({
-                        "driver": "virtio-blk-pci",
-                        "drive": format!("fmt-{}", d.target_dev),
-                        "id": format!("disk-{}", d.target_dev),
-                    })),
-                );
+                let added = q.execute("device_add", Some(device));
                 if let Err(e) = added {
                     for node in nodes.iter().rev() {
                         let _ = q.execute(
@@ -670,11 +672,12 @@ impl Hypervisor for Qemu {
                     }),
                     None => json!({ "type": "user", "id": id }),
                 };
+                let mut device = json!({ "driver": model, "netdev": id, "id": id, "mac": mac });
+                if let Some(port) = hotplug_port(&mut q, &dom.def)? {
+                    device["bus"] = json!(port);
+                }
                 let plugged = q.execute("netdev_add", Some(backend)).and_then(|_| {
-                    q.execute(
-                        "device_add",
-                        Some(json!({ "driver": model, "netdev": id, "id": id, "mac": mac })),
-                    )
+                    q.execute("device_add", Some(device))
                     .inspect_err(|_| {
                         let _ = q.execute("netdev_del", Some(json!({ "id": id })));
                     })
@@ -1320,6 +1323,37 @@ fn go(
         return Err(e);
     }
     Ok(runtime(DomainState::Running(reason), r))
+}
+
+/// Where a PCI device hot-plugs: on q35 the root bus takes none, so (as libvirt) the first
+/// `pcie-root-port` with nothing behind it, found with `query-pci`; on pc the root bus
+/// (`None`: QEMU picks a free slot).
+fn hotplug_port(q: &mut Qmp, def: &DomainDef) -> VerbResult<Option<String>> {
+    if !pci::is_q35(def.os.machine.as_deref().unwrap_or("pc")) {
+        return Ok(None);
+    }
+    let buses = q.execute("query-pci", None)?;
+    let free = buses
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["bus"] == 0)
+        .flat_map(|b| b["devices"].as_array().into_iter().flatten())
+        .filter(|d| {
+            d["pci_bridge"]["devices"]
+                .as_array()
+                .is_some_and(|behind| behind.is_empty())
+        })
+        .filter_map(|d| d["qdev_id"].as_str())
+        .filter(|id| id.starts_with("pci."))
+        .min_by_key(|id| id[4..].parse::<u32>().unwrap_or(u32::MAX));
+    match free {
+        Some(port) => Ok(Some(port.to_string())),
+        None => Err(error(
+            ErrorKind::OperationFailed,
+            "no free pcie-root-port to hot-plug into: on q35 each hot-plugged device needs an empty one (add <controller type='pci' model='pcie-root-port'/> to the definition; it takes effect at the next start)",
+        )),
+    }
 }
 
 /// Ends a QEMU a verb must not leave behind, and releases what it held (its taps).

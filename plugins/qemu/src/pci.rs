@@ -1,0 +1,256 @@
+//! The guest's PCI topology as libvirt lays it out: `<controller type='pci'>` root ports
+//! (q35) and bridges (pc) become QEMU buses named `pci.INDEX`, and a device with an
+//! `<address type='pci'>` goes to that bus and slot.
+//!
+//! Where a device sits is guest-visible: a Linux guest names its NIC after the slot
+//! (`enp1s0`), so a domain moved from libvirt must find its devices where libvirt put them.
+//! A device without an address is left to QEMU, which takes the root bus's first free slot.
+
+use virtwasm_sdk::types::*;
+use virtwasm_sdk::{VerbResult, error};
+
+/// Whether `machine` is a q35 (PCI Express) machine.
+pub fn is_q35(machine: &str) -> bool {
+    machine == "q35" || machine.starts_with("pc-q35")
+}
+
+/// The QEMU id of the root bus.
+fn root_bus(machine: &str) -> &'static str {
+    if is_q35(machine) { "pcie.0" } else { "pci.0" }
+}
+
+/// The QEMU id of the bus behind PCI controller `index` (0: the root bus).
+fn bus_id(index: u32, machine: &str) -> String {
+    if index == 0 {
+        root_bus(machine).to_string()
+    } else {
+        format!("pci.{index}")
+    }
+}
+
+/// A PCI address as libvirt writes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PciAddress {
+    /// The index of the controller whose bus it is on.
+    pub bus: u32,
+    /// The slot on that bus.
+    pub slot: u32,
+    /// The function in that slot.
+    pub function: u32,
+    /// `multifunction='on'`: the slot's other functions are in use too.
+    pub multifunction: bool,
+}
+
+/// A number as libvirt's addresses write them: `0x1f` or `31`.
+fn number(what: &str, text: &str) -> VerbResult<u32> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| {
+        error(
+            ErrorKind::InvalidArgument,
+            format!("PCI address {what} '{text}' is not a number (0x1f or 31)"),
+        )
+    })
+}
+
+/// The PCI address in `address` (a device's `<address>` attributes), if it is one.
+pub fn address(attrs: &[Attribute]) -> VerbResult<Option<PciAddress>> {
+    let get = |n: &str| attrs.iter().find(|a| a.name == n).map(|a| a.value.as_str());
+    if get("type") != Some("pci") {
+        return Ok(None);
+    }
+    if let Some(d) = get("domain")
+        && number("domain", d)? != 0
+    {
+        return Err(error(
+            ErrorKind::Unsupported,
+            format!("unsupported configuration: PCI domain '{d}' (only domain 0 exists)"),
+        ));
+    }
+    let field = |n: &str, max: u32| -> VerbResult<u32> {
+        let v = get(n).map(|t| number(n, t)).transpose()?.unwrap_or(0);
+        if v > max {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!("PCI address {n} {v:#x} is above {max:#x}"),
+            ));
+        }
+        Ok(v)
+    };
+    Ok(Some(PciAddress {
+        bus: field("bus", 0xff)?,
+        slot: field("slot", 0x1f)?,
+        function: field("function", 7)?,
+        multifunction: get("multifunction") == Some("on"),
+    }))
+}
+
+/// `,bus=…,addr=…` for a PCI address.
+fn placement_of(a: PciAddress, machine: &str) -> String {
+    let mut out = format!(
+        ",bus={},addr={:#x}.{:#x}",
+        bus_id(a.bus, machine),
+        a.slot,
+        a.function
+    );
+    if a.multifunction {
+        out.push_str(",multifunction=on");
+    }
+    out
+}
+
+/// Where each PCI device of a definition goes. Devices with an `<address type='pci'>` keep
+/// theirs; the others get the root bus's lowest slot nobody asked for, given here rather
+/// than by QEMU, which would hand out slots in command-line order and could take one a
+/// later device names.
+pub struct Slots {
+    machine: String,
+    /// `(bus, slot)` pairs taken, by an address or by an earlier placement.
+    taken: std::collections::BTreeSet<(u32, u32)>,
+}
+
+impl Slots {
+    /// The slots `def`'s addresses take; refuses an address on a bus no PCI controller of
+    /// the definition makes (libvirt would add a bridge; this driver says so instead).
+    pub fn new(def: &DomainDef, machine: &str) -> VerbResult<Slots> {
+        let buses: std::collections::BTreeSet<u32> = std::iter::once(0)
+            .chain(
+                def.controllers
+                    .iter()
+                    .filter(|c| is_topology(c))
+                    .map(|c| c.index.unwrap_or(0)),
+            )
+            .collect();
+        let mut taken = std::collections::BTreeSet::new();
+        let addressed = def
+            .disks
+            .iter()
+            .map(|d| (format!("disk '{}'", d.target_dev), &d.address))
+            .chain(def.interfaces.iter().enumerate().map(|(i, n)| {
+                (
+                    format!("interface {}", n.mac.clone().unwrap_or_else(|| i.to_string())),
+                    &n.address,
+                )
+            }))
+            .chain(def.controllers.iter().map(|c| {
+                (
+                    format!(
+                        "controller {} {}",
+                        c.controller_type,
+                        c.index.unwrap_or(0)
+                    ),
+                    &c.address,
+                )
+            }))
+            .chain(
+                def.memballoon
+                    .iter()
+                    .map(|b| ("the memory balloon".to_string(), &b.address)),
+            );
+        for (what, attrs) in addressed {
+            if let Some(a) = address(attrs)? {
+                if !buses.contains(&a.bus) {
+                    return Err(error(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "unsupported configuration: {what} is on PCI bus {:#x}, which no <controller type='pci' index='{}'> makes",
+                            a.bus, a.bus
+                        ),
+                    ));
+                }
+                taken.insert((a.bus, a.slot));
+            }
+        }
+        Ok(Slots {
+            machine: machine.to_string(),
+            taken,
+        })
+    }
+
+    /// The root bus's slots free for devices: 0 is the host bridge; on pc slot 1 is the
+    /// PIIX3 (ISA, IDE, USB), on q35 0x1f is the ICH9 (LPC, SATA, SMBus).
+    fn root_slots(&self) -> std::ops::RangeInclusive<u32> {
+        if is_q35(&self.machine) { 1..=0x1e } else { 2..=0x1f }
+    }
+
+    /// `,bus=…,addr=…` for a device with `<address>` attributes `attrs`: its own address, or
+    /// the next free root slot.
+    pub fn place(&mut self, attrs: &[Attribute], what: &str) -> VerbResult<String> {
+        match address(attrs)? {
+            Some(a) => Ok(placement_of(a, &self.machine)),
+            None => self.next(what),
+        }
+    }
+
+    /// `,bus=…,addr=…` for a device the model gives no address: the next free root slot.
+    pub fn next(&mut self, what: &str) -> VerbResult<String> {
+        let slot = self
+            .root_slots()
+            .find(|s| !self.taken.contains(&(0, *s)))
+            .ok_or_else(|| {
+                error(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "unsupported configuration: no PCI slot left on the root bus for {what} (add pcie-root-port controllers on q35, or a pci-bridge on pc, and place devices behind them)"
+                    ),
+                )
+            })?;
+        self.taken.insert((0, slot));
+        Ok(placement_of(
+            PciAddress {
+                bus: 0,
+                slot,
+                function: 0,
+                multifunction: false,
+            },
+            &self.machine,
+        ))
+    }
+}
+
+/// Whether controller `c` is part of the PCI topology this module builds.
+pub fn is_topology(c: &Controller) -> bool {
+    c.controller_type == "pci"
+}
+
+/// `-device` arguments for the definition's PCI controllers: the root is the machine's own;
+/// root ports on q35 and bridges on pc each make the bus `pci.INDEX`, in index order so a
+/// bus exists before what sits on it.
+pub fn controllers(def: &DomainDef, machine: &str, slots: &mut Slots) -> VerbResult<Vec<String>> {
+    let mut pci: Vec<&Controller> = def.controllers.iter().filter(|c| is_topology(c)).collect();
+    pci.sort_by_key(|c| c.index.unwrap_or(0));
+    let mut out = Vec::new();
+    for c in pci {
+        let index = c.index.unwrap_or(0);
+        let model = c.model.as_deref();
+        let at = address(&c.address)?;
+        let dev = match model {
+            Some("pci-root") | None if index == 0 && !is_q35(machine) => continue,
+            Some("pcie-root") | None if index == 0 && is_q35(machine) => continue,
+            Some("pcie-root-port") if is_q35(machine) && index > 0 => {
+                // The port number and chassis a guest sees: libvirt's (slot * 8 + function
+                // of the port's own address), or one past the others without an address.
+                let place = slots.place(&c.address, &format!("PCI controller {index}"))?;
+                let port = at.map_or(0x10 + index - 1, |a| a.slot * 8 + a.function);
+                format!("pcie-root-port,port={port:#x},chassis={index},id=pci.{index}{place}")
+            }
+            Some("pci-bridge") if !is_q35(machine) && index > 0 => {
+                let place = slots.place(&c.address, &format!("PCI controller {index}"))?;
+                format!("pci-bridge,chassis_nr={index},id=pci.{index}{place}")
+            }
+            _ => {
+                return Err(error(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "unsupported configuration: PCI controller {index} of model '{}' on machine '{machine}' (pcie-root-port on q35, pci-bridge on pc)",
+                        model.unwrap_or("pci-root")
+                    ),
+                ));
+            }
+        };
+        out.extend(["-device".to_string(), dev]);
+    }
+    Ok(out)
+}
