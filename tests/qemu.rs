@@ -1769,3 +1769,68 @@ fn a_q35_guest_finds_its_devices_where_libvirt_placed_them() {
     assert_eq!(r.ok(), "Interface attached successfully\n\n");
     d.client(uri, "destroy q35a").ok();
 }
+
+#[test]
+fn scsi_disks_reach_the_guest_through_virtio_scsi_and_lsi_controllers() {
+    let Some(s) = setup("scsisetup") else { return };
+    let g = guest::test_guest_or_skip().expect("setup found it");
+    let (d, uri) = (&s.d, &s.uri);
+    let console = d.home.join("scsi.console");
+    let vscsi = d.home.join("vscsi.img");
+    marked_image(&vscsi, "MARKER-VSCSI", 1 << 20);
+    let lsi = d.home.join("lsi.img");
+    marked_image(&lsi, "MARKER-LSI", 1 << 20);
+    // sda on the virtio-scsi controller by its drive address; sdh (libvirt's index 7) on
+    // controller 1, which the definition lacks: libvirt's default lsilogic is added.
+    let devices = format!(
+        "<controller type='scsi' index='0' model='virtio-scsi'/>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='scsi'/><address type='drive' controller='0' bus='0' target='0' unit='0'/></disk>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sdh' bus='scsi'/></disk>\
+         <serial type='file'><source path='{}'/></serial>",
+        vscsi.display(),
+        lsi.display(),
+        console.display()
+    );
+    let xml = d.home.join("scsi1.xml");
+    std::fs::write(&xml, g.domain_xml("scsi1", "", &devices)).unwrap();
+    d.client(uri, &format!("define {}", xml.display())).ok();
+    let dumped = d.client(uri, "dumpxml scsi1").ok().to_string();
+    assert!(
+        dumped.contains("<controller type='scsi' index='1' model='lsilogic'/>"),
+        "{dumped}"
+    );
+    d.client(uri, "start scsi1").ok();
+    // The guest names SCSI disks in the order it finds them: look for the bytes.
+    wait_console(&console, "present MARKER-VSCSI", 1, 90);
+    wait_console(&console, "present MARKER-LSI", 1, 30);
+
+    // A disk hot-plugged onto the virtio-scsi controller is a new LUN the guest finds.
+    let hot = d.home.join("hot.img");
+    marked_image(&hot, "MARKER-HOTSCSI", 1 << 20);
+    let r = d.client(
+        uri,
+        &format!(
+            "attach-disk scsi1 {} sdc --targetbus scsi --live",
+            hot.display()
+        ),
+    );
+    assert_eq!(r.ok(), "Disk attached successfully\n\n");
+    wait_console(&console, "present MARKER-HOTSCSI", 1, 30);
+    // Not onto the LSI one (sdi: index 8, controller 1).
+    let r = d.client(
+        uri,
+        &format!(
+            "attach-disk scsi1 {} sdi --targetbus scsi --live",
+            hot.display()
+        ),
+    );
+    assert!(
+        r.failed()
+            .contains("hot-plugging onto a 'lsilogic' SCSI controller"),
+        "{}",
+        r.stderr
+    );
+    let r = d.client(uri, "detach-disk scsi1 sdc --live");
+    assert_eq!(r.ok(), "Disk detached successfully\n\n");
+    d.client(uri, "destroy scsi1").ok();
+}

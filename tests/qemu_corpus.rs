@@ -42,7 +42,8 @@
 //! `qemu-xhci`), the default video adapters (`VGA`, `cirrus-vga`) and `pcie-root-port`
 //! (libvirt's automatic hot-plug slots on q35) are left out of both multisets and shown as
 //! ignored. `-serial chardev:ID`, which virtwasm writes, counts as `isa-serial`: it is the
-//! same device, created by QEMU. Devices virtwasm adds to every guest by its own choice
+//! same device, created by QEMU. A device named by one of QEMU's aliases (`lsi`) counts under
+//! its own name (`lsi53c895a`), as `qemu-system-x86_64 -device help` lists them. Devices virtwasm adds to every guest by its own choice
 //! (`pvpanic` on pc and q35, for crash detection by default) are tolerated once per guest
 //! where libvirt's argv lacks them (libvirt writes one only for `<panic model='isa'/>`); the
 //! report says how often. One libvirt expects and virtwasm lacks still counts as missing.
@@ -183,17 +184,41 @@ fn smp(value: &str) -> Option<(u32, u32)> {
     Some((current, max.unwrap_or(current)))
 }
 
-/// The driver of one `-device` value: `{"driver":"x",…}` or `x,k=v,…`.
+/// QEMU's own device aliases (`lsi` for `lsi53c895a`), from `-device help`: the same
+/// device under two names counts once.
+fn device_aliases() -> &'static std::collections::HashMap<String, String> {
+    static ALIASES: std::sync::OnceLock<std::collections::HashMap<String, String>> =
+        std::sync::OnceLock::new();
+    ALIASES.get_or_init(|| {
+        let out = std::process::Command::new("qemu-system-x86_64")
+            .args(["-device", "help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let quoted = |line: &str, key: &str| {
+            let rest = &line[line.find(&format!("{key} \""))? + key.len() + 2..];
+            Some(rest[..rest.find('"')?].to_string())
+        };
+        out.lines()
+            .filter_map(|l| Some((quoted(l, "alias")?, quoted(l, "name")?)))
+            .collect()
+    })
+}
+
+/// The driver of one `-device` value (`{"driver":"x",…}` or `x,k=v,…`), by QEMU's own name
+/// for it rather than an alias.
 fn device_driver(value: &str) -> String {
-    if value.starts_with('{') {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(value)
-            && let Some(d) = v["driver"].as_str()
-        {
-            return d.to_string();
+    let name = if value.starts_with('{') {
+        match serde_json::from_str::<serde_json::Value>(value) {
+            Ok(v) if v["driver"].is_string() => {
+                v["driver"].as_str().unwrap_or_default().to_string()
+            }
+            _ => return format!("<unparsed {value}>"),
         }
-        return format!("<unparsed {value}>");
-    }
-    value.split(',').next().unwrap_or_default().to_string()
+    } else {
+        value.split(',').next().unwrap_or_default().to_string()
+    };
+    device_aliases().get(&name).cloned().unwrap_or(name)
 }
 
 fn summarize(argv: &[String]) -> Summary {

@@ -83,6 +83,10 @@ const MODULES: &[&str] = &[
     "crc64-rocksoft",
     "t10-pi",
     "sd_mod",
+    // SCSI controllers: virtio-scsi, and the LSI 53C895A (libvirt's lsilogic).
+    "virtio_scsi",
+    "scsi_transport_spi",
+    "sym53c8xx",
 ];
 
 /// The package whose dependency names the current Debian kernel.

@@ -138,11 +138,12 @@ fn empty_drive(d: &Disk) -> bool {
 
 /// The device model for a disk on its bus; `index` counts the IDE/SATA disks before it.
 fn disk_device(
+    def: &DomainDef,
     d: &Disk,
     index: usize,
-    machine: &str,
     slots: &mut crate::pci::Slots,
 ) -> VerbResult<String> {
+    let machine = def.os.machine.as_deref().unwrap_or("pc");
     let id = disk_id(d);
     let drive = if empty_drive(d) {
         String::new()
@@ -151,6 +152,17 @@ fn disk_device(
     };
     let cd = d.device == DiskDevice::Cdrom;
     let bus = d.target_bus.as_deref().unwrap_or("virtio");
+    if matches!(d.device, DiskDevice::Lun | DiskDevice::Floppy) && bus != "scsi" {
+        return Err(unsupported(format!(
+            "disk '{}' of device '{}' on bus '{bus}'",
+            d.target_dev,
+            if d.device == DiskDevice::Lun {
+                "lun"
+            } else {
+                "floppy"
+            }
+        )));
+    }
     Ok(match (bus, cd) {
         ("virtio", false) => format!(
             "virtio-blk-pci,{drive}id={id}{}",
@@ -171,10 +183,11 @@ fn disk_device(
             }
         }
         ("scsi", _) => {
-            return Err(unsupported(format!(
-                "disk '{}' on bus 'scsi' (no SCSI controller model yet; use virtio, sata or ide)",
-                d.target_dev
-            )));
+            let spot = crate::scsi::spot(d)?;
+            let model = crate::scsi::controller_model(def, spot.controller, &d.target_dev)?;
+            let dev = crate::scsi::disk_device(d, spot, model)?;
+            let (driver, place) = dev.split_once(',').unwrap_or((&dev, ""));
+            format!("{driver},{drive}id={id},{place}")
         }
         (other, _) => {
             return Err(unsupported(format!(
@@ -303,8 +316,8 @@ fn other_devices(
         let model = c.model.as_deref();
         let index = c.index.unwrap_or(0);
         match (c.controller_type.as_str(), model) {
-            // The PCI topology comes first, before what sits on it (pci.rs).
-            _ if crate::pci::is_topology(c) => {}
+            // The PCI topology and SCSI controllers come first, before what sits on them.
+            _ if crate::pci::is_topology(c) || c.controller_type == "scsi" => {}
             // Built into the machine: IDE on pc, SATA (AHCI) on q35.
             ("ide", _) if !crate::pci::is_q35(machine) => {}
             ("sata", _) if crate::pci::is_q35(machine) => {}
@@ -506,6 +519,13 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     }
     let mut slots = crate::pci::Slots::new(def, machine)?;
     a.extend(crate::pci::controllers(def, machine, &mut slots)?);
+    // SCSI controllers before the disks on them.
+    for c in def.controllers.iter().filter(|c| c.controller_type == "scsi") {
+        let index = c.index.unwrap_or(0);
+        let dev = crate::scsi::controller_device(c.model.as_deref(), index)?;
+        let place = slots.place(&c.address, &format!("SCSI controller {index}"))?;
+        a.extend(["-device".into(), format!("{dev}{place}")]);
+    }
     let mut ide_index = 0;
     for d in &def.disks {
         if !empty_drive(d) {
@@ -518,7 +538,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         } else {
             0
         };
-        let mut dev = disk_device(d, idx, machine, &mut slots)?;
+        let mut dev = disk_device(def, d, idx, &mut slots)?;
         if let Some(order) = d.boot_order {
             dev.push_str(&format!(",bootindex={order}"));
         }

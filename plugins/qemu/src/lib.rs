@@ -14,6 +14,7 @@ mod cmdline;
 mod pci;
 mod probe;
 mod qmp;
+mod scsi;
 
 use serde_json::{Value, json};
 use virtwasm_sdk::host::{netdev, process};
@@ -418,6 +419,16 @@ impl Hypervisor for Qemu {
                 address: vec![],
             });
         }
+        // A SCSI disk's controller, as libvirt adds it; a SCSI controller's model.
+        let missing = scsi::missing_controllers(&def)?;
+        def.controllers.extend(missing);
+        for c in def
+            .controllers
+            .iter_mut()
+            .filter(|c| c.controller_type == "scsi" && c.model.is_none())
+        {
+            c.model = Some(scsi::DEFAULT_MODEL.into());
+        }
         // Refuse at define what start would refuse, as libvirt validates a definition.
         let args = cmdline::build(
             &def,
@@ -610,22 +621,46 @@ impl Hypervisor for Qemu {
         match &dev {
             Device::Disk(d) => {
                 let bus = d.target_bus.as_deref().unwrap_or("virtio");
-                if bus != "virtio" || d.device != DiskDevice::Disk {
-                    return Err(error(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "unsupported configuration: hot-plugging a {:?} on bus '{bus}' (virtio disks hot-plug)",
-                            d.device
-                        ),
-                    ));
-                }
                 let mut device = json!({
-                    "driver": "virtio-blk-pci",
                     "drive": format!("fmt-{}", d.target_dev),
                     "id": format!("disk-{}", d.target_dev),
                 });
-                if let Some(port) = hotplug_port(&mut q, &dom.def)? {
-                    device["bus"] = json!(port);
+                match (bus, d.device) {
+                    ("virtio", DiskDevice::Disk) => {
+                        device["driver"] = json!("virtio-blk-pci");
+                        if let Some(port) = hotplug_port(&mut q, &dom.def)? {
+                            device["bus"] = json!(port);
+                        }
+                    }
+                    // A disk joins a virtio-scsi bus as a new LUN, without a PCI slot.
+                    ("scsi", DiskDevice::Disk | DiskDevice::Cdrom) => {
+                        let spot = scsi::spot(d)?;
+                        let model = scsi::controller_model(&dom.def, spot.controller, &d.target_dev)?;
+                        if model != "virtio-scsi" {
+                            return Err(error(
+                                ErrorKind::Unsupported,
+                                format!(
+                                    "unsupported configuration: hot-plugging onto a '{model}' SCSI controller (virtio-scsi takes hot-plugged disks)"
+                                ),
+                            ));
+                        }
+                        let dev = scsi::disk_device(d, spot, model)?;
+                        let mut parts = dev.split(',');
+                        device["driver"] = json!(parts.next().unwrap_or_default());
+                        for kv in parts {
+                            if let Some((k, v)) = kv.split_once('=') {
+                                device[k] = v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n));
+                            }
+                        }
+                    }
+                    (bus, kind) => {
+                        return Err(error(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "unsupported configuration: hot-plugging a {kind:?} on bus '{bus}' (virtio disks and disks on a virtio-scsi controller hot-plug)"
+                            ),
+                        ));
+                    }
                 }
                 let nodes = cmdline::blockdev_nodes(d)?;
                 for node in &nodes {
