@@ -1606,9 +1606,22 @@ fn displays_get_free_ports_and_answer_in_their_protocols() {
         .failed()
         .to_string();
     assert!(
-        e.contains("the qemu driver does not carry out /domain/devices/graphics[1]/@passwd yet, and would run the display without it"),
+        e.contains("the qemu driver does not build /domain/devices/graphics[1]/@passwd yet, and would run the guest without it"),
         "{e}"
     );
+    // So are devices outside the model, which the driver would never see; a sound backend
+    // alone (<audio>) changes nothing in the guest and is kept.
+    let e = define(
+        "vnc5",
+        "<sound model='ich9'/><audio id='1' type='none'/><hostdev mode='subsystem' type='pci'><source><address domain='0' bus='1' slot='0' function='0'/></source></hostdev>",
+    )
+    .failed()
+    .to_string();
+    assert!(
+        e.ends_with("error: unsupported configuration: the qemu driver does not build /domain/devices/hostdev, /domain/devices/sound yet, and would run the guest without it (remove it to run without)\n"),
+        "{e}"
+    );
+    define("vnc6", "<audio id='1' type='none'/>").ok();
     assert!(d.client(uri, "domstate vnc4").failed().contains("vnc4"));
 
     // A restored guest listens again, on a port picked at the restore (its image's live XML

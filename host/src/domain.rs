@@ -383,7 +383,7 @@ impl Connection {
     pub fn define_with_extras(&self, def: DomainDef, extras: Extras) -> Result<(DomainDef, bool)> {
         self.writable()?;
         validate_name(&def.name)?;
-        self.check_display_extras(&def, &extras)?;
+        self.check_unmodelled(&def, &extras)?;
         let def = self
             .plugin
             .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;
@@ -447,7 +447,7 @@ impl Connection {
     ) -> Result<DomainDef> {
         self.writable()?;
         validate_name(&def.name)?;
-        self.check_display_extras(&def, &extras)?;
+        self.check_unmodelled(&def, &extras)?;
         let def = self
             .plugin
             .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &def))?;

@@ -6,10 +6,6 @@
 //! definition with the port in it, so its command line and the live XML
 //! (`port='5901' autoport='yes'`, what `virsh vncdisplay` reads) name the same port. A driver
 //! could not pick one itself: it has no view of the host's sockets.
-//!
-//! The same drivers refuse a display with settings the model does not carry (a `passwd`, a
-//! `<listen type='socket'>`): the driver never sees them, and a display run without its
-//! password is worse than none.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
@@ -18,7 +14,6 @@ use std::sync::Mutex;
 use crate::bindings::types::DomainDef;
 use crate::connect::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::xml::Extras;
 
 /// The first port an automatic display gets (VNC's display :0), as in libvirt.
 pub const FIRST_PORT: u16 = 5900;
@@ -63,40 +58,8 @@ fn free(port: u16) -> bool {
 
 impl Connection {
     /// Whether this connection's driver has the host pick its displays' ports.
-    fn picks_display_ports(&self) -> bool {
+    pub(crate) fn picks_display_ports(&self) -> bool {
         self.plugin.manifest.plugin.graphics_ports
-    }
-
-    /// Refuses, for a driver whose displays the host serves ports for, a display with
-    /// settings outside the model, which the driver would never see.
-    pub(crate) fn check_display_extras(&self, def: &DomainDef, extras: &Extras) -> Result<()> {
-        if !self.picks_display_ports() {
-            return Ok(());
-        }
-        // Only displays the driver serves: it refuses other kinds by their type.
-        let served = |item: &str| {
-            item.strip_prefix("/domain/devices/graphics[")
-                .and_then(|rest| rest.split(']').next())
-                .and_then(|n| n.parse::<usize>().ok())
-                .and_then(|n| def.graphics.get(n.checked_sub(1)?))
-                .is_some_and(|g| matches!(g.graphics_type.as_str(), "vnc" | "spice"))
-        };
-        let unsupported: Vec<String> = extras
-            .unknown_items()
-            .into_iter()
-            .filter(|i| served(i))
-            .collect();
-        if unsupported.is_empty() {
-            return Ok(());
-        }
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "unsupported configuration: the {} driver does not carry out {} yet, and would run the display without it (it serves VNC and SPICE on a TCP address: type, port, autoport, listen)",
-                self.plugin.name(),
-                unsupported.join(", ")
-            ),
-        ))
     }
 
     /// `def` with a port picked for each automatic display and the default address for each

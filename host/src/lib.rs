@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod tuning;
+pub mod unmodelled;
 pub mod uri;
 pub mod xml;
 

@@ -203,6 +203,11 @@ pub struct PluginSection {
     /// `port='-1'` as libvirt's test driver does.
     #[serde(default, rename = "graphics-ports")]
     pub graphics_ports: bool,
+    /// Whether the host refuses definitions with devices outside the model (a sound card,
+    /// a host device): the driver never sees them, and for one that builds real guests
+    /// leaving them out would change the guest silently.
+    #[serde(default, rename = "strict-devices")]
+    pub strict_devices: bool,
 }
 
 /// The running reason after a start from a managed-save image.

@@ -219,7 +219,7 @@ impl Connection {
                 "Requested operation is not valid: domain '{name}' is already active"
             )));
         }
-        self.check_display_extras(&parsed.def, &parsed.extras)?;
+        self.check_unmodelled(&parsed.def, &parsed.extras)?;
         let mut dom = rec.as_ref();
         let (def, _ports) = self.with_display_ports(parsed.def)?;
         dom.def = def;
