@@ -1415,15 +1415,21 @@ fn disks_on_every_bus_and_a_block_device_reach_the_guest() {
     marked_image(&sata, "MARKER-SATA", 1 << 20);
     let iso = home.path().join("cd.iso");
     marked_image(&iso, "MARKER-CDROM", 1 << 20);
+    // A 1.44 MB image: the size QEMU's floppy drive recognises.
+    let floppy = home.path().join("floppy.img");
+    marked_image(&floppy, "MARKER-FLOPPY", 1_474_560);
     let console = home.path().join("disks.console");
     let disks = format!(
         "<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='{}'/><target dev='vda' bus='virtio'/></disk>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='sata'/></disk>
     <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk>
+    <disk type='file' device='floppy'><driver name='qemu' type='raw'/><source file='{}'/><target dev='fda' bus='fdc'/></disk>
+    <disk type='file' device='cdrom'><target dev='hdd' bus='ide'/><readonly/></disk>
     <serial type='file'><source path='{}'/></serial>",
         lo.0,
         sata.display(),
         iso.display(),
+        floppy.display(),
         console.display()
     );
     let xml = home.path().join("disks.xml");
@@ -1443,6 +1449,14 @@ fn disks_on_every_bus_and_a_block_device_reach_the_guest() {
     wait_console(&console, "disk vda present MARKER-BLOCK", 1, 60);
     wait_console(&console, "disk sda present MARKER-SATA", 1, 30);
     wait_console(&console, "disk sr0 present MARKER-CDROM", 1, 30);
+    wait_console(&console, "disk fd0 present MARKER-FLOPPY", 1, 30);
+    // The empty CD-ROM drive is there, with nothing in it to read.
+    wait_console(&console, "disk sr1 present", 1, 30);
+    let text = console_text(&console);
+    assert!(
+        text.lines().any(|l| l.trim_end() == "disk sr1 present"),
+        "{text}"
+    );
     d.client(&uri, "destroy disks").ok();
     drop(d);
     drop(lo);

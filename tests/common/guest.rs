@@ -87,6 +87,8 @@ const MODULES: &[&str] = &[
     "virtio_scsi",
     "scsi_transport_spi",
     "sym53c8xx",
+    // The floppy controller's drives.
+    "floppy",
 ];
 
 /// The package whose dependency names the current Debian kernel.
@@ -157,7 +159,7 @@ sh </dev/console >/dev/console 2>&1 &
 
 say VIRTWASM-GUEST-READY
 # A heartbeat: tests see the guest run, pause (no lines) and continue after restore. Each
-# disk (virtio, SATA/IDE, CD-ROM) is announced once with its first bytes, including ones
+# disk (virtio, SATA/IDE, SCSI, CD-ROM, floppy) is announced once with its first bytes, including ones
 # hot-plugged later; the number of online CPUs
 # and MemTotal each time they change (a hot-plugged CPU is brought online first, as udev
 # would; the balloon shrinks MemTotal).
@@ -185,7 +187,7 @@ while :; do
         mem=$now
         say "memtotal $mem kB"
     fi
-    for d in /dev/vd[a-z] /dev/sd[a-z] /dev/sr[0-9]; do
+    for d in /dev/vd[a-z] /dev/sd[a-z] /dev/sr[0-9] /dev/fd[0-1]; do
         [ -b "$d" ] || continue
         case "$seen" in *" $d "*) continue ;; esac
         seen="$seen$d "

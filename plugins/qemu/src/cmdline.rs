@@ -130,10 +130,36 @@ fn disk_id(d: &Disk) -> String {
     format!("disk-{}", d.target_dev)
 }
 
-/// Whether a disk is a removable drive with no medium in it (a CD-ROM left empty): a
-/// device with no block node behind it.
+/// Whether a disk is a removable drive with no medium in it (a CD-ROM or floppy left
+/// empty): a device with no block node behind it.
 fn empty_drive(d: &Disk) -> bool {
-    d.source.is_none() && d.device == DiskDevice::Cdrom
+    d.source.is_none() && matches!(d.device, DiskDevice::Cdrom | DiskDevice::Floppy)
+}
+
+/// A floppy's unit on the floppy controller: its drive address's, or its name's (`fda` 0,
+/// `fdb` 1), as libvirt assigns it.
+fn floppy_unit(d: &Disk) -> VerbResult<u32> {
+    let from_address = d
+        .address
+        .iter()
+        .any(|a| a.name == "type" && a.value == "drive")
+        .then(|| d.address.iter().find(|a| a.name == "unit"))
+        .flatten()
+        .map(|a| a.value.parse::<u32>().ok());
+    let unit = match from_address {
+        Some(parsed) => parsed,
+        None => match d.target_dev.as_str() {
+            "fda" => Some(0),
+            "fdb" => Some(1),
+            _ => None,
+        },
+    };
+    unit.filter(|u| *u < 2).ok_or_else(|| {
+        unsupported(format!(
+            "floppy '{}' (the floppy controller has units 0 and 1: fda and fdb)",
+            d.target_dev
+        ))
+    })
 }
 
 /// The device model for a disk on its bus; `index` counts the IDE/SATA disks before it.
@@ -152,18 +178,25 @@ fn disk_device(
     };
     let cd = d.device == DiskDevice::Cdrom;
     let bus = d.target_bus.as_deref().unwrap_or("virtio");
-    if matches!(d.device, DiskDevice::Lun | DiskDevice::Floppy) && bus != "scsi" {
+    let misplaced = match d.device {
+        DiskDevice::Lun => bus != "scsi",
+        DiskDevice::Floppy => bus != "fdc",
+        _ => bus == "fdc",
+    };
+    if misplaced {
         return Err(unsupported(format!(
             "disk '{}' of device '{}' on bus '{bus}'",
             d.target_dev,
-            if d.device == DiskDevice::Lun {
-                "lun"
-            } else {
-                "floppy"
+            match d.device {
+                DiskDevice::Lun => "lun",
+                DiskDevice::Floppy => "floppy",
+                DiskDevice::Cdrom => "cdrom",
+                DiskDevice::Disk => "disk",
             }
         )));
     }
     Ok(match (bus, cd) {
+        ("fdc", _) => format!("floppy,unit={},{drive}id={id}", floppy_unit(d)?),
         ("virtio", false) => format!(
             "virtio-blk-pci,{drive}id={id}{}",
             slots.place(&d.address, &format!("disk '{}'", d.target_dev))?
@@ -321,6 +354,9 @@ fn other_devices(
             // Built into the machine: IDE on pc, SATA (AHCI) on q35.
             ("ide", _) if !crate::pci::is_q35(machine) => {}
             ("sata", _) if crate::pci::is_q35(machine) => {}
+            // The floppy controller: pc's own, or the one q35 gets with its first floppy
+            // (libvirt writes it into every definition with a floppy).
+            ("fdc", _) => {}
             ("usb", Some("none")) => {}
             ("usb", None | Some("piix3-uhci")) => {
                 a.extend([
@@ -526,6 +562,10 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         let place = slots.place(&c.address, &format!("SCSI controller {index}"))?;
         a.extend(["-device".into(), format!("{dev}{place}")]);
     }
+    // pc has a floppy controller on its ISA bus; q35 gets one when a floppy needs it.
+    if crate::pci::is_q35(machine) && def.disks.iter().any(|d| d.device == DiskDevice::Floppy) {
+        a.extend(["-device".into(), "isa-fdc".into()]);
+    }
     let mut ide_index = 0;
     for d in &def.disks {
         if !empty_drive(d) {
@@ -540,7 +580,13 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         };
         let mut dev = disk_device(def, d, idx, &mut slots)?;
         if let Some(order) = d.boot_order {
-            dev.push_str(&format!(",bootindex={order}"));
+            if d.device == DiskDevice::Floppy {
+                // The floppy device has no bootindex: its controller's drive A or B does.
+                let drive = if floppy_unit(d)? == 0 { "A" } else { "B" };
+                a.extend(["-global".into(), format!("isa-fdc.bootindex{drive}={order}")]);
+            } else {
+                dev.push_str(&format!(",bootindex={order}"));
+            }
         }
         a.push("-device".into());
         a.push(dev);
