@@ -336,6 +336,21 @@ fn chardev_word(t: ChardevSourceType) -> &'static str {
     }
 }
 
+/// The QEMU device of a USB controller of libvirt model `model` (none: libvirt's default,
+/// the PIIX3 UHCI); `None` for a model not built (EHCI companions need a master this model
+/// does not carry).
+fn usb_controller(model: Option<&str>) -> Option<&'static str> {
+    Some(match model.unwrap_or("piix3-uhci") {
+        "piix3-uhci" => "piix3-usb-uhci",
+        "piix4-uhci" => "piix4-usb-uhci",
+        "vt82c686b-uhci" => "vt82c686b-usb-uhci",
+        "ehci" => "usb-ehci",
+        "nec-xhci" => "nec-usb-xhci",
+        "qemu-xhci" => "qemu-xhci",
+        _ => return None,
+    })
+}
+
 /// Devices the definition models beyond disks, NICs and serials: each becomes its QEMU
 /// device, or is refused by name (never silently left out).
 fn other_devices(
@@ -358,26 +373,12 @@ fn other_devices(
             // (libvirt writes it into every definition with a floppy).
             ("fdc", _) => {}
             ("usb", Some("none")) => {}
-            ("usb", None | Some("piix3-uhci")) => {
+            ("usb", m) if usb_controller(m).is_some() => {
                 a.extend([
                     "-device".into(),
                     format!(
-                        "piix3-usb-uhci,id=usb{}{}",
-                        if index == 0 {
-                            String::new()
-                        } else {
-                            index.to_string()
-                        },
-                        slots.place(&c.address, "the USB controller")?
-                    ),
-                ]);
-                usb = true;
-            }
-            ("usb", Some("qemu-xhci")) => {
-                a.extend([
-                    "-device".into(),
-                    format!(
-                        "qemu-xhci,id=usb{}{}",
+                        "{},id=usb{}{}",
+                        usb_controller(m).unwrap_or_default(),
                         if index == 0 {
                             String::new()
                         } else {
