@@ -8,7 +8,7 @@
 //! could not pick one itself: it has no view of the host's sockets.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 
 use crate::bindings::types::DomainDef;
@@ -33,7 +33,10 @@ pub struct Reservation(Vec<u16>);
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut starting = STARTING.lock().unwrap();
+        // Also while unwinding: a poisoned set is still the right set.
+        let mut starting = STARTING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for p in &self.0 {
             starting.remove(p);
         }
@@ -45,14 +48,37 @@ fn automatic(g: &crate::bindings::types::Graphics) -> bool {
     matches!(g.graphics_type.as_str(), "vnc" | "spice") && g.autoport
 }
 
-/// Whether nothing on the host has `port` bound, on any address: a wildcard bind fails
-/// while any address holds the port.
+/// Whether nothing on the host has `port` bound, on any address: a wildcard bind (IPv4, and
+/// IPv6 on its own where the host has it) fails while any address holds the port. The
+/// sockets are bound only, never listening, so no client can reach them meanwhile; with
+/// SO_REUSEADDR, as QEMU binds, a connection lingering in TIME_WAIT does not count.
 fn free(port: u16) -> bool {
-    match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)) {
-        Ok(_) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => false,
-        // No IPv6 here: IPv4's wildcard decides.
-        Err(_) => TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok(),
+    use socket2::{Domain, Socket, Type};
+    let bindable = |domain: Domain, addr: std::net::SocketAddr| -> Option<bool> {
+        // No such address family here: nothing can hold the port in it.
+        let socket = Socket::new(domain, Type::STREAM, None).ok()?;
+        let _ = socket.set_reuse_address(true);
+        if domain == Domain::IPV6 {
+            let _ = socket.set_only_v6(true);
+        }
+        Some(match socket.bind(&addr.into()) {
+            Ok(()) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+        })
+    };
+    bindable(Domain::IPV4, (Ipv4Addr::UNSPECIFIED, port).into()).unwrap_or(true)
+        && bindable(Domain::IPV6, (Ipv6Addr::UNSPECIFIED, port).into()).unwrap_or(true)
+}
+
+/// `def` keeping the address and port of each display `current` has of the same kind at
+/// the same place: what a guest that runs on (a snapshot reverted inside the same QEMU)
+/// still listens on.
+pub(crate) fn keep_display_ports(def: &mut DomainDef, current: &DomainDef) {
+    for (g, c) in def.graphics.iter_mut().zip(&current.graphics) {
+        if g.graphics_type == c.graphics_type {
+            g.port = c.port;
+            g.listen = c.listen.clone();
+        }
     }
 }
 
@@ -78,7 +104,7 @@ impl Connection {
                 g.listen = Some(DEFAULT_LISTEN.to_string());
             }
         }
-        if !def.graphics.iter().any(automatic) {
+        if def.graphics.is_empty() {
             return Ok((def, Reservation::default()));
         }
         let mut held: BTreeSet<u16> = self
@@ -101,7 +127,25 @@ impl Connection {
         // Before the lock: on an early return the guard goes first, then the reservation,
         // whose drop takes the lock again.
         let mut reservation = Reservation::default();
-        let mut starting = STARTING.lock().unwrap();
+        let mut starting = STARTING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A fixed port another guest is starting on: QEMU would fail later, less clearly.
+        for port in def
+            .graphics
+            .iter()
+            .filter(|g| !automatic(g))
+            .filter_map(|g| g.port.and_then(|p| u16::try_from(p).ok()))
+        {
+            if starting.contains(&port) {
+                return Err(Error::new(
+                    ErrorKind::OperationFailed,
+                    format!("display port {port} is being taken by another guest that is starting"),
+                ));
+            }
+            starting.insert(port);
+            reservation.0.push(port);
+        }
         for g in def.graphics.iter_mut().filter(|g| automatic(g)) {
             let port = (FIRST_PORT..=u16::MAX)
                 .find(|p| !held.contains(p) && !starting.contains(p) && free(*p))

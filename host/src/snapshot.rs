@@ -86,7 +86,12 @@ impl Connection {
         new.def = snap.domain.clone();
         new.current_snapshot = Some(name.to_string());
         if !matches!(runtime.state, DomainState::Shutoff(_)) {
-            new.live = Some(snap.domain);
+            let mut live = snap.domain;
+            // A guest reverted inside its running QEMU still listens where it did.
+            if let Some(current) = rec.live.as_ref() {
+                crate::graphics::keep_display_ports(&mut live, current);
+            }
+            new.live = Some(live);
         }
         self.replace_record(new)?;
         self.apply(&rec.def.uuid, runtime)
