@@ -122,6 +122,16 @@ const FILES: &[(&str, &str)] = &[
 ",
     ),
     (
+        "v6wildcard.xml",
+        "<domain type='test'>
+  <name>v6wildcard</name>
+  <memory unit='KiB'>8192</memory>
+  <os><type>hvm</type></os>
+  <devices><graphics type='vnc' port='5906' autoport='no' listen='::'/></devices>
+</domain>
+",
+    ),
+    (
         "net1.xml",
         "<network>
   <name>net1</name>
@@ -145,7 +155,9 @@ const CASES: &[(&str, &str, bool)] = &[
         "define {dir}/displays.xml; vncdisplay displays; domdisplay displays; start displays; \
          vncdisplay displays; domdisplay displays; domdisplay --type spice displays; \
          domdisplay --all displays; domdisplay --type rdp displays; define {dir}/wildcard.xml; \
-         start wildcard; vncdisplay wildcard; domdisplay wildcard; vncdisplay test; domdisplay test",
+         start wildcard; vncdisplay wildcard; domdisplay wildcard; define {dir}/v6wildcard.xml; \
+         start v6wildcard; vncdisplay v6wildcard; domdisplay v6wildcard; vncdisplay test; \
+         domdisplay test",
         false,
     ),
     ("list_all", "list --all", false),

@@ -48,9 +48,12 @@ fn displays(sess: &mut Session, key: &str) -> Result<Vec<Graphics>, Failure> {
     Ok(rec.live.unwrap_or(rec.def).graphics)
 }
 
-/// Whether `listen` is a wildcard (or absent): every address of the host.
+/// Whether `listen` is a wildcard address (or absent): every address of the host.
 fn wildcard(listen: Option<&str>) -> bool {
-    matches!(listen, None | Some("0.0.0.0" | "::"))
+    listen.is_none_or(|l| {
+        l.parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_unspecified())
+    })
 }
 
 fn vncdisplay(sess: &mut Session, a: &Args) -> Outcome {
@@ -60,8 +63,9 @@ fn vncdisplay(sess: &mut Session, a: &Args) -> Outcome {
         .find(|g| g.graphics_type == "vnc" && g.port.is_some_and(|p| p > 0))
         .ok_or_else(|| Failure::msg("Failed to get VNC port. Is this domain using VNC?"))?;
     let port = vnc.port.unwrap_or_default();
-    // As virsh: a wildcard address prints as nothing, any other as written (IPv6 unbracketed).
-    let listen = vnc.listen.as_deref().filter(|l| !wildcard(Some(l)));
+    // As virsh: IPv4's wildcard prints as nothing, any other address as written (IPv6's
+    // wildcard too, unbracketed: `:::4`).
+    let listen = vnc.listen.as_deref().filter(|l| *l != "0.0.0.0");
     sess.print(&format!(
         "{}:{}\n",
         listen.unwrap_or(""),
@@ -70,11 +74,17 @@ fn vncdisplay(sess: &mut Session, a: &Args) -> Outcome {
     Ok(())
 }
 
-/// A display's URI as virsh writes it: `vnc://HOST:DISPLAY`, `spice://HOST:PORT`, a wildcard
-/// address as `localhost`, an IPv6 one in brackets.
-fn display_uri(g: &Graphics) -> Option<String> {
+/// A display's URI as virsh writes it: `vnc://HOST:DISPLAY`, `spice://HOST:PORT`, an IPv6
+/// address in brackets, and for a wildcard address the host this connection reaches
+/// (`server`: the connection URI's host), or `localhost`.
+fn display_uri(g: &Graphics, server: Option<&str>) -> Option<String> {
     let port = g.port.filter(|p| *p > 0)?;
-    let host = match g.listen.as_deref().filter(|l| !wildcard(Some(l))) {
+    let listen = if wildcard(g.listen.as_deref()) {
+        server
+    } else {
+        g.listen.as_deref()
+    };
+    let host = match listen {
         None => "localhost".to_string(),
         Some(l) if l.contains(':') => format!("[{l}]"),
         Some(l) => l.to_string(),
@@ -89,13 +99,16 @@ fn display_uri(g: &Graphics) -> Option<String> {
 
 fn domdisplay(sess: &mut Session, a: &Args) -> Outcome {
     let all = displays(sess, a.req("domain"))?;
+    let server = virtwasm_host::uri::ConnectUri::parse(&sess.settings.uri)
+        .ok()
+        .and_then(|u| u.host);
     let wanted = a.get("type");
     // virsh's order: VNC, then SPICE (then kinds this model has no ports for).
     let mut uris = ["vnc", "spice"]
         .iter()
         .filter(|t| wanted.is_none_or(|w| w == **t))
         .flat_map(|t| all.iter().filter(move |g| g.graphics_type == *t))
-        .filter_map(display_uri);
+        .filter_map(|g| display_uri(g, server.as_deref()));
     let lines: Vec<String> = if a.flag("all") {
         uris.collect()
     } else {
