@@ -1511,6 +1511,16 @@ fn a_kvm_domain_where_kvm_is_unusable_fails_with_qemus_reason() {
     );
 }
 
+/// Waits up to `secs` seconds for `done`, failing with what was awaited.
+#[track_caller]
+fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {secs} s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The port of the display in a domain's live XML.
 fn display_port(d: &Daemon, uri: &str, name: &str) -> u16 {
     let xml = d.client(uri, &format!("dumpxml {name}")).ok().to_string();
@@ -1605,10 +1615,9 @@ fn displays_get_free_ports_and_answer_in_their_protocols() {
 
     // Ended, a guest's port is closed; started again, it gets the lowest free one.
     d.client(uri, "destroy vnc1").ok();
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", p1)).is_err(),
-        "port {p1} still open after destroy"
-    );
+    wait_until(10, &format!("port {p1} to close after destroy"), || {
+        std::net::TcpStream::connect(("127.0.0.1", p1)).is_err()
+    });
     assert_eq!(
         d.client(uri, "vncdisplay vnc1").failed(),
         "error: Domain is not running\n"
@@ -1636,6 +1645,14 @@ fn displays_get_free_ports_and_answer_in_their_protocols() {
         "{e}"
     );
     define("vnc6", "<audio id='1' type='none'/>").ok();
+    // Through the daemon a display listens on loopback unless its [displays] allow more.
+    let e = define("vnc7", "<graphics type='vnc' listen='0.0.0.0'/>")
+        .failed()
+        .to_string();
+    assert!(
+        e.contains("vnc display: listening on '0.0.0.0' is not allowed here ([displays] listen_allowed in virtwasmd.toml: 127.0.0.1, ::1)"),
+        "{e}"
+    );
     assert!(d.client(uri, "domstate vnc4").failed().contains("vnc4"));
 
     // A restored guest listens again, on a port picked at the restore (its image's live XML
@@ -1643,7 +1660,12 @@ fn displays_get_free_ports_and_answer_in_their_protocols() {
     let image = d.root.join("images/vnc2.save");
     d.client(uri, &format!("save vnc2 {}", image.display()))
         .ok();
-    let held_again = std::net::TcpListener::bind(("127.0.0.1", p2)).unwrap();
+    // The saved QEMU may take a moment to let go of its port.
+    let mut held_again = None;
+    wait_until(10, &format!("port {p2} to be free after save"), || {
+        held_again = std::net::TcpListener::bind(("127.0.0.1", p2)).ok();
+        held_again.is_some()
+    });
     d.client(uri, &format!("restore {}", image.display())).ok();
     let p3 = display_port(d, uri, "vnc2");
     assert_ne!(

@@ -35,7 +35,8 @@
 //!   first, as the peer libvirt's test assumes. `type='dev'` (a host tty) is left as written.
 //! - a display's listen address that is neither loopback nor a wildcard (`2001:1:2:…`, an
 //!   address of libvirt's imagined host) becomes `127.0.0.1`: QEMU cannot bind an address
-//!   this host lacks.
+//!   this host lacks. The daemon lets displays listen on the wildcards as well (its
+//!   `[displays]` default is loopback only).
 //!
 //! Comparison rules, lenient on what libvirt adds by itself rather than from the XML:
 //! the default USB host controllers (`piix3-usb-uhci`, `-usb`, the ich9 companions,
@@ -903,6 +904,15 @@ fn libvirts_qemuxml2argv_corpus() {
     files.sort();
 
     let home = tempfile::tempdir().unwrap();
+    // Displays may listen on the wildcards too: what is measured is the driver's command
+    // line, not the daemon's policy (which keeps them on loopback by default).
+    let etc = home.path().join("daemon-root/etc/virtwasm");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("virtwasmd.toml"),
+        "[displays]\nlisten_allowed = [\"127.0.0.1\", \"::1\", \"0.0.0.0\", \"::\"]\n",
+    )
+    .unwrap();
     let d = Daemon::start(home.path(), &[]);
     let uri = d.uri("qemu", "/system");
     let work = home.path().join("corpus");

@@ -24,6 +24,10 @@ pub struct Context<'a> {
     /// the daemon a directory strictly below one clients may name (a pool at the images
     /// directory itself would hand its save images to vol-delete and vol-upload).
     pub pool_dirs: &'a dyn Fn(&str) -> Result<()>,
+    /// Whether a guest's display may listen on an address (a VNC or SPICE server open to
+    /// whoever reaches it): any in process; through the daemon those its `[displays]`
+    /// section allows, loopback by default.
+    pub displays: &'a dyn Fn(&str) -> Result<()>,
     /// Where long work reports progress (done, total); an error stops the work (a cancel).
     pub progress: &'a dyn Fn(u64, u64) -> Result<()>,
     /// Ask the driver for a running domain's true state before answering a read. In
@@ -38,31 +42,65 @@ impl Context<'static> {
         Context {
             files: &|_, _| Ok(()),
             pool_dirs: &|_| Ok(()),
+            displays: &|_| Ok(()),
             progress: &|_, _| Ok(()),
             refresh_on_read: true,
         }
     }
 }
 
-/// The host paths a domain definition names (disks, kernel, character devices) must be ones
-/// the front end lets clients name, when the driver can reach the host's files at all
-/// (through programs it runs or directories it is granted): a definition must not make the
-/// daemon open /etc/shadow as a disk or truncate a file as a serial log. XML that does not
-/// parse is left for the verb to refuse with its position.
-fn definition_paths_allowed(
-    conn: &Connection,
-    xml: &str,
-    files: &dyn Fn(&str, bool) -> Result<()>,
-) -> Result<()> {
+/// A domain definition must ask only for what the front end allows: the host paths it names
+/// (disks, kernel, character devices) must be ones clients may name, when the driver can
+/// reach the host's files at all (through programs it runs or directories it is granted),
+/// so a definition cannot make the daemon open /etc/shadow as a disk or truncate a file as a
+/// serial log; and its displays must listen where displays may. XML that does not parse is
+/// left for the verb to refuse with its position.
+fn definition_allowed(conn: &Connection, xml: &str, ctx: &Context) -> Result<()> {
+    let parsed = virtwasm_host::xml::parse_domain(xml).ok();
     paths_allowed(
         conn,
         || {
-            Ok(virtwasm_host::xml::parse_domain(xml)
-                .map(|parsed| devices::host_paths(&parsed.def))
+            Ok(parsed
+                .as_ref()
+                .map(|p| devices::host_paths(&p.def))
                 .unwrap_or_default())
         },
-        files,
-    )
+        ctx.files,
+    )?;
+    match &parsed {
+        Some(p) => displays_allowed(conn, &p.def, ctx.displays),
+        None => Ok(()),
+    }
+}
+
+/// The addresses `def`'s VNC and SPICE displays listen on must be ones displays may, for a
+/// driver whose guests really listen (`graphics-ports`); a display without one listens on
+/// the host's default, loopback.
+fn displays_allowed(
+    conn: &Connection,
+    def: &virtwasm_host::bindings::types::DomainDef,
+    displays: &dyn Fn(&str) -> Result<()>,
+) -> Result<()> {
+    if !conn.plugin().manifest.plugin.graphics_ports {
+        return Ok(());
+    }
+    for g in def
+        .graphics
+        .iter()
+        .filter(|g| matches!(g.graphics_type.as_str(), "vnc" | "spice"))
+    {
+        let listen = g
+            .listen
+            .as_deref()
+            .unwrap_or(virtwasm_host::graphics::DEFAULT_LISTEN);
+        displays(listen).map_err(|e| {
+            Error::new(
+                e.kind,
+                format!("{} display: {}", g.graphics_type, e.message),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks the paths `paths` lists, computing them (a parse, a lookup) only for a driver that
@@ -194,7 +232,7 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
         R::InterfaceAddresses { key, source } => json(conn.interface_addresses(&key, &source)?),
         R::DomainXml { key, inactive } => json(conn.domain_xml(&key, inactive)?),
         R::DefineXml { xml, validate } => {
-            definition_paths_allowed(conn, &xml, files)?;
+            definition_allowed(conn, &xml, ctx)?;
             json(conn.define_xml(&xml, validate)?)
         }
         R::CreateXml {
@@ -202,7 +240,7 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             validate,
             paused,
         } => {
-            definition_paths_allowed(conn, &xml, files)?;
+            definition_allowed(conn, &xml, ctx)?;
             json(conn.create_xml(&xml, validate, paused)?)
         }
         R::Undefine {
@@ -211,12 +249,11 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             managed_save,
         } => json(conn.undefine_with(&key, snapshots, managed_save)?),
         R::Start { key, paused } => {
-            // Checked again at start: an image's backing file can change after the define.
-            paths_allowed(
-                conn,
-                || Ok(devices::host_paths(&conn.domain(&key)?.def)),
-                files,
-            )?;
+            // Checked again at start: an image's backing file can change after the define,
+            // and the daemon's rules with a restart.
+            let def = conn.domain(&key)?.def;
+            paths_allowed(conn, || Ok(devices::host_paths(&def)), files)?;
+            displays_allowed(conn, &def, ctx.displays)?;
             json(conn.start(&key, paused)?)
         }
         R::Shutdown { key, modes } => json(conn.shutdown(&key, modes.unwrap_or_default())?),
@@ -260,7 +297,7 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             files(&path, false)?;
             // The image's definition is input too: a crafted image must not name other files.
             let (xml, _) = virtwasm_host::savefile::read_header(Path::new(&path))?;
-            definition_paths_allowed(conn, &xml, files)?;
+            definition_allowed(conn, &xml, ctx)?;
             // Restored only if it still holds what was checked (no swap in between).
             json(conn.restore_checked(Path::new(&path), paused, &xml)?)
         }
@@ -343,7 +380,7 @@ pub fn dispatch(conn: &Connection, req: Request, ctx: &Context) -> Result<Value>
             ctx,
         )?),
         R::MigratePrepare { xml, listen } => {
-            definition_paths_allowed(conn, &xml, files)?;
+            definition_allowed(conn, &xml, ctx)?;
             let (name, uri) = conn.migrate_prepare(&xml, &listen)?;
             json(serde_json::json!({ "name": name, "uri": uri }))
         }

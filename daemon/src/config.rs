@@ -24,6 +24,8 @@ pub struct Config {
     pub access: Access,
     /// Which paths a client may name (save images).
     pub files: Files,
+    /// Where guests' displays may listen.
+    pub displays: Displays,
 }
 
 /// `[daemon]`.
@@ -232,6 +234,48 @@ pub struct Files {
     pub allowed: Vec<PathBuf>,
 }
 
+/// `[displays]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Displays {
+    /// Addresses a guest's VNC or SPICE display may listen on. A display has no password
+    /// (the domain model carries none), so whoever reaches its address sees the guest's
+    /// screen: loopback only unless the operator says otherwise (`"0.0.0.0"` for every
+    /// address, as libvirt's `vnc_listen` can).
+    pub listen_allowed: Vec<std::net::IpAddr>,
+}
+
+impl Default for Displays {
+    fn default() -> Self {
+        Displays {
+            listen_allowed: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+        }
+    }
+}
+
+impl Displays {
+    /// Whether a display may listen on `listen`, or why not.
+    pub fn check(&self, listen: &str) -> Result<()> {
+        let allowed = listen
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| self.listen_allowed.contains(&a));
+        if allowed {
+            return Ok(());
+        }
+        Err(Error::denied(format!(
+            "listening on '{listen}' is not allowed here ([displays] listen_allowed in virtwasmd.toml: {}); a display has no password, so whoever reaches its address sees the guest's screen",
+            self.listen_allowed
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
 impl Config {
     /// Reads `path`; a missing file gives the defaults only when `optional`.
     pub fn load(path: &Path, optional: bool) -> Result<Config> {
@@ -356,6 +400,22 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn displays_listen_on_loopback_unless_told_otherwise() {
+        let d = Displays::default();
+        assert!(d.check("127.0.0.1").is_ok() && d.check("::1").is_ok());
+        let e = d.check("0.0.0.0").unwrap_err();
+        assert!(
+            e.message.starts_with("listening on '0.0.0.0' is not allowed here ([displays] listen_allowed in virtwasmd.toml: 127.0.0.1, ::1)"),
+            "{}",
+            e.message
+        );
+        assert!(d.check("localhost").is_err(), "names are not addresses");
+        let open: Config = toml::from_str("[displays]\nlisten_allowed = [\"0.0.0.0\"]\n").unwrap();
+        assert!(open.displays.check("0.0.0.0").is_ok());
+        assert!(toml::from_str::<Config>("[displays]\nlisten_allowed = [\"nowhere\"]\n").is_err());
     }
 
     #[test]

@@ -691,6 +691,7 @@ fn answer_quick(daemon: &Daemon, peer: &Peer, call: Prepared) -> Result<Prepared
             let ctx = dispatch::Context {
                 files: &|f, create| daemon.check_file(f, create),
                 pool_dirs: &|p| daemon.check_pool_dir(p),
+                displays: &|l| daemon.config.displays.check(l),
                 progress: &|_, _| Ok(()),
                 refresh_on_read: false,
             };
@@ -1055,6 +1056,7 @@ async fn run(
         let ctx = dispatch::Context {
             files: &|p, create| d.check_file(p, create),
             pool_dirs: &|p| d.check_pool_dir(p),
+            displays: &|l| d.config.displays.check(l),
             progress: &|done, total| e.progress(done, total, "bytes"),
             refresh_on_read: false,
         };
