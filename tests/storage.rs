@@ -8,7 +8,7 @@ mod common;
 #[path = "common/guest.rs"]
 mod guest;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Daemon, Run};
@@ -430,8 +430,25 @@ fn a_pool_directory_swapped_for_a_link_is_not_handed_to_the_driver() {
     assert_eq!(r.ok(), "Pool p1 created\n\nVol a.img created\n\n");
 
     // Someone with write access to the images directory swaps the pool's directory for a
-    // link to a directory clients may not name (the fixture allows /tmp: use /var/tmp).
-    let outside = tempfile::tempdir_in("/var/tmp").unwrap();
+    // link to a directory clients may not name: one outside those the fixture allows (the
+    // temporary directory and the test target's).
+    let allowed: Vec<PathBuf> = [
+        std::env::temp_dir(),
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    ]
+    .iter()
+    .filter_map(|p| p.canonicalize().ok())
+    .collect();
+    let Some(outside) = ["/var/tmp", "/srv", "/run"]
+        .iter()
+        .filter_map(|base| tempfile::tempdir_in(base).ok())
+        .find(|t| {
+            let real = t.path().canonicalize().unwrap();
+            !allowed.iter().any(|a| real.starts_with(a))
+        })
+    else {
+        panic!("no writable directory outside {allowed:?} among /var/tmp, /srv, /run");
+    };
     let real = outside.path().canonicalize().unwrap();
     let moved = d.root.join("images/p1.moved");
     std::fs::rename(&pool, &moved).unwrap();

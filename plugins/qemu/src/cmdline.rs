@@ -93,9 +93,16 @@ fn graphics(def: &DomainDef, a: &mut Vec<String>, slots: &mut crate::pci::Slots)
                     std::net::IpAddr::V4(v4) => v4.to_string(),
                     std::net::IpAddr::V6(v6) => format!("[{v6}]"),
                 };
-                let display = match port {
-                    Some(p) => (p - VNC_FIRST_PORT).to_string(),
-                    None => format!("0,to={}", 65535 - VNC_FIRST_PORT),
+                let display = match (port, g.autoport) {
+                    (Some(p), _) => (p - VNC_FIRST_PORT).to_string(),
+                    // Only while a definition is checked: a start has the host's port.
+                    (None, true) => format!("0,to={}", 65535 - VNC_FIRST_PORT),
+                    (None, false) => {
+                        return Err(error(
+                            ErrorKind::InvalidArgument,
+                            "the vnc display has no port (set one, or autoport='yes')",
+                        ));
+                    }
                 };
                 a.extend(["-vnc".into(), format!("{host}:{display}")]);
             }
@@ -130,10 +137,37 @@ fn disk_id(d: &Disk) -> String {
     format!("disk-{}", d.target_dev)
 }
 
+/// Refuses a target name that is not libvirt's letters, digits and `_` (`vda`, `sdaa`): it
+/// names QEMU's block nodes and devices, where a comma would add options of its own.
+pub fn check_target_dev(d: &Disk) -> VerbResult<()> {
+    let ok = !d.target_dev.is_empty()
+        && d
+            .target_dev
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(error(
+            ErrorKind::InvalidArgument,
+            format!(
+                "disk target '{}': expected letters, digits and '_' only (vda, sdb, hdc)",
+                d.target_dev
+            ),
+        ))
+    }
+}
+
 /// Whether a disk is a removable drive with no medium in it (a CD-ROM or floppy left
 /// empty): a device with no block node behind it.
 fn empty_drive(d: &Disk) -> bool {
     d.source.is_none() && matches!(d.device, DiskDevice::Cdrom | DiskDevice::Floppy)
+}
+
+/// Whether a disk's cache mode has the guest see no volatile write cache (each write
+/// reaches the image before it completes): QEMU's `write-cache=off` on the device.
+fn write_cache_off(d: &Disk) -> bool {
+    matches!(d.cache.as_deref(), Some("writethrough" | "directsync")) && !empty_drive(d)
 }
 
 /// A floppy's unit on the floppy controller: its drive address's, or its name's (`fda` 0,
@@ -170,6 +204,7 @@ fn disk_device(
     slots: &mut crate::pci::Slots,
 ) -> VerbResult<String> {
     let machine = def.os.machine.as_deref().unwrap_or("pc");
+    check_target_dev(d)?;
     let id = disk_id(d);
     let drive = if empty_drive(d) {
         String::new()
@@ -243,6 +278,7 @@ fn blockdev(d: &Disk) -> VerbResult<Vec<String>> {
 /// A disk's two block nodes (file, then format), as `-blockdev` and QMP `blockdev-add` take
 /// them.
 pub fn blockdev_nodes(d: &Disk) -> VerbResult<Vec<serde_json::Value>> {
+    check_target_dev(d)?;
     let Some(path) = d.source.as_deref() else {
         return Err(unsupported(format!(
             "disk '{}' has no source (only a cdrom may be left empty)",
@@ -269,7 +305,10 @@ pub fn blockdev_nodes(d: &Disk) -> VerbResult<Vec<serde_json::Value>> {
     });
     match d.cache.as_deref() {
         None | Some("default") => {}
-        Some("none") => file["cache"] = json!({ "direct": true, "no-flush": false }),
+        Some("none" | "directsync") => {
+            file["cache"] = json!({ "direct": true, "no-flush": false })
+        }
+        // The device's write cache says the rest (write_cache_off).
         Some("writethrough") | Some("writeback") => {}
         Some("unsafe") => file["cache"] = json!({ "direct": false, "no-flush": true }),
         Some(other) => {
@@ -580,6 +619,9 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
             0
         };
         let mut dev = disk_device(def, d, idx, &mut slots)?;
+        if write_cache_off(d) {
+            dev.push_str(",write-cache=off");
+        }
         if let Some(order) = d.boot_order {
             if d.device == DiskDevice::Floppy {
                 // The floppy device has no bootindex: its controller's drive A or B does.

@@ -662,6 +662,9 @@ impl Hypervisor for Qemu {
                         ));
                     }
                 }
+                if matches!(d.cache.as_deref(), Some("writethrough" | "directsync")) {
+                    device["write-cache"] = json!("off");
+                }
                 let nodes = cmdline::blockdev_nodes(d)?;
                 for node in &nodes {
                     q.execute("blockdev-add", Some(node.clone()))?;
