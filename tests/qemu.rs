@@ -527,6 +527,18 @@ fn a_hot_plugged_disk_is_seen_inside_the_guest() {
     assert_eq!(r.ok(), "Interface attached successfully\n\n");
     let r = d.client(uri, "domiflist vm7");
     assert!(r.ok().contains("52:54:00:12:34:56"), "{}", r.stdout);
+    // The live XML says where the hot-plugged devices sit, so a restore rebuilds the same
+    // guest: its device state loads, and it counts on.
+    let image = d.root.join("images/vm7.save");
+    d.client(uri, &format!("save vm7 {}", image.display())).ok();
+    let at_save = last_counter(console);
+    d.client(uri, &format!("restore {}", image.display())).ok();
+    wait_counter_above(
+        console,
+        at_save + 1,
+        30,
+        "the counter did not continue after restoring a guest with hot-plugged devices",
+    );
     let r = d.client(
         uri,
         "detach-interface vm7 user --mac 52:54:00:12:34:56 --live",
@@ -1734,7 +1746,7 @@ fn a_q35_guest_finds_its_devices_where_libvirt_placed_them() {
         )
     };
     let devices = format!(
-        "<controller type='pci' index='0' model='pcie-root'/>{}{}{}\
+        "<controller type='pci' index='0' model='pcie-root'/>{}{}{}{}\
          <interface type='user'><mac address='52:54:00:00:00:21'/><model type='virtio'/><address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></interface>\
          <interface type='user'><mac address='52:54:00:00:00:22'/><model type='virtio'/></interface>\
          <memballoon model='virtio'><address type='pci' domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></memballoon>\
@@ -1742,6 +1754,7 @@ fn a_q35_guest_finds_its_devices_where_libvirt_placed_them() {
         port(1),
         port(2),
         port(3),
+        port(4),
         console.display()
     );
     let xml = g
@@ -1758,10 +1771,16 @@ fn a_q35_guest_finds_its_devices_where_libvirt_placed_them() {
         text.contains("nic 52:54:00:00:00:21 at 0000:02:00.0"),
         "{text}"
     );
-    // The NIC without an address: the root bus's first free slot (slot 1 on q35).
+    // The NIC without an address: the first empty root port (index 1), as libvirt places an
+    // endpoint; the definition records it there, as libvirt's does.
     assert!(
-        text.contains("nic 52:54:00:00:00:22 at 0000:00:01.0"),
+        text.contains("nic 52:54:00:00:00:22 at 0000:01:00.0"),
         "{text}"
+    );
+    let xml = d.client(uri, "dumpxml --inactive q35a").ok().to_string();
+    assert!(
+        xml.contains("<mac address='52:54:00:00:00:22'/>\n      <model type='virtio'/>\n      <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>"),
+        "{xml}"
     );
 
     // A device on a bus no controller makes is refused at define, naming both.
@@ -1786,7 +1805,8 @@ fn a_q35_guest_finds_its_devices_where_libvirt_placed_them() {
     );
 
     // q35's root bus takes no hot-plug: a disk goes to the one root port left empty
-    // (index 1), and the guest finds it there; with none left, the error says what to add.
+    // (index 4), the live XML records it there, and the guest finds it; with none left, the
+    // error says what to add.
     let disk = d.home.join("q35-extra.img");
     std::fs::File::create(&disk)
         .unwrap()
@@ -1798,6 +1818,11 @@ fn a_q35_guest_finds_its_devices_where_libvirt_placed_them() {
     );
     assert_eq!(r.ok(), "Disk attached successfully\n\n");
     wait_console(&console, "disk vda present", 1, 30);
+    let live = d.client(uri, "dumpxml q35a").ok().to_string();
+    assert!(
+        live.contains("<target dev='vdb' bus='virtio'/>\n      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>"),
+        "{live}"
+    );
     let r = d.client(
         uri,
         "attach-interface q35a user none --mac 52:54:00:00:00:23 --model virtio --live",
@@ -1845,7 +1870,7 @@ fn scsi_disks_reach_the_guest_through_virtio_scsi_and_lsi_controllers() {
     d.client(uri, &format!("define {}", xml.display())).ok();
     let dumped = d.client(uri, "dumpxml scsi1").ok().to_string();
     assert!(
-        dumped.contains("<controller type='scsi' index='1' model='lsilogic'/>"),
+        dumped.contains("<controller type='scsi' index='1' model='lsilogic'>\n      <address type='pci' domain='0x0000'"),
         "{dumped}"
     );
     d.client(uri, "start scsi1").ok();

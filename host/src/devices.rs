@@ -151,6 +151,26 @@ fn with_defaults(dev: Device) -> Device {
     }
 }
 
+/// The device of `def` that `dev` added: the disk with its target, the NIC with its MAC (as
+/// a driver filled it in); other kinds as given.
+fn added(def: &DomainDef, dev: &Device) -> Option<Device> {
+    match dev {
+        Device::Disk(d) => def
+            .disks
+            .iter()
+            .find(|x| x.target_dev == d.target_dev)
+            .cloned()
+            .map(Device::Disk),
+        Device::Interface(i) => def
+            .interfaces
+            .iter()
+            .find(|x| x.mac.is_some() && x.mac == i.mac)
+            .cloned()
+            .map(Device::Interface),
+        _ => None,
+    }
+}
+
 /// Removes the selected device from `def`, returning it.
 fn remove(def: &mut DomainDef, sel: &DeviceSelector) -> Option<Device> {
     match sel {
@@ -195,6 +215,21 @@ fn remove(def: &mut DomainDef, sel: &DeviceSelector) -> Option<Device> {
 }
 
 impl Connection {
+    /// `def` with a device added, filled in by the driver as a definition is; the driver
+    /// may not rename it or give it another uuid.
+    fn refilled(&self, def: &DomainDef) -> Result<DomainDef> {
+        let filled = self
+            .plugin
+            .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, def))?;
+        if filled.name != def.name || filled.uuid != def.uuid {
+            return Err(Error::internal(format!(
+                "internal error: plugin '{}' changed the domain's name or uuid while filling defaults",
+                self.plugin.name()
+            )));
+        }
+        Ok(filled)
+    }
+
     /// Adds `dev`. `scope` `None` is virsh's flagless form: the running domain only.
     pub fn attach_device(&self, key: &str, dev: Device, scope: Option<Scope>) -> Result<()> {
         self.writable()?;
@@ -219,15 +254,7 @@ impl Connection {
                 ));
             }
             add(&mut new.def, &dev)?;
-            new.def = self
-                .plugin
-                .hypervisor("fill-defaults", |g, s| g.call_fill_defaults(s, &new.def))?;
-            if new.def.name != rec.def.name || new.def.uuid != rec.def.uuid {
-                return Err(Error::internal(format!(
-                    "internal error: plugin '{}' changed the domain's name or uuid while filling defaults",
-                    self.plugin.name()
-                )));
-            }
+            new.def = self.refilled(&new.def)?;
         }
         if scope.live {
             if !rec.is_active() {
@@ -237,6 +264,11 @@ impl Connection {
             }
             let mut live = rec.live.clone().unwrap_or_else(|| rec.def.clone());
             add(&mut live, &dev)?;
+            // The driver fills the device into the running definition as into a new one (a
+            // PCI address where the running guest has room): what it plugs and what the live
+            // XML records, for a restore or a migration to rebuild, are then the same.
+            let live = self.refilled(&live)?;
+            let dev = added(&live, &dev).unwrap_or(dev);
             let runtime = self
                 .plugin
                 .hypervisor(verb, |g, s| g.call_attach_device(s, &rec.as_ref(), &dev))?;

@@ -128,7 +128,7 @@ fn graphics(def: &DomainDef, a: &mut Vec<String>, slots: &mut crate::pci::Slots)
         }
     }
     if !def.graphics.is_empty() && def.videos.is_empty() {
-        a.extend(["-device".into(), format!("VGA{}", slots.next("the VGA device")?)]);
+        a.extend(["-device".into(), format!("VGA{}", slots.set_aside("the VGA device")?)]);
     }
     Ok(())
 }
@@ -328,6 +328,20 @@ pub fn blockdev_nodes(d: &Disk) -> VerbResult<Vec<serde_json::Value>> {
     Ok(vec![file, fmt])
 }
 
+/// The QEMU id of NIC `index` of `all` (its device and its backend): from its MAC, which
+/// every NIC has once defaults are filled, so a cold-plugged and a hot-plugged one are found
+/// alike when detached; by position for a NIC without one, or whose MAC another NIC of the
+/// definition shares (libvirt allows that).
+pub fn nic_id(all: &[Interface], index: usize) -> String {
+    let mac = all.get(index).and_then(|n| n.mac.as_deref());
+    match mac {
+        Some(m) if all.iter().filter(|n| n.mac.as_deref() == Some(m)).count() == 1 => {
+            format!("net-{}", m.replace(':', ""))
+        }
+        _ => format!("net{index}"),
+    }
+}
+
 /// The QEMU device for a NIC model.
 pub fn nic_model(model: Option<&str>) -> VerbResult<&'static str> {
     Ok(match model.unwrap_or("virtio") {
@@ -466,7 +480,7 @@ fn other_devices(
         };
         a.extend([
             "-device".into(),
-            format!("{dev}{}", slots.next("a video device")?),
+            format!("{dev}{}", slots.set_aside("a video device")?),
         ]);
     }
     for i in &def.inputs {
@@ -496,7 +510,7 @@ fn other_devices(
             }
         };
         let place = if dev.ends_with("-pci") {
-            slots.next("a virtio input device")?
+            slots.set_aside("a virtio input device")?
         } else {
             String::new()
         };
@@ -517,11 +531,25 @@ fn other_devices(
             "-device".into(),
             format!(
                 "virtio-rng-pci,rng=objrng{i},id=rng{i}{}",
-                slots.next("the rng device")?
+                slots.set_aside("the rng device")?
             ),
         ]);
     }
     Ok(a)
+}
+
+/// How many PCI devices the definition has that the model gives no address field (video
+/// devices, virtio input devices, the VGA a display without video gets, rng devices): the
+/// root-bus slots [`crate::pci::Slots::set_aside_first`] keeps for them.
+fn unaddressed_pci_devices(def: &DomainDef) -> usize {
+    let videos = def.videos.iter().filter(|v| v.model != "none").count();
+    let inputs = def
+        .inputs
+        .iter()
+        .filter(|i| i.bus.as_deref() == Some("virtio"))
+        .count();
+    let vga = usize::from(!def.graphics.is_empty() && def.videos.is_empty());
+    videos + inputs + vga + def.rngs.len()
 }
 
 /// Whether `machine` is one of QEMU's x86 PC machines (`pc`, `pc-i440fx-7.2`, `q35`,
@@ -594,6 +622,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         push(&["-no-acpi"]);
     }
     let mut slots = crate::pci::Slots::new(def, machine)?;
+    slots.set_aside_first(unaddressed_pci_devices(def))?;
     a.extend(crate::pci::controllers(def, machine, &mut slots)?);
     // SCSI controllers before the disks on them.
     for c in def.controllers.iter().filter(|c| c.controller_type == "scsi") {
@@ -635,8 +664,9 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         a.push(dev);
     }
     for (i, n) in def.interfaces.iter().enumerate() {
+        let id = nic_id(&def.interfaces, i);
         let netdev = match n.interface_type {
-            InterfaceType::User => format!("user,id=net{i}"),
+            InterfaceType::User => format!("user,id={id}"),
             InterfaceType::Bridge => {
                 if n.source.as_deref().is_none_or(str::is_empty) {
                     return Err(error(
@@ -652,7 +682,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
                     .cloned()
                     .flatten()
                     .unwrap_or_else(|| "vwnet0".to_string());
-                format!("tap,id=net{i},ifname={},script=no,downscript=no", opt(&tap))
+                format!("tap,id={id},ifname={},script=no,downscript=no", opt(&tap))
             }
             other => {
                 return Err(unsupported(format!(
@@ -662,7 +692,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
             }
         };
         let mut dev = format!(
-            "{},netdev=net{i},id=net{i}{}",
+            "{},netdev={id},id={id}{}",
             nic_model(n.model.as_deref())?,
             slots.place(&n.address, &format!("interface {i}"))?
         );

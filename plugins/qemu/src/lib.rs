@@ -429,7 +429,8 @@ impl Hypervisor for Qemu {
         {
             c.model = Some(scsi::DEFAULT_MODEL.into());
         }
-        // Refuse at define what start would refuse, as libvirt validates a definition.
+        // Refuse at define what start would refuse, as libvirt validates a definition;
+        // where each PCI device lands is then written into the definition, as libvirt does.
         let args = cmdline::build(
             &def,
             &cmdline::Launch {
@@ -438,6 +439,7 @@ impl Hypervisor for Qemu {
                 taps: &[],
             },
         )?;
+        pci::record_placements(&mut def, &args);
         // ... including a machine type or device model this emulator lacks (what it has is
         // probed once per binary and cached, so a define costs a stat and a small read).
         let program = def.emulator.as_deref().unwrap_or(DEFAULT_EMULATOR);
@@ -628,9 +630,7 @@ impl Hypervisor for Qemu {
                 match (bus, d.device) {
                     ("virtio", DiskDevice::Disk) => {
                         device["driver"] = json!("virtio-blk-pci");
-                        if let Some(port) = hotplug_port(&mut q, &dom.def)? {
-                            device["bus"] = json!(port);
-                        }
+                        place_hotplug(&mut device, &d.address, &dom.def)?;
                     }
                     // A disk joins a virtio-scsi bus as a new LUN, without a PCI slot.
                     ("scsi", DiskDevice::Disk | DiskDevice::Cdrom) => {
@@ -692,8 +692,11 @@ impl Hypervisor for Qemu {
                         "the interface has no MAC address",
                     )
                 })?;
-                // Named after the MAC: unique per domain, and what detach finds it by.
-                let id = format!("net-{}", mac.replace(':', ""));
+                // Named after the MAC, as at start: unique per domain, and what detach
+                // finds it by.
+                let mut all = dom.def.interfaces.clone();
+                all.push(n.clone());
+                let id = cmdline::nic_id(&all, all.len() - 1);
                 let model = cmdline::nic_model(n.model.as_deref())?;
                 let tap = if n.interface_type == InterfaceType::Bridge {
                     let def = DomainDef {
@@ -711,9 +714,7 @@ impl Hypervisor for Qemu {
                     None => json!({ "type": "user", "id": id }),
                 };
                 let mut device = json!({ "driver": model, "netdev": id, "id": id, "mac": mac });
-                if let Some(port) = hotplug_port(&mut q, &dom.def)? {
-                    device["bus"] = json!(port);
-                }
+                place_hotplug(&mut device, &n.address, &dom.def)?;
                 let plugged = q.execute("netdev_add", Some(backend)).and_then(|_| {
                     q.execute("device_add", Some(device))
                     .inspect_err(|_| {
@@ -747,7 +748,12 @@ impl Hypervisor for Qemu {
         let (r, mut q) = monitor(&dom)?;
         if let Device::Interface(n) = &dev {
             let mac = n.mac.clone().unwrap_or_default();
-            let id = format!("net-{}", mac.replace(':', ""));
+            // Its id as the command line or the hot-plug gave it: found by its place in the
+            // running definition.
+            let id = match dom.def.interfaces.iter().position(|x| x.mac.is_some() && x.mac == n.mac) {
+                Some(i) => cmdline::nic_id(&dom.def.interfaces, i),
+                None => cmdline::nic_id(std::slice::from_ref(n), 0),
+            };
             q.execute("device_del", Some(json!({ "id": id })))?;
             let gone = q.wait_event("DEVICE_DELETED", 20_000, |e| {
                 e["data"]["device"].as_str() == Some(id.as_str())
@@ -1363,35 +1369,15 @@ fn go(
     Ok(runtime(DomainState::Running(reason), r))
 }
 
-/// Where a PCI device hot-plugs: on q35 the root bus takes none, so (as libvirt) the first
-/// `pcie-root-port` with nothing behind it, found with `query-pci`; on pc the root bus
-/// (`None`: QEMU picks a free slot).
-fn hotplug_port(q: &mut Qmp, def: &DomainDef) -> VerbResult<Option<String>> {
-    if !pci::is_q35(def.os.machine.as_deref().unwrap_or("pc")) {
-        return Ok(None);
+/// Puts a hot-plugged PCI device where its address says (the host had the driver fill one
+/// in, as for a definition); without one, QEMU picks a free slot on the root bus.
+fn place_hotplug(device: &mut serde_json::Value, address: &[Attribute], def: &DomainDef) -> VerbResult<()> {
+    let machine = def.os.machine.as_deref().unwrap_or("pc");
+    if let Some((bus, addr)) = pci::hotplug_placement(address, machine)? {
+        device["bus"] = json!(bus);
+        device["addr"] = json!(addr);
     }
-    let buses = q.execute("query-pci", None)?;
-    let free = buses
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["bus"] == 0)
-        .flat_map(|b| b["devices"].as_array().into_iter().flatten())
-        .filter(|d| {
-            d["pci_bridge"]["devices"]
-                .as_array()
-                .is_some_and(|behind| behind.is_empty())
-        })
-        .filter_map(|d| d["qdev_id"].as_str())
-        .filter(|id| id.starts_with("pci."))
-        .min_by_key(|id| id[4..].parse::<u32>().unwrap_or(u32::MAX));
-    match free {
-        Some(port) => Ok(Some(port.to_string())),
-        None => Err(error(
-            ErrorKind::OperationFailed,
-            "no free pcie-root-port to hot-plug into: on q35 each hot-plugged device needs an empty one (add <controller type='pci' model='pcie-root-port'/> to the definition; it takes effect at the next start)",
-        )),
-    }
+    Ok(())
 }
 
 /// Ends a QEMU a verb must not leave behind, and releases what it held (its taps).

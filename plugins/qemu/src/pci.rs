@@ -109,6 +109,11 @@ pub struct Slots {
     machine: String,
     /// `(bus, slot)` pairs taken, by an address or by an earlier placement.
     taken: std::collections::BTreeSet<(u32, u32)>,
+    /// The indexes of the definition's PCI Express root ports (q35), lowest first.
+    root_ports: Vec<u32>,
+    /// Placements set aside for the devices the model gives no address (video, virtio
+    /// input, rng), handed out in the order the command line asks for them.
+    set_aside: std::collections::VecDeque<String>,
 }
 
 impl Slots {
@@ -163,10 +168,41 @@ impl Slots {
                 taken.insert((a.bus, a.slot));
             }
         }
+        let mut root_ports: Vec<u32> = def
+            .controllers
+            .iter()
+            .filter(|c| c.controller_type == "pci" && c.model.as_deref() == Some("pcie-root-port"))
+            .filter_map(|c| c.index)
+            .collect();
+        root_ports.sort_unstable();
         Ok(Slots {
             machine: machine.to_string(),
             taken,
+            root_ports,
+            set_aside: std::collections::VecDeque::new(),
         })
+    }
+
+    /// Sets aside `count` root-bus slots, before any device with an address field is
+    /// placed, for the devices the model gives no address (which [`Slots::set_aside`] then
+    /// hands out). They come first so that where they land depends only on the addresses
+    /// fixed in the definition: a device added later (hot-plugged, its address then recorded)
+    /// never takes a slot one of them holds in the running guest, and a restart or an
+    /// incoming migration rebuilds the same layout.
+    pub fn set_aside_first(&mut self, count: usize) -> VerbResult<()> {
+        for _ in 0..count {
+            let place = self.next_root("a device without an address")?;
+            self.set_aside.push_back(place);
+        }
+        Ok(())
+    }
+
+    /// The next placement set aside by [`Slots::set_aside_first`].
+    pub fn set_aside(&mut self, what: &str) -> VerbResult<String> {
+        match self.set_aside.pop_front() {
+            Some(place) => Ok(place),
+            None => self.next_root(what),
+        }
     }
 
     /// The root bus's slots free for devices: 0 is the host bridge; on pc slot 1 is the
@@ -176,16 +212,45 @@ impl Slots {
     }
 
     /// `,bus=…,addr=…` for a device with `<address>` attributes `attrs`: its own address, or
-    /// the next free root slot.
+    /// (on q35) the first empty root port, as libvirt places an endpoint, which keeps it
+    /// hot-unpluggable; else the next free root slot.
     pub fn place(&mut self, attrs: &[Attribute], what: &str) -> VerbResult<String> {
-        match address(attrs)? {
-            Some(a) => Ok(placement_of(a, &self.machine)),
-            None => self.next(what),
+        if let Some(a) = address(attrs)? {
+            return Ok(placement_of(a, &self.machine));
+        }
+        let free_port = self
+            .root_ports
+            .iter()
+            .copied()
+            .find(|p| !self.taken.contains(&(*p, 0)));
+        match free_port {
+            Some(port) => {
+                self.taken.insert((port, 0));
+                Ok(placement_of(
+                    PciAddress {
+                        bus: port,
+                        slot: 0,
+                        function: 0,
+                        multifunction: false,
+                    },
+                    &self.machine,
+                ))
+            }
+            None => self.next_root(what),
         }
     }
 
-    /// `,bus=…,addr=…` for a device the model gives no address: the next free root slot.
-    pub fn next(&mut self, what: &str) -> VerbResult<String> {
+    /// [`Slots::place`] on the root bus only: for root ports and bridges, which make buses
+    /// rather than sit behind one.
+    pub fn place_on_root(&mut self, attrs: &[Attribute], what: &str) -> VerbResult<String> {
+        match address(attrs)? {
+            Some(a) => Ok(placement_of(a, &self.machine)),
+            None => self.next_root(what),
+        }
+    }
+
+    /// `,bus=…,addr=…` on the root bus's next free slot.
+    fn next_root(&mut self, what: &str) -> VerbResult<String> {
         let slot = self
             .root_slots()
             .find(|s| !self.taken.contains(&(0, *s)))
@@ -232,12 +297,12 @@ pub fn controllers(def: &DomainDef, machine: &str, slots: &mut Slots) -> VerbRes
             Some("pcie-root-port") if is_q35(machine) && index > 0 => {
                 // The port number and chassis a guest sees: libvirt's (slot * 8 + function
                 // of the port's own address), or one past the others without an address.
-                let place = slots.place(&c.address, &format!("PCI controller {index}"))?;
+                let place = slots.place_on_root(&c.address, &format!("PCI controller {index}"))?;
                 let port = at.map_or(0x10 + index - 1, |a| a.slot * 8 + a.function);
                 format!("pcie-root-port,port={port:#x},chassis={index},id=pci.{index}{place}")
             }
             Some("pci-bridge") if !is_q35(machine) && index > 0 => {
-                let place = slots.place(&c.address, &format!("PCI controller {index}"))?;
+                let place = slots.place_on_root(&c.address, &format!("PCI controller {index}"))?;
                 format!("pci-bridge,chassis_nr={index},id=pci.{index}{place}")
             }
             _ => {
@@ -253,4 +318,117 @@ pub fn controllers(def: &DomainDef, machine: &str, slots: &mut Slots) -> VerbRes
         out.extend(["-device".to_string(), dev]);
     }
     Ok(out)
+}
+
+/// The PCI address in a `-device` value built here (`…,id=X,…,bus=pci.N,addr=0xS.0xF`): its
+/// id and where it sits; `None` for a device off the PCI buses.
+fn built_placement(value: &str) -> Option<(String, PciAddress)> {
+    let field = |key: &str| {
+        value
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    };
+    let id = field("id")?.to_string();
+    let bus = match field("bus")? {
+        "pci.0" | "pcie.0" => 0,
+        other => other.strip_prefix("pci.")?.parse().ok()?,
+    };
+    let (slot, function) = field("addr")?.split_once('.')?;
+    let hex = |t: &str| u32::from_str_radix(t.trim_start_matches("0x"), 16).ok();
+    Some((
+        id,
+        PciAddress {
+            bus,
+            slot: hex(slot)?,
+            function: hex(function)?,
+            multifunction: field("multifunction") == Some("on"),
+        },
+    ))
+}
+
+/// `<address type='pci' …>` attributes as libvirt writes them.
+fn attributes(a: PciAddress) -> Vec<Attribute> {
+    let mut out: Vec<Attribute> = [
+        ("type", "pci".to_string()),
+        ("domain", "0x0000".to_string()),
+        ("bus", format!("{:#04x}", a.bus)),
+        ("slot", format!("{:#04x}", a.slot)),
+        ("function", format!("{:#x}", a.function)),
+    ]
+    .into_iter()
+    .map(|(name, value)| Attribute {
+        name: name.to_string(),
+        value,
+    })
+    .collect();
+    if a.multifunction {
+        out.push(Attribute {
+            name: "multifunction".into(),
+            value: "on".into(),
+        });
+    }
+    out
+}
+
+/// Writes into `def` the PCI address each device with an address field got in `args`, the
+/// command line built from it, as libvirt fills every device's address when a definition
+/// is made: from then on the definition says where the guest has each device, so a restart,
+/// a restore or an incoming migration puts it there again, and a device hot-plugged later
+/// is placed around it (its address recorded the same way).
+pub fn record_placements(def: &mut DomainDef, args: &[String]) {
+    let placed: std::collections::HashMap<String, PciAddress> = args
+        .windows(2)
+        .filter(|w| w[0] == "-device")
+        .filter_map(|w| built_placement(&w[1]))
+        .collect();
+    let fill = |attrs: &mut Vec<Attribute>, id: &str| {
+        if attrs.is_empty()
+            && let Some(a) = placed.get(id)
+        {
+            *attrs = attributes(*a);
+        }
+    };
+    for d in &mut def.disks {
+        fill(&mut d.address, &format!("disk-{}", d.target_dev));
+    }
+    let ids: Vec<String> = (0..def.interfaces.len())
+        .map(|i| crate::cmdline::nic_id(&def.interfaces, i))
+        .collect();
+    for (n, id) in def.interfaces.iter_mut().zip(&ids) {
+        fill(&mut n.address, id);
+    }
+    for c in &mut def.controllers {
+        let index = c.index.unwrap_or(0);
+        let id = match c.controller_type.as_str() {
+            "pci" => format!("pci.{index}"),
+            "usb" if index == 0 => "usb".to_string(),
+            "usb" => format!("usb{index}"),
+            "virtio-serial" => format!("virtio-serial{index}"),
+            "scsi" => format!("scsi{index}"),
+            _ => continue,
+        };
+        fill(&mut c.address, &id);
+    }
+    if let Some(b) = &mut def.memballoon {
+        fill(&mut b.address, "balloon0");
+    }
+}
+
+/// Where a hot-plugged device goes, from its `<address type='pci'>` (filled in by the host
+/// through `fill-defaults` before the attach): `device_add`'s `bus` and `addr`. On q35 it
+/// must be behind a root port, since the root bus takes no hot-plug.
+pub fn hotplug_placement(attrs: &[Attribute], machine: &str) -> VerbResult<Option<(String, String)>> {
+    let Some(a) = address(attrs)? else {
+        return Ok(None);
+    };
+    if is_q35(machine) && a.bus == 0 {
+        return Err(error(
+            ErrorKind::OperationFailed,
+            "no free pcie-root-port to hot-plug into: on q35 each hot-plugged device needs an empty one (add <controller type='pci' model='pcie-root-port'/> to the definition; it takes effect at the next start)",
+        ));
+    }
+    Ok(Some((
+        bus_id(a.bus, machine),
+        format!("{:#x}.{:#x}", a.slot, a.function),
+    )))
 }
