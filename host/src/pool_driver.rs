@@ -164,6 +164,9 @@ impl Connection {
         let Some(dir) = self.pool_driver(pool)?.dir else {
             return Ok(());
         };
+        if let (Some(rule), Ok(real)) = (&self.pool_dir_rule, dir.canonicalize()) {
+            rule.check(pool, &real)?;
+        }
         match std::fs::remove_dir(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
