@@ -295,10 +295,14 @@ pub fn controllers(def: &DomainDef, machine: &str, slots: &mut Slots) -> VerbRes
             Some("pci-root") | None if index == 0 && !is_q35(machine) => continue,
             Some("pcie-root") | None if index == 0 && is_q35(machine) => continue,
             Some("pcie-root-port") if is_q35(machine) && index > 0 => {
-                // The port number and chassis a guest sees: libvirt's (slot * 8 + function
-                // of the port's own address), or one past the others without an address.
+                // The port number a guest sees, as libvirt numbers it: slot * 8 + function
+                // of the port's own place (given, or just picked), so no two ports share one.
                 let place = slots.place_on_root(&c.address, &format!("PCI controller {index}"))?;
-                let port = at.map_or(0x10 + index - 1, |a| a.slot * 8 + a.function);
+                let port = match at {
+                    Some(a) => a.slot * 8 + a.function,
+                    None => built_placement(&format!("id=x{place}"))
+                        .map_or(0x10 + index - 1, |(_, a)| a.slot * 8 + a.function),
+                };
                 format!("pcie-root-port,port={port:#x},chassis={index},id=pci.{index}{place}")
             }
             Some("pci-bridge") if !is_q35(machine) && index > 0 => {
