@@ -1527,3 +1527,53 @@ impl Storage for Qemu {}
 impl Network for Qemu {}
 
 export_driver!(Qemu);
+
+#[cfg(test)]
+mod tests {
+    use virtwasm_sdk::types::*;
+
+    /// A definition with nothing in it but a name, for the unit tests of the command line's
+    /// parts.
+    pub fn empty_def() -> DomainDef {
+        DomainDef {
+            domain_type: "qemu".into(),
+            name: "t".into(),
+            uuid: "00000000-0000-0000-0000-000000000001".into(),
+            title: None,
+            description: None,
+            memory_kib: 131072,
+            current_memory_kib: 131072,
+            vcpus: 1,
+            current_vcpus: None,
+            vcpu_placement: None,
+            cpuset: None,
+            os: Os {
+                os_type: "hvm".into(),
+                arch: None,
+                machine: None,
+                kernel: None,
+                initrd: None,
+                cmdline: None,
+                boot: vec![],
+                init: None,
+                init_args: vec![],
+            },
+            features: vec![],
+            clock: None,
+            cpu: None,
+            on_poweroff: None,
+            on_reboot: None,
+            on_crash: None,
+            emulator: None,
+            disks: vec![],
+            controllers: vec![],
+            interfaces: vec![],
+            chardevs: vec![],
+            inputs: vec![],
+            graphics: vec![],
+            videos: vec![],
+            memballoon: None,
+            rngs: vec![],
+        }
+    }
+}

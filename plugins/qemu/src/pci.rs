@@ -436,3 +436,158 @@ pub fn hotplug_placement(attrs: &[Attribute], machine: &str) -> VerbResult<Optio
         format!("{:#x}.{:#x}", a.slot, a.function),
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> Vec<Attribute> {
+        pairs
+            .iter()
+            .map(|(n, v)| Attribute {
+                name: (*n).into(),
+                value: (*v).into(),
+            })
+            .collect()
+    }
+
+    fn pci(bus: &str, slot: &str, function: &str) -> Vec<Attribute> {
+        attrs(&[
+            ("type", "pci"),
+            ("domain", "0x0000"),
+            ("bus", bus),
+            ("slot", slot),
+            ("function", function),
+        ])
+    }
+
+    fn root_port(index: u32, address: Vec<Attribute>) -> Controller {
+        Controller {
+            controller_type: "pci".into(),
+            index: Some(index),
+            model: Some("pcie-root-port".into()),
+            address,
+        }
+    }
+
+    #[test]
+    fn addresses_read_as_libvirt_writes_them() {
+        let a = address(&pci("0x02", "0x1f", "0x7")).unwrap().unwrap();
+        assert_eq!((a.bus, a.slot, a.function), (2, 31, 7));
+        assert_eq!(address(&pci("2", "31", "7")).unwrap(), Some(a));
+        assert_eq!(address(&attrs(&[("type", "drive")])).unwrap(), None);
+        assert!(address(&pci("0x00", "0x20", "0x0")).is_err(), "slot above 0x1f");
+        assert!(address(&pci("0x00", "0x02", "0x8")).is_err(), "function above 7");
+        assert!(address(&attrs(&[("type", "pci"), ("domain", "0x0001")])).is_err());
+        assert!(address(&pci("zz", "0x02", "0x0")).is_err());
+    }
+
+    #[test]
+    fn unaddressed_devices_take_free_slots_around_the_fixed_ones() {
+        let mut def = crate::tests::empty_def();
+        def.os.machine = Some("pc".into());
+        def.memballoon = Some(Memballoon {
+            model: "virtio".into(),
+            address: pci("0x00", "0x02", "0x0"),
+        });
+        let mut slots = Slots::new(&def, "pc").unwrap();
+        // Devices without an address field first, then the others: slot 2 is taken.
+        slots.set_aside_first(1).unwrap();
+        assert_eq!(slots.set_aside("video").unwrap(), ",bus=pci.0,addr=0x3.0x0");
+        assert_eq!(slots.place(&[], "disk").unwrap(), ",bus=pci.0,addr=0x4.0x0");
+        assert_eq!(
+            slots.place(&pci("0x00", "0x09", "0x1"), "nic").unwrap(),
+            ",bus=pci.0,addr=0x9.0x1"
+        );
+    }
+
+    #[test]
+    fn on_q35_endpoints_go_behind_empty_root_ports_and_ports_stay_on_the_root() {
+        let mut def = crate::tests::empty_def();
+        def.os.machine = Some("q35".into());
+        def.controllers = vec![
+            root_port(1, pci("0x00", "0x02", "0x0")),
+            root_port(2, pci("0x00", "0x02", "0x1")),
+            root_port(3, vec![]),
+        ];
+        // Something already behind port 1.
+        def.memballoon = Some(Memballoon {
+            model: "virtio".into(),
+            address: pci("0x01", "0x00", "0x0"),
+        });
+        let mut slots = Slots::new(&def, "q35").unwrap();
+        let out = controllers(&def, "q35", &mut slots).unwrap();
+        assert_eq!(
+            out.iter().filter(|a| *a != "-device").collect::<Vec<_>>(),
+            [
+                "pcie-root-port,port=0x10,chassis=1,id=pci.1,bus=pcie.0,addr=0x2.0x0",
+                "pcie-root-port,port=0x11,chassis=2,id=pci.2,bus=pcie.0,addr=0x2.0x1",
+                // Numbered from the slot it got, so it shares no number with the others.
+                "pcie-root-port,port=0x8,chassis=3,id=pci.3,bus=pcie.0,addr=0x1.0x0",
+            ]
+        );
+        assert_eq!(slots.place(&[], "disk").unwrap(), ",bus=pci.2,addr=0x0.0x0");
+        assert_eq!(slots.place(&[], "nic").unwrap(), ",bus=pci.3,addr=0x0.0x0");
+        // No empty port left: the root bus.
+        assert_eq!(slots.place(&[], "rng").unwrap(), ",bus=pcie.0,addr=0x3.0x0");
+        // Which a hot-plug refuses, naming what to add.
+        let e = hotplug_placement(&pci("0x00", "0x03", "0x0"), "q35").unwrap_err();
+        assert!(e.message.contains("no free pcie-root-port"), "{}", e.message);
+        assert_eq!(
+            hotplug_placement(&pci("0x03", "0x00", "0x0"), "q35").unwrap(),
+            Some(("pci.3".to_string(), "0x0.0x0".to_string()))
+        );
+    }
+
+    #[test]
+    fn an_address_on_a_bus_nothing_makes_is_refused() {
+        let mut def = crate::tests::empty_def();
+        def.memballoon = Some(Memballoon {
+            model: "virtio".into(),
+            address: pci("0x04", "0x00", "0x0"),
+        });
+        let e = Slots::new(&def, "pc").err().expect("refused");
+        assert!(
+            e.message
+                .contains("the memory balloon is on PCI bus 0x4, which no <controller type='pci' index='4'> makes"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn placements_built_are_written_back_as_libvirt_writes_addresses() {
+        let mut def = crate::tests::empty_def();
+        def.memballoon = Some(Memballoon {
+            model: "virtio".into(),
+            address: vec![],
+        });
+        let args: Vec<String> = [
+            "-device",
+            "virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x5.0x0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        record_placements(&mut def, &args);
+        let written: Vec<(String, String)> = def
+            .memballoon
+            .unwrap()
+            .address
+            .into_iter()
+            .map(|a| (a.name, a.value))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("type", "pci"),
+                ("domain", "0x0000"),
+                ("bus", "0x00"),
+                ("slot", "0x05"),
+                ("function", "0x0")
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        assert_eq!(built_placement("floppy,unit=0,id=disk-fda"), None);
+    }
+}

@@ -185,3 +185,102 @@ pub fn missing_controllers(def: &DomainDef) -> VerbResult<Vec<Controller>> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(dev: &str, address: &[(&str, &str)]) -> Disk {
+        Disk {
+            source_type: DiskSourceType::File,
+            device: DiskDevice::Disk,
+            driver_name: None,
+            format: None,
+            cache: None,
+            io: None,
+            source: Some("/x.img".into()),
+            source_pool: None,
+            source_volume: None,
+            target_dev: dev.into(),
+            target_bus: Some("scsi".into()),
+            readonly: false,
+            shareable: false,
+            boot_order: None,
+            address: address
+                .iter()
+                .map(|(n, v)| Attribute {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn target_names_give_libvirts_units_seven_to_a_controller() {
+        assert_eq!(name_index("sda"), Some(0));
+        assert_eq!(name_index("sdz"), Some(25));
+        assert_eq!(name_index("sdaa"), Some(26));
+        assert_eq!(name_index("vda"), None);
+        assert_eq!(name_index("sd1"), None);
+        let at = |dev: &str| spot(&disk(dev, &[])).unwrap();
+        assert_eq!((at("sda").controller, at("sda").unit), (0, 0));
+        assert_eq!((at("sdg").controller, at("sdg").unit), (0, 6));
+        assert_eq!((at("sdh").controller, at("sdh").unit), (1, 0));
+        // A drive address wins over the name.
+        let d = disk(
+            "sda",
+            &[
+                ("type", "drive"),
+                ("controller", "2"),
+                ("bus", "0"),
+                ("target", "1"),
+                ("unit", "3"),
+            ],
+        );
+        assert_eq!(
+            spot(&d).unwrap(),
+            Spot {
+                controller: 2,
+                bus: 0,
+                target: 1,
+                unit: 3
+            }
+        );
+        assert!(spot(&disk("sda", &[("type", "drive"), ("unit", "x")])).is_err());
+    }
+
+    #[test]
+    fn a_disk_sits_on_its_controllers_bus_by_model() {
+        let d = disk("sdb", &[]);
+        let s = spot(&d).unwrap();
+        assert_eq!(
+            disk_device(&d, s, "virtio-scsi").unwrap(),
+            "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=1"
+        );
+        assert_eq!(
+            disk_device(&d, s, "lsilogic").unwrap(),
+            "scsi-hd,bus=scsi0.0,scsi-id=1"
+        );
+        let mut lun = d.clone();
+        lun.device = DiskDevice::Lun;
+        assert!(disk_device(&lun, s, "virtio-scsi").is_err());
+        // The controllers a definition lacks for its disks: one per index, libvirt's model.
+        let def_disks = vec![disk("sda", &[]), disk("sdh", &[]), disk("sdi", &[])];
+        let missing: Vec<(Option<u32>, Option<String>)> = missing_controllers(&DomainDef {
+            disks: def_disks,
+            ..crate::tests::empty_def()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.index, c.model))
+        .collect();
+        assert_eq!(
+            missing,
+            [
+                (Some(0), Some("lsilogic".to_string())),
+                (Some(1), Some("lsilogic".to_string()))
+            ]
+        );
+    }
+}
