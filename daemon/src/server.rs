@@ -663,16 +663,26 @@ async fn handle(
         _ => {
             let d = daemon.clone();
             let p = peer.clone();
-            // One hop to the blocking pool for a quick request: check and run it there.
-            let prepared = tokio::task::spawn_blocking(move || {
-                prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)
-                    .and_then(|call| answer_quick(&d, &p, call))
+            // One hop to the blocking pool: check the request and run it there, long work
+            // included when the client waits for it (registered as an operation all the
+            // same); only long work answered at once goes on in a thread of its own.
+            let handled = tokio::task::spawn_blocking(move || {
+                let call = prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)
+                    .and_then(|call| answer_quick(&d, &p, call))?;
+                if asynchronous || !matches!(call, Prepared::Call { .. }) {
+                    return Ok(Handled::Prepared(Box::new(call)));
+                }
+                Ok(Handled::Done(match register(&d, &p, call) {
+                    Registered::Answered(response) => response,
+                    Registered::Long(long) => answer(long.run()),
+                }))
             })
             .await
             .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
-            match prepared {
+            match handled {
                 Err(e) => error_response(&e),
-                Ok(call) => run(&daemon, &peer, call, asynchronous).await,
+                Ok(Handled::Done(response)) => response,
+                Ok(Handled::Prepared(call)) => run(&daemon, &peer, *call, asynchronous).await,
             }
         }
     };
@@ -991,9 +1001,109 @@ async fn run(
     call: Prepared,
     asynchronous: bool,
 ) -> Response<Reply> {
+    let long = match register(daemon, peer, call) {
+        Registered::Answered(response) => return response,
+        Registered::Long(long) => long,
+    };
+    let entry = long.entry.clone();
+    let work = tokio::task::spawn_blocking(move || long.run());
+    if asynchronous {
+        let op = entry.snapshot();
+        let mut r = json_response(202, serde_json::to_vec(&op).unwrap_or_default());
+        if let Ok(v) = format!("/v1/operations/{}", op.id).parse() {
+            r.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        return r;
+    }
+    match work.await {
+        Ok(outcome) => answer(outcome),
+        Err(e) => error_response(&Error::internal(format!("request handler failed: {e}"))),
+    }
+}
+
+/// What the blocking pool did with a request: prepared it for [`run`], or ran it through.
+enum Handled {
+    Prepared(Box<Prepared>),
+    Done(Response<Reply>),
+}
+
+/// A long call's answer to a client that waited for it.
+fn answer(outcome: Result<serde_json::Value>) -> Response<Reply> {
+    match outcome {
+        Ok(value) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// A prepared call after [`register`]: answered already (or refused), or long work
+/// registered as an operation and ready to run.
+enum Registered {
+    Answered(Response<Reply>),
+    Long(Box<LongWork>),
+}
+
+/// Long work registered as an operation: counted against its client's running operations
+/// and holding an in-flight slot (SIGTERM waits for it) until it has run, however it ends.
+struct LongWork {
+    counted: RunningCount,
+    conn: Connection,
+    req: Request,
+    entry: Arc<crate::operations::Entry>,
+    slot: InFlight,
+}
+
+/// One of a client's running operations, counted until dropped.
+struct RunningCount {
+    daemon: Arc<Daemon>,
+    who: String,
+}
+
+impl Drop for RunningCount {
+    fn drop(&mut self) {
+        let mut m = self.daemon.running_ops.lock().unwrap();
+        if let Some(n) = m.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+    }
+}
+
+impl LongWork {
+    /// Does the work, in the thread that calls it (a blocking one), and records its end.
+    fn run(self) -> Result<serde_json::Value> {
+        let LongWork {
+            counted,
+            conn,
+            req,
+            entry,
+            slot,
+        } = self;
+        let d = &counted.daemon;
+        let ctx = dispatch::Context {
+            files: &|p, create| d.check_file(p, create),
+            pool_dirs: &|p| d.check_pool_dir(p),
+            displays: &|l| d.config.displays.check(l),
+            progress: &|done, total| entry.progress(done, total, "bytes"),
+            refresh_on_read: false,
+        };
+        let outcome = dispatch::dispatch(&conn, req, &ctx);
+        entry.finish(&outcome);
+        drop((counted, slot));
+        outcome
+    }
+}
+
+/// Registers a prepared call's long work as an operation (or answers why not: too many
+/// running for its client); a call already answered is answered.
+fn register(daemon: &Arc<Daemon>, peer: &Peer, call: Prepared) -> Registered {
     let (conn, req, route, target) = match call {
         Prepared::Answer(v) => {
-            return json_response(200, serde_json::to_vec(&v).unwrap_or_default());
+            return Registered::Answered(json_response(
+                200,
+                serde_json::to_vec(&v).unwrap_or_default(),
+            ));
         }
         Prepared::Call {
             conn,
@@ -1008,7 +1118,7 @@ async fn run(
         let n = running.entry(who.clone()).or_default();
         let cap = daemon.config.limits.max_requests_per_client.max(1);
         if *n >= cap {
-            return json_response(
+            return Registered::Answered(json_response(
                 429,
                 error_body(&Error::new(
                     ErrorKind::OperationFailed,
@@ -1017,7 +1127,7 @@ async fn run(
                         peer.identity.describe()
                     ),
                 )),
-            );
+            ));
         }
         *n += 1;
     }
@@ -1031,52 +1141,18 @@ async fn run(
         route.op == "migrate",
         (route.object, route.permission),
     );
-    let d = daemon.clone();
-    let e = entry.clone();
-    // The work holds an in-flight slot of its own, so SIGTERM waits for it even when the
-    // client was answered at once.
-    let slot = InFlight::enter_unlimited(daemon);
-    let d2 = daemon.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        // Counted until the work ends, however it ends.
-        struct Running(Arc<Daemon>, String);
-        impl Drop for Running {
-            fn drop(&mut self) {
-                let mut m = self.0.running_ops.lock().unwrap();
-                if let Some(n) = m.get_mut(&self.1) {
-                    *n -= 1;
-                    if *n == 0 {
-                        m.remove(&self.1);
-                    }
-                }
-            }
-        }
-        let _running = Running(d2, who);
-        let ctx = dispatch::Context {
-            files: &|p, create| d.check_file(p, create),
-            pool_dirs: &|p| d.check_pool_dir(p),
-            displays: &|l| d.config.displays.check(l),
-            progress: &|done, total| e.progress(done, total, "bytes"),
-            refresh_on_read: false,
-        };
-        let outcome = dispatch::dispatch(&conn, req, &ctx);
-        e.finish(&outcome);
-        outcome
-    });
-    if asynchronous {
-        let op = entry.snapshot();
-        let mut r = json_response(202, serde_json::to_vec(&op).unwrap_or_default());
-        if let Ok(v) = format!("/v1/operations/{}", op.id).parse() {
-            r.headers_mut().insert(hyper::header::LOCATION, v);
-        }
-        return r;
-    }
-    match work.await {
-        Ok(Ok(value)) => json_response(200, serde_json::to_vec(&value).unwrap_or_default()),
-        Ok(Err(e)) => error_response(&e),
-        Err(e) => error_response(&Error::internal(format!("request handler failed: {e}"))),
-    }
+    Registered::Long(Box::new(LongWork {
+        counted: RunningCount {
+            daemon: daemon.clone(),
+            who,
+        },
+        conn,
+        req,
+        entry,
+        // The work holds an in-flight slot of its own, so SIGTERM waits for it even when
+        // the client was answered at once.
+        slot: InFlight::enter_unlimited(daemon),
+    }))
 }
 
 fn info(daemon: &Daemon, peer: &Peer) -> Vec<u8> {
