@@ -128,7 +128,10 @@ fn graphics(def: &DomainDef, a: &mut Vec<String>, slots: &mut crate::pci::Slots)
         }
     }
     if !def.graphics.is_empty() && def.videos.is_empty() {
-        a.extend(["-device".into(), format!("VGA{}", slots.set_aside("the VGA device")?)]);
+        a.extend([
+            "-device".into(),
+            format!("VGA{}", slots.set_aside("the VGA device")?),
+        ]);
     }
     Ok(())
 }
@@ -141,8 +144,7 @@ fn disk_id(d: &Disk) -> String {
 /// names QEMU's block nodes and devices, where a comma would add options of its own.
 pub fn check_target_dev(d: &Disk) -> VerbResult<()> {
     let ok = !d.target_dev.is_empty()
-        && d
-            .target_dev
+        && d.target_dev
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if ok {
@@ -305,9 +307,7 @@ pub fn blockdev_nodes(d: &Disk) -> VerbResult<Vec<serde_json::Value>> {
     });
     match d.cache.as_deref() {
         None | Some("default") => {}
-        Some("none" | "directsync") => {
-            file["cache"] = json!({ "direct": true, "no-flush": false })
-        }
+        Some("none" | "directsync") => file["cache"] = json!({ "direct": true, "no-flush": false }),
         // The device's write cache says the rest (write_cache_off).
         Some("writethrough") | Some("writeback") => {}
         Some("unsafe") => file["cache"] = json!({ "direct": false, "no-flush": true }),
@@ -625,7 +625,11 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
     slots.set_aside_first(unaddressed_pci_devices(def))?;
     a.extend(crate::pci::controllers(def, machine, &mut slots)?);
     // SCSI controllers before the disks on them.
-    for c in def.controllers.iter().filter(|c| c.controller_type == "scsi") {
+    for c in def
+        .controllers
+        .iter()
+        .filter(|c| c.controller_type == "scsi")
+    {
         let index = c.index.unwrap_or(0);
         let dev = crate::scsi::controller_device(c.model.as_deref(), index)?;
         let place = slots.place(&c.address, &format!("SCSI controller {index}"))?;
@@ -655,7 +659,10 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
             if d.device == DiskDevice::Floppy {
                 // The floppy device has no bootindex: its controller's drive A or B does.
                 let drive = if floppy_unit(d)? == 0 { "A" } else { "B" };
-                a.extend(["-global".into(), format!("isa-fdc.bootindex{drive}={order}")]);
+                a.extend([
+                    "-global".into(),
+                    format!("isa-fdc.bootindex{drive}={order}"),
+                ]);
             } else {
                 dev.push_str(&format!(",bootindex={order}"));
             }

@@ -635,7 +635,8 @@ impl Hypervisor for Qemu {
                     // A disk joins a virtio-scsi bus as a new LUN, without a PCI slot.
                     ("scsi", DiskDevice::Disk | DiskDevice::Cdrom) => {
                         let spot = scsi::spot(d)?;
-                        let model = scsi::controller_model(&dom.def, spot.controller, &d.target_dev)?;
+                        let model =
+                            scsi::controller_model(&dom.def, spot.controller, &d.target_dev)?;
                         if model != "virtio-scsi" {
                             return Err(error(
                                 ErrorKind::Unsupported,
@@ -649,7 +650,8 @@ impl Hypervisor for Qemu {
                         device["driver"] = json!(parts.next().unwrap_or_default());
                         for kv in parts {
                             if let Some((k, v)) = kv.split_once('=') {
-                                device[k] = v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n));
+                                device[k] =
+                                    v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n));
                             }
                         }
                     }
@@ -716,8 +718,7 @@ impl Hypervisor for Qemu {
                 let mut device = json!({ "driver": model, "netdev": id, "id": id, "mac": mac });
                 place_hotplug(&mut device, &n.address, &dom.def)?;
                 let plugged = q.execute("netdev_add", Some(backend)).and_then(|_| {
-                    q.execute("device_add", Some(device))
-                    .inspect_err(|_| {
+                    q.execute("device_add", Some(device)).inspect_err(|_| {
                         let _ = q.execute("netdev_del", Some(json!({ "id": id })));
                     })
                 });
@@ -750,7 +751,12 @@ impl Hypervisor for Qemu {
             let mac = n.mac.clone().unwrap_or_default();
             // Its id as the command line or the hot-plug gave it: found by its place in the
             // running definition.
-            let id = match dom.def.interfaces.iter().position(|x| x.mac.is_some() && x.mac == n.mac) {
+            let id = match dom
+                .def
+                .interfaces
+                .iter()
+                .position(|x| x.mac.is_some() && x.mac == n.mac)
+            {
                 Some(i) => cmdline::nic_id(&dom.def.interfaces, i),
                 None => cmdline::nic_id(std::slice::from_ref(n), 0),
             };
@@ -1371,7 +1377,11 @@ fn go(
 
 /// Puts a hot-plugged PCI device where its address says (the host had the driver fill one
 /// in, as for a definition); without one, QEMU picks a free slot on the root bus.
-fn place_hotplug(device: &mut serde_json::Value, address: &[Attribute], def: &DomainDef) -> VerbResult<()> {
+fn place_hotplug(
+    device: &mut serde_json::Value,
+    address: &[Attribute],
+    def: &DomainDef,
+) -> VerbResult<()> {
     let machine = def.os.machine.as_deref().unwrap_or("pc");
     if let Some((bus, addr)) = pci::hotplug_placement(address, machine)? {
         device["bus"] = json!(bus);

@@ -135,17 +135,16 @@ impl Slots {
             .map(|d| (format!("disk '{}'", d.target_dev), &d.address))
             .chain(def.interfaces.iter().enumerate().map(|(i, n)| {
                 (
-                    format!("interface {}", n.mac.clone().unwrap_or_else(|| i.to_string())),
+                    format!(
+                        "interface {}",
+                        n.mac.clone().unwrap_or_else(|| i.to_string())
+                    ),
                     &n.address,
                 )
             }))
             .chain(def.controllers.iter().map(|c| {
                 (
-                    format!(
-                        "controller {} {}",
-                        c.controller_type,
-                        c.index.unwrap_or(0)
-                    ),
+                    format!("controller {} {}", c.controller_type, c.index.unwrap_or(0)),
                     &c.address,
                 )
             }))
@@ -208,7 +207,11 @@ impl Slots {
     /// The root bus's slots free for devices: 0 is the host bridge; on pc slot 1 is the
     /// PIIX3 (ISA, IDE, USB), on q35 0x1f is the ICH9 (LPC, SATA, SMBus).
     fn root_slots(&self) -> std::ops::RangeInclusive<u32> {
-        if is_q35(&self.machine) { 1..=0x1e } else { 2..=0x1f }
+        if is_q35(&self.machine) {
+            1..=0x1e
+        } else {
+            2..=0x1f
+        }
     }
 
     /// `,bus=…,addr=…` for a device with `<address>` attributes `attrs`: its own address, or
@@ -421,7 +424,10 @@ pub fn record_placements(def: &mut DomainDef, args: &[String]) {
 /// Where a hot-plugged device goes, from its `<address type='pci'>` (filled in by the host
 /// through `fill-defaults` before the attach): `device_add`'s `bus` and `addr`. On q35 it
 /// must be behind a root port, since the root bus takes no hot-plug.
-pub fn hotplug_placement(attrs: &[Attribute], machine: &str) -> VerbResult<Option<(String, String)>> {
+pub fn hotplug_placement(
+    attrs: &[Attribute],
+    machine: &str,
+) -> VerbResult<Option<(String, String)>> {
     let Some(a) = address(attrs)? else {
         return Ok(None);
     };
@@ -476,8 +482,14 @@ mod tests {
         assert_eq!((a.bus, a.slot, a.function), (2, 31, 7));
         assert_eq!(address(&pci("2", "31", "7")).unwrap(), Some(a));
         assert_eq!(address(&attrs(&[("type", "drive")])).unwrap(), None);
-        assert!(address(&pci("0x00", "0x20", "0x0")).is_err(), "slot above 0x1f");
-        assert!(address(&pci("0x00", "0x02", "0x8")).is_err(), "function above 7");
+        assert!(
+            address(&pci("0x00", "0x20", "0x0")).is_err(),
+            "slot above 0x1f"
+        );
+        assert!(
+            address(&pci("0x00", "0x02", "0x8")).is_err(),
+            "function above 7"
+        );
         assert!(address(&attrs(&[("type", "pci"), ("domain", "0x0001")])).is_err());
         assert!(address(&pci("zz", "0x02", "0x0")).is_err());
     }
@@ -532,7 +544,11 @@ mod tests {
         assert_eq!(slots.place(&[], "rng").unwrap(), ",bus=pcie.0,addr=0x3.0x0");
         // Which a hot-plug refuses, naming what to add.
         let e = hotplug_placement(&pci("0x00", "0x03", "0x0"), "q35").unwrap_err();
-        assert!(e.message.contains("no free pcie-root-port"), "{}", e.message);
+        assert!(
+            e.message.contains("no free pcie-root-port"),
+            "{}",
+            e.message
+        );
         assert_eq!(
             hotplug_placement(&pci("0x03", "0x00", "0x0"), "q35").unwrap(),
             Some(("pci.3".to_string(), "0x0.0x0".to_string()))

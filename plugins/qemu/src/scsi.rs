@@ -40,7 +40,12 @@ fn name_index(dev: &str) -> Option<u32> {
 
 /// Where disk `d` sits: its drive address, or libvirt's default for its target name.
 pub fn spot(d: &Disk) -> VerbResult<Spot> {
-    let get = |n: &str| d.address.iter().find(|a| a.name == n).map(|a| a.value.as_str());
+    let get = |n: &str| {
+        d.address
+            .iter()
+            .find(|a| a.name == n)
+            .map(|a| a.value.as_str())
+    };
     if get("type") == Some("drive") {
         let field = |n: &str| -> VerbResult<u32> {
             get(n).map_or(Ok(0), |v| {
