@@ -106,15 +106,7 @@ impl Storage for DirPool {
         let path = volume_path(dir, &vol.name)?;
         let format = vol.format.clone().unwrap_or_else(|| "raw".into());
         check_format(&format)?;
-        if std::fs::symlink_metadata(&path).is_ok() {
-            return Err(error(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "operation failed: storage vol '{}' already exists at '{path}'",
-                    vol.name
-                ),
-            ));
-        }
+        not_there_yet(&vol.name, &path)?;
         let mut args = vec![
             "create".to_string(),
             "-q".into(),
@@ -147,15 +139,7 @@ impl Storage for DirPool {
         let dir = target(&pool)?;
         let from = inside_pool(dir, &volume_path(dir, &source.name)?)?;
         let path = volume_path(dir, &vol.name)?;
-        if std::fs::symlink_metadata(&path).is_ok() {
-            return Err(error(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "operation failed: storage vol '{}' already exists at '{path}'",
-                    vol.name
-                ),
-            ));
-        }
+        not_there_yet(&vol.name, &path)?;
         chain_inside_pool(dir, &from)?;
         let source_format = probe(&from)?.format;
         let format = vol.format.clone().unwrap_or_else(|| source_format.clone());
@@ -303,6 +287,18 @@ fn target(pool: &PoolDef) -> VerbResult<&str> {
                 format!("storage pool '{}' has no <target><path>", pool.name),
             )
         })
+}
+
+/// Refuses a new volume whose file (or anything else) is at `path` already: a volume is
+/// never written over.
+fn not_there_yet(name: &str, path: &str) -> VerbResult<()> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(error(
+            ErrorKind::AlreadyExists,
+            format!("operation failed: storage vol '{name}' already exists at '{path}'"),
+        ));
+    }
+    Ok(())
 }
 
 /// The file of volume `name` in `dir`; a name is one path component.
