@@ -77,6 +77,10 @@ impl Connection {
     /// (`graphics-ports`).
     pub(crate) fn check_unmodelled(&self, def: &DomainDef, extras: &Extras) -> Result<()> {
         let manifest = &self.plugin.manifest.plugin;
+        if !manifest.strict_devices && !self.picks_display_ports() {
+            return Ok(());
+        }
+        let unknown = extras.unknown_items();
         let mut left_out: Vec<String> = Vec::new();
         if manifest.strict_devices {
             left_out.extend(
@@ -87,12 +91,7 @@ impl Connection {
                     .filter(|e| !HOST_SIDE_ONLY.contains(&e.path.as_str()))
                     .map(|e| e.path.clone()),
             );
-            left_out.extend(
-                extras
-                    .unknown_items()
-                    .into_iter()
-                    .filter(|i| significant(i)),
-            );
+            left_out.extend(unknown.iter().filter(|i| significant(i)).cloned());
         }
         if self.picks_display_ports() {
             // Only displays the driver serves: it refuses other kinds by their type.
@@ -103,7 +102,7 @@ impl Connection {
                     .and_then(|n| def.graphics.get(n.checked_sub(1)?))
                     .is_some_and(|g| matches!(g.graphics_type.as_str(), "vnc" | "spice"))
             };
-            left_out.extend(extras.unknown_items().into_iter().filter(|i| served(i)));
+            left_out.extend(unknown.iter().filter(|i| served(i)).cloned());
         }
         if left_out.is_empty() {
             return Ok(());
