@@ -420,14 +420,11 @@ fn driver_errors_read_the_same_through_the_daemon() {
 #[test]
 fn a_slow_or_greedy_client_does_not_stall_the_others() {
     let home = tempfile::tempdir().unwrap();
-    let etc = home.path().join("daemon-root/etc/virtwasm");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("virtwasmd.toml"),
+    let d = Daemon::start_with_config(
+        home.path(),
         "[limits]\nmax_clients = 3\nidle_timeout_secs = 2\n",
-    )
-    .unwrap();
-    let d = Daemon::start(home.path(), &[]);
+        &[],
+    );
     // A slowloris: half a request line, then nothing.
     let mut slow = UnixStream::connect(d.socket()).unwrap();
     write!(slow, "GET /v1/dom").unwrap();

@@ -32,10 +32,27 @@ fn domain_xml(name: &str, g: &guest::Guest, console: &Path) -> String {
 /// `what` after `secs` seconds.
 #[track_caller]
 fn wait_counter_above(p: &Path, n: u64, secs: u64, what: &str) {
+    poll_until(secs, 100, || {
+        if last_counter(p) > n {
+            Ok(())
+        } else {
+            Err(what.to_string())
+        }
+    });
+}
+
+/// Calls `check` every `every_ms` milliseconds until it answers `Ok`, failing after `secs`
+/// seconds with the last thing it said: the one polling loop the waits here share.
+#[track_caller]
+fn poll_until(secs: u64, every_ms: u64, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    while last_counter(p) <= n {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        let why = match check() {
+            Ok(()) => return,
+            Err(why) => why,
+        };
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(every_ms));
     }
 }
 
@@ -52,18 +69,16 @@ fn first_counter(p: &Path) -> u64 {
 /// Waits until the console holds `needle` at least `count` times.
 #[track_caller]
 fn wait_console(p: &Path, needle: &str, count: usize, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    poll_until(secs, 100, || {
         let text = console_text(p);
         if text.matches(needle).count() >= count {
-            return;
+            Ok(())
+        } else {
+            Err(format!(
+                "no {count}x '{needle}' on the console within {secs} s:\n{text}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no {count}x '{needle}' on the console within {secs} s:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 }
 
 /// The last `counter N` the guest printed.
@@ -829,20 +844,17 @@ fn panicking_domain_xml(
 /// what it last said and the guest's console.
 #[track_caller]
 fn wait_state(d: &Daemon, uri: &str, name: &str, want: &str, secs: u64, console: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    poll_until(secs, 200, || {
         let out = d.client(uri, &format!("domstate {name} --reason"));
         if out.stdout == format!("{want}\n\n") {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "{name} is still '{}' {secs} s on (wanted '{want}'); console:\n{}",
             out.stdout.trim(),
             console_text(console)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ))
+    });
 }
 
 #[test]
@@ -999,15 +1011,16 @@ fn guest_cpus(p: &Path) -> u64 {
 /// Waits until the guest reports `n` online CPUs.
 #[track_caller]
 fn wait_guest_cpus(p: &Path, n: u64, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while guest_cpus(p) != n {
-        assert!(
-            Instant::now() < deadline,
-            "the guest does not see {n} CPUs within {secs} s:\n{}",
-            console_text(p)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(secs, 100, || {
+        if guest_cpus(p) == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "the guest does not see {n} CPUs within {secs} s:\n{}",
+                console_text(p)
+            ))
+        }
+    });
 }
 
 #[test]
@@ -1410,18 +1423,15 @@ fn disks_on_every_bus_and_a_block_device_reach_the_guest() {
     };
     // Block devices are files a client names like any other: this daemon lets clients name
     // the loop device's directory too.
-    let etc = home.path().join("daemon-root/etc/virtwasm");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("virtwasmd.toml"),
-        format!(
+    let d = Daemon::start_with_config(
+        home.path(),
+        &format!(
             "[files]\nallowed = [{:?}, {:?}, \"/dev\"]\n",
             std::env::temp_dir().display().to_string(),
             env!("CARGO_TARGET_TMPDIR")
         ),
-    )
-    .unwrap();
-    let d = Daemon::start(home.path(), &[]);
+        &[],
+    );
     let uri = d.uri("qemu", "/system");
     let sata = home.path().join("sata.img");
     marked_image(&sata, "MARKER-SATA", 1 << 20);
@@ -1526,11 +1536,13 @@ fn a_kvm_domain_where_kvm_is_unusable_fails_with_qemus_reason() {
 /// Waits up to `secs` seconds for `done`, failing with what was awaited.
 #[track_caller]
 fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "waited {secs} s for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(secs, 50, || {
+        if done() {
+            Ok(())
+        } else {
+            Err(format!("waited {secs} s for {what}"))
+        }
+    });
 }
 
 /// The port of the display in a domain's live XML.

@@ -906,14 +906,11 @@ fn libvirts_qemuxml2argv_corpus() {
     let home = tempfile::tempdir().unwrap();
     // Displays may listen on the wildcards too: what is measured is the driver's command
     // line, not the daemon's policy (which keeps them on loopback by default).
-    let etc = home.path().join("daemon-root/etc/virtwasm");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("virtwasmd.toml"),
+    let d = Daemon::start_with_config(
+        home.path(),
         "[displays]\nlisten_allowed = [\"127.0.0.1\", \"::1\", \"0.0.0.0\", \"::\"]\n",
-    )
-    .unwrap();
-    let d = Daemon::start(home.path(), &[]);
+        &[],
+    );
     let uri = d.uri("qemu", "/system");
     let work = home.path().join("corpus");
     std::fs::create_dir_all(&work).unwrap();

@@ -31,6 +31,21 @@ fn embed(home: &Path, script: &str) -> Run {
 }
 
 /// What `qemu-img info` says of `path`: (format, virtual size).
+/// Pool `p1`, a `dir` pool built under the daemon's images directory (the only place its
+/// clients may name), holding one volume; its directory.
+fn pool_with_volume(d: &Daemon, uri: &str, vol: &str, size: &str) -> PathBuf {
+    let pool = d.root.join("images/p1");
+    let r = d.client(
+        uri,
+        &format!(
+            "pool-create-as p1 dir --target {} --build; vol-create-as p1 {vol} {size}",
+            pool.display()
+        ),
+    );
+    assert_eq!(r.ok(), format!("Pool p1 created\n\nVol {vol} created\n\n"));
+    pool
+}
+
 fn image_info(path: &Path) -> (String, u64) {
     let out = Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
@@ -274,16 +289,7 @@ fn volume_streams_through_the_daemon_carry_real_bytes() {
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &[]);
     let uri = d.uri("qemu", "/system");
-    // The daemon lets clients name files under its images directory only.
-    let pool = d.root.join("images/p1");
-    let r = d.client(
-        &uri,
-        &format!(
-            "pool-create-as p1 dir --target {} --build; vol-create-as p1 disk.img 4M",
-            pool.display()
-        ),
-    );
-    assert_eq!(r.ok(), "Pool p1 created\n\nVol disk.img created\n\n");
+    let pool = pool_with_volume(&d, &uri, "disk.img", "4M");
 
     // 3 MiB and a bit of random bytes up, then down, through the daemon's streams.
     let data: Vec<u8> = (0..(3 << 20) + 12345u32)
@@ -351,25 +357,10 @@ fn a_client_that_stops_reading_a_download_is_let_go() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let etc = home.path().join("daemon-root/etc/virtwasm");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(
-        etc.join("virtwasmd.toml"),
-        "[limits]\nidle_timeout_secs = 2\n",
-    )
-    .unwrap();
-    let d = Daemon::start(home.path(), &[]);
+    let d = Daemon::start_with_config(home.path(), "[limits]\nidle_timeout_secs = 2\n", &[]);
     let uri = d.uri("qemu", "/system");
-    let pool = d.root.join("images/p1");
     // 64 MiB: more than the stream's queue and the socket's buffers hold.
-    let r = d.client(
-        &uri,
-        &format!(
-            "pool-create-as p1 dir --target {} --build; vol-create-as p1 big.img 64M",
-            pool.display()
-        ),
-    );
-    assert_eq!(r.ok(), "Pool p1 created\n\nVol big.img created\n\n");
+    pool_with_volume(&d, &uri, "big.img", "64M");
 
     // A client asks for the volume, reads the head of the answer, then reads no more.
     use std::io::{Read, Write};
@@ -419,15 +410,7 @@ fn a_pool_directory_swapped_for_a_link_is_not_handed_to_the_driver() {
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &[]);
     let uri = d.uri("qemu", "/system");
-    let pool = d.root.join("images/p1");
-    let r = d.client(
-        &uri,
-        &format!(
-            "pool-create-as p1 dir --target {} --build; vol-create-as p1 a.img 1M",
-            pool.display()
-        ),
-    );
-    assert_eq!(r.ok(), "Pool p1 created\n\nVol a.img created\n\n");
+    let pool = pool_with_volume(&d, &uri, "a.img", "1M");
 
     // Someone with write access to the images directory swaps the pool's directory for a
     // link to a directory clients may not name: one outside those the fixture allows (the

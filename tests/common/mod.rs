@@ -166,6 +166,15 @@ impl Daemon {
         Self::start_under(home, args, &[])
     }
 
+    /// [`Daemon::start`] with `config` as its `virtwasmd.toml` (the test `[files]` table is
+    /// added unless the config has its own).
+    pub fn start_with_config(home: &Path, config: &str, args: &[&str]) -> Daemon {
+        let etc = home.join("daemon-root/etc/virtwasm");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("virtwasmd.toml"), config).unwrap();
+        Self::start(home, args)
+    }
+
     /// [`Daemon::start`] under `wrapper` (e.g. `["ip", "netns", "exec", NS]`).
     pub fn start_under(home: &Path, args: &[&str], wrapper: &[&str]) -> Daemon {
         let root = home.join("daemon-root");
