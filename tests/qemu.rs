@@ -1920,3 +1920,77 @@ fn scsi_disks_reach_the_guest_through_virtio_scsi_and_lsi_controllers() {
     assert_eq!(r.ok(), "Disk detached successfully\n\n");
     d.client(uri, "destroy scsi1").ok();
 }
+
+#[test]
+fn usb_disks_reach_the_guest_through_uhci_and_xhci_and_hot_plug() {
+    let Some(s) = setup("usbsetup") else { return };
+    let g = guest::test_guest_or_skip().expect("setup found it");
+    let (d, uri) = (&s.d, &s.uri);
+    let console = d.home.join("usb.console");
+    let uhci = d.home.join("uhci.img");
+    marked_image(&uhci, "MARKER-UHCI", 1 << 20);
+    let xhci = d.home.join("xhci.img");
+    marked_image(&xhci, "MARKER-XHCI", 1 << 20);
+    // sda on USB controller 0, which the definition lacks: libvirt's default for pc (the
+    // PIIX3 UHCI) is added; sdb on port 2 of the qemu-xhci controller 1.
+    let devices = format!(
+        "<controller type='usb' index='1' model='qemu-xhci'/>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sdb' bus='usb'/><address type='usb' bus='1' port='2'/></disk>\
+         <serial type='file'><source path='{}'/></serial>",
+        uhci.display(),
+        xhci.display(),
+        console.display()
+    );
+    let xml = d.home.join("usb1.xml");
+    std::fs::write(&xml, g.domain_xml("usb1", "", &devices)).unwrap();
+    d.client(uri, &format!("define {}", xml.display())).ok();
+    let dumped = d.client(uri, "dumpxml usb1").ok().to_string();
+    assert!(
+        dumped.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
+        "{dumped}"
+    );
+    assert!(
+        dumped.contains("<address type='usb' bus='1' port='2'/>"),
+        "{dumped}"
+    );
+    d.client(uri, "start usb1").ok();
+    // The guest names the disks in the order it finds them: look for the bytes.
+    wait_console(&console, "present MARKER-UHCI", 1, 90);
+    wait_console(&console, "present MARKER-XHCI", 1, 30);
+
+    // A USB stick plugged into the running guest, and pulled out again.
+    let hot = d.home.join("hotusb.img");
+    marked_image(&hot, "MARKER-USBHOT", 1 << 20);
+    let r = d.client(
+        uri,
+        &format!(
+            "attach-disk usb1 {} sdc --targetbus usb --live",
+            hot.display()
+        ),
+    );
+    assert_eq!(r.ok(), "Disk attached successfully\n\n");
+    wait_console(&console, "present MARKER-USBHOT", 1, 30);
+    let r = d.client(uri, "detach-disk usb1 sdc --live");
+    assert_eq!(r.ok(), "Disk detached successfully\n\n");
+    let live = d.client(uri, "domblklist usb1").ok().to_string();
+    assert!(!live.contains("sdc"), "{live}");
+    d.client(uri, "destroy usb1").ok();
+
+    // model='none' is the word that there is no controller 0: nothing is added, and the
+    // USB disk that needs one is refused at define, naming what to add.
+    let none = format!(
+        "<controller type='usb' index='0' model='none'/>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>",
+        uhci.display()
+    );
+    let xml = d.home.join("usb2.xml");
+    std::fs::write(&xml, g.domain_xml("usb2", "", &none)).unwrap();
+    let r = d.client(uri, &format!("define {}", xml.display()));
+    assert!(
+        r.failed()
+            .contains("disk 'sda' on bus 'usb' needs USB controller 0"),
+        "{}",
+        r.stderr
+    );
+}

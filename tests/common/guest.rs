@@ -89,13 +89,22 @@ const MODULES: &[&str] = &[
     "sym53c8xx",
     // The floppy controller's drives.
     "floppy",
+    // USB disks: the UHCI, EHCI and xHCI host controllers and USB mass storage.
+    "usb-common",
+    "usbcore",
+    "uhci-hcd",
+    "ehci-hcd",
+    "ehci-pci",
+    "xhci-hcd",
+    "xhci-pci",
+    "usb-storage",
 ];
 
 /// The package whose dependency names the current Debian kernel.
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 
 /// Bump when the way the guest is assembled changes, so cached guests are rebuilt.
-const FORMAT: &str = "2";
+const FORMAT: &str = "3";
 
 /// `/init`, run by busybox sh as PID 1; `@MODULES@` is replaced with [`MODULES`]. Started as
 /// `/bin/busybox sh` since `/bin/sh` exists only after `busybox --install`.
@@ -159,7 +168,7 @@ sh </dev/console >/dev/console 2>&1 &
 
 say VIRTWASM-GUEST-READY
 # A heartbeat: tests see the guest run, pause (no lines) and continue after restore. Each
-# disk (virtio, SATA/IDE, SCSI, CD-ROM, floppy) is announced once with its first bytes, including ones
+# disk (virtio, SATA/IDE, SCSI, USB, CD-ROM, floppy) is announced once with its first bytes, including ones
 # hot-plugged later; the number of online CPUs
 # and MemTotal each time they change (a hot-plugged CPU is brought online first, as udev
 # would; the balloon shrinks MemTotal).

@@ -259,6 +259,11 @@ fn disk_device(
             let (driver, place) = dev.split_once(',').unwrap_or((&dev, ""));
             format!("{driver},{drive}id={id},{place}")
         }
+        ("usb", _) => {
+            let (bus, port) = usb_placement(def, d)?;
+            let port = port.map(|p| format!("port={p},")).unwrap_or_default();
+            format!("usb-storage,bus={bus},{port}{drive}id={id},removable=off")
+        }
         (other, _) => {
             return Err(unsupported(format!(
                 "disk '{}' on bus '{other}'",
@@ -266,6 +271,131 @@ fn disk_device(
             )));
         }
     })
+}
+
+/// Where a USB disk plugs in: the bus of the USB controller its `<address type='usb'>`
+/// names (controller 0 without one) and the port the address gives, if any (without one
+/// QEMU takes the first free port, in command-line order). The controller must be one this
+/// driver builds, and the drive must hold a medium: QEMU's `usb-storage` has no empty
+/// drives.
+pub fn usb_placement(def: &DomainDef, d: &Disk) -> VerbResult<(String, Option<String>)> {
+    let attr = |name: &str| {
+        d.address
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.as_str())
+    };
+    if empty_drive(d) {
+        return Err(unsupported(format!(
+            "an empty USB drive '{}' (QEMU's usb-storage needs a medium: give it a source, or put the drive on the sata, ide or scsi bus)",
+            d.target_dev
+        )));
+    }
+    if let Some(t) = attr("type").filter(|t| *t != "usb") {
+        return Err(error(
+            ErrorKind::InvalidArgument,
+            format!(
+                "disk '{}' on bus 'usb' has an address of type '{t}' (expected type 'usb' with bus and port)",
+                d.target_dev
+            ),
+        ));
+    }
+    let index = usb_controller_index(d)?;
+    let port = match attr("port") {
+        None | Some("") => None,
+        Some(p)
+            if p.split('.')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            Some(p.to_string())
+        }
+        Some(p) => {
+            return Err(error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "disk '{}': USB port '{p}' (expected a port number such as 1, or 1.2 behind a hub)",
+                    d.target_dev
+                ),
+            ));
+        }
+    };
+    let built = def.controllers.iter().any(|c| {
+        c.controller_type == "usb"
+            && c.index.unwrap_or(0) == index
+            && usb_controller(c.model.as_deref()).is_some()
+    });
+    if !built {
+        return Err(unsupported(format!(
+            "disk '{}' on bus 'usb' needs USB controller {index}, which this guest does not have (controllers are made at start: add <controller type='usb' index='{index}'/> to the definition)",
+            d.target_dev
+        )));
+    }
+    Ok((usb_bus(index), port))
+}
+
+/// The USB controller a USB disk's address names (its `bus`), 0 without one.
+fn usb_controller_index(d: &Disk) -> VerbResult<u32> {
+    match d.address.iter().find(|a| a.name == "bus") {
+        None => Ok(0),
+        Some(b) => b.value.parse::<u32>().map_err(|_| {
+            error(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "disk '{}': USB bus '{}' is not a controller index (expected 0, 1, ...)",
+                    d.target_dev, b.value
+                ),
+            )
+        }),
+    }
+}
+
+/// The USB controllers `def` lacks for its USB disks and input devices, as libvirt adds
+/// them when a definition is parsed: one per controller index they use, of libvirt's
+/// default model for the machine (the PIIX3 UHCI on pc; on q35 the USB 3 qemu-xhci, since
+/// the ICH9 EHCI with its UHCI companions is not built here). A controller of model
+/// `none` is the user's word that there is none: nothing is added for its index.
+pub fn missing_usb_controllers(def: &DomainDef) -> VerbResult<Vec<Controller>> {
+    let mut wanted: Vec<u32> = Vec::new();
+    for d in def
+        .disks
+        .iter()
+        .filter(|d| d.target_bus.as_deref() == Some("usb"))
+    {
+        wanted.push(usb_controller_index(d)?);
+    }
+    if def.inputs.iter().any(|i| i.bus.as_deref() == Some("usb")) {
+        wanted.push(0);
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let model = if crate::pci::is_q35(def.os.machine.as_deref().unwrap_or("pc")) {
+        "qemu-xhci"
+    } else {
+        "piix3-uhci"
+    };
+    Ok(wanted
+        .into_iter()
+        .filter(|index| {
+            !def.controllers
+                .iter()
+                .any(|c| c.controller_type == "usb" && c.index.unwrap_or(0) == *index)
+        })
+        .map(|index| Controller {
+            controller_type: "usb".into(),
+            index: Some(index),
+            model: Some(model.into()),
+            address: vec![],
+        })
+        .collect())
+}
+
+/// The QEMU bus of USB controller `index`: the controller's id (`usb`, `usb1`, ...) and `.0`.
+pub fn usb_bus(index: u32) -> String {
+    if index == 0 {
+        "usb.0".to_string()
+    } else {
+        format!("usb{index}.0")
+    }
 }
 
 /// `-blockdev` for a disk: the file (or block device) node, then the format node.
@@ -640,6 +770,7 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         a.extend(["-device".into(), "isa-fdc".into()]);
     }
     let mut ide_index = 0;
+    let mut usb_disks = Vec::new();
     for d in &def.disks {
         if !empty_drive(d) {
             a.extend(blockdev(d)?);
@@ -667,8 +798,13 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
                 dev.push_str(&format!(",bootindex={order}"));
             }
         }
-        a.push("-device".into());
-        a.push(dev);
+        if bus == "usb" {
+            // Its controller is made with the other devices, below.
+            usb_disks.extend(["-device".to_string(), dev]);
+        } else {
+            a.push("-device".into());
+            a.push(dev);
+        }
     }
     for (i, n) in def.interfaces.iter().enumerate() {
         let id = nic_id(&def.interfaces, i);
@@ -785,5 +921,163 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         ]);
     }
     a.extend(other_devices(def, machine, &mut slots)?);
+    a.extend(usb_disks);
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usb_disk(dev: &str, address: &[(&str, &str)]) -> Disk {
+        Disk {
+            source_type: DiskSourceType::File,
+            device: DiskDevice::Disk,
+            driver_name: None,
+            format: Some("raw".into()),
+            cache: None,
+            io: None,
+            source: Some("/x.img".into()),
+            source_pool: None,
+            source_volume: None,
+            target_dev: dev.into(),
+            target_bus: Some("usb".into()),
+            readonly: false,
+            shareable: false,
+            boot_order: None,
+            address: address
+                .iter()
+                .map(|(n, v)| Attribute {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn usb_controller_def(index: u32, model: &str) -> Controller {
+        Controller {
+            controller_type: "usb".into(),
+            index: Some(index),
+            model: Some(model.into()),
+            address: vec![],
+        }
+    }
+
+    fn argv(def: &DomainDef) -> VerbResult<Vec<String>> {
+        build(
+            def,
+            &Launch {
+                monitor: "/run/m.sock",
+                runtime_dir: "/run",
+                taps: &[],
+            },
+        )
+    }
+
+    #[test]
+    fn usb_disks_plug_into_their_controllers_bus_after_it_exists() {
+        let def = DomainDef {
+            disks: vec![
+                usb_disk("sda", &[]),
+                usb_disk("sdb", &[("type", "usb"), ("bus", "1"), ("port", "2")]),
+            ],
+            controllers: vec![
+                usb_controller_def(0, "piix3-uhci"),
+                usb_controller_def(1, "qemu-xhci"),
+            ],
+            ..crate::tests::empty_def()
+        };
+        let a = argv(&def).unwrap();
+        let at = |needle: &str| {
+            a.iter()
+                .position(|x| x.starts_with(needle))
+                .unwrap_or_else(|| panic!("no {needle} in {a:?}"))
+        };
+        let sda = at("usb-storage,bus=usb.0,");
+        let sdb = at("usb-storage,bus=usb1.0,port=2,");
+        assert_eq!(
+            a[sda],
+            "usb-storage,bus=usb.0,drive=fmt-sda,id=disk-sda,removable=off"
+        );
+        assert_eq!(
+            a[sdb],
+            "usb-storage,bus=usb1.0,port=2,drive=fmt-sdb,id=disk-sdb,removable=off"
+        );
+        // QEMU makes devices in command-line order: each controller before its disks.
+        assert!(at("piix3-usb-uhci,id=usb") < sda);
+        assert!(at("qemu-xhci,id=usb1") < sdb);
+    }
+
+    #[test]
+    fn usb_disks_without_a_controller_medium_or_valid_address_are_refused() {
+        let mut def = DomainDef {
+            disks: vec![usb_disk("sda", &[])],
+            ..crate::tests::empty_def()
+        };
+        let e = argv(&def).unwrap_err();
+        assert!(
+            e.message.contains("needs USB controller 0"),
+            "{}",
+            e.message
+        );
+        def.controllers = vec![usb_controller_def(0, "none")];
+        assert!(argv(&def).is_err());
+        def.controllers = vec![usb_controller_def(0, "ehci")];
+        assert!(argv(&def).is_ok());
+        def.disks = vec![usb_disk("sda", &[("type", "usb"), ("bus", "1")])];
+        let e = argv(&def).unwrap_err();
+        assert!(
+            e.message.contains("needs USB controller 1"),
+            "{}",
+            e.message
+        );
+        def.disks = vec![usb_disk("sda", &[("type", "usb"), ("port", "1,x=y")])];
+        let e = argv(&def).unwrap_err();
+        assert!(e.message.contains("USB port '1,x=y'"), "{}", e.message);
+        def.disks = vec![usb_disk("sda", &[("type", "drive"), ("unit", "0")])];
+        let e = argv(&def).unwrap_err();
+        assert!(
+            e.message.contains("address of type 'drive'"),
+            "{}",
+            e.message
+        );
+        let mut empty = usb_disk("sda", &[]);
+        empty.device = DiskDevice::Cdrom;
+        empty.source = None;
+        def.disks = vec![empty];
+        let e = argv(&def).unwrap_err();
+        assert!(e.message.contains("empty USB drive"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_usb_controllers_are_added_with_the_machines_default_model() {
+        let tablet = Input {
+            input_type: "tablet".into(),
+            bus: Some("usb".into()),
+        };
+        let mut def = DomainDef {
+            disks: vec![usb_disk("sdb", &[("type", "usb"), ("bus", "2")])],
+            inputs: vec![tablet],
+            ..crate::tests::empty_def()
+        };
+        let added = |def: &DomainDef| -> Vec<(Option<u32>, Option<String>)> {
+            missing_usb_controllers(def)
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.index, c.model))
+                .collect()
+        };
+        let uhci = Some("piix3-uhci".to_string());
+        assert_eq!(added(&def), [(Some(0), uhci.clone()), (Some(2), uhci)]);
+        def.os.machine = Some("pc-q35-7.2".into());
+        assert_eq!(added(&def)[0], (Some(0), Some("qemu-xhci".to_string())));
+        // model='none' says there is no controller 0: nothing is added in its place.
+        def.controllers = vec![usb_controller_def(0, "none")];
+        assert_eq!(added(&def), [(Some(2), Some("qemu-xhci".to_string()))]);
+        def.disks.clear();
+        def.inputs.clear();
+        def.controllers.clear();
+        assert!(added(&def).is_empty());
+    }
 }

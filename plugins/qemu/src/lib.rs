@@ -429,6 +429,9 @@ impl Hypervisor for Qemu {
         {
             c.model = Some(scsi::DEFAULT_MODEL.into());
         }
+        // The USB controllers its USB disks and input devices plug into, likewise.
+        let missing = cmdline::missing_usb_controllers(&def)?;
+        def.controllers.extend(missing);
         // Refuse at define what start would refuse, as libvirt validates a definition;
         // where each PCI device lands is then written into the definition, as libvirt does.
         let args = cmdline::build(
@@ -632,6 +635,16 @@ impl Hypervisor for Qemu {
                         device["driver"] = json!("virtio-blk-pci");
                         place_hotplug(&mut device, &d.address, &dom.def)?;
                     }
+                    // A USB stick: plugged into a port of its controller's bus.
+                    ("usb", DiskDevice::Disk | DiskDevice::Cdrom) => {
+                        let (bus, port) = cmdline::usb_placement(&dom.def, d)?;
+                        device["driver"] = json!("usb-storage");
+                        device["bus"] = json!(bus);
+                        device["removable"] = json!(false);
+                        if let Some(p) = port {
+                            device["port"] = json!(p);
+                        }
+                    }
                     // A disk joins a virtio-scsi bus as a new LUN, without a PCI slot.
                     ("scsi", DiskDevice::Disk | DiskDevice::Cdrom) => {
                         let spot = scsi::spot(d)?;
@@ -659,7 +672,7 @@ impl Hypervisor for Qemu {
                         return Err(error(
                             ErrorKind::Unsupported,
                             format!(
-                                "unsupported configuration: hot-plugging a {kind:?} on bus '{bus}' (virtio disks and disks on a virtio-scsi controller hot-plug)"
+                                "unsupported configuration: hot-plugging a {kind:?} on bus '{bus}' (virtio disks, USB disks and disks on a virtio-scsi controller hot-plug)"
                             ),
                         ));
                     }
