@@ -732,3 +732,84 @@ fn a_definition_cannot_make_the_daemon_open_files_outside_its_directories() {
     );
     assert!(r.ok().starts_with("Domain 'vm' defined"), "{}", r.stderr);
 }
+
+#[test]
+fn an_access_rule_narrows_the_directories_a_client_may_name() {
+    let home = tempfile::tempdir().unwrap();
+    let a = home.path().join("tenant-a");
+    let b = home.path().join("tenant-b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    // The tests' clients are root on the unix socket: a rule for uid 0 keeps them to
+    // tenant-a, though [files] allows both.
+    let files = format!("[files]\nallowed = [{a:?}, {b:?}]\n");
+    let rule = |dir: &Path| {
+        format!("\n[[access.rule]]\nidentity = \"uid:0\"\nrole = \"admin\"\nfiles = [{dir:?}]\n")
+    };
+    let d = Daemon::start_with_config(home.path(), &format!("{files}{}", rule(&a)), &[]);
+    let qemu = d.uri("qemu", "/system");
+    let domain = |name: &str, dir: &Path| {
+        let xml = home.path().join(format!("{name}.xml"));
+        std::fs::write(
+            &xml,
+            format!(
+                "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+                 <os><type arch='x86_64'>hvm</type></os><devices>\
+                 <disk type='file' device='disk'><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+                 </devices></domain>",
+                dir.join("disk.img").display()
+            ),
+        )
+        .unwrap();
+        xml
+    };
+    let r = d.client(&qemu, &format!("define {}", domain("mine", &a).display()));
+    assert!(r.ok().starts_with("Domain 'mine' defined"), "{}", r.stderr);
+    let r = d.client(&qemu, &format!("define {}", domain("theirs", &b).display()));
+    assert!(
+        r.failed().contains(&format!(
+            "disk 'vda': '{}' is outside the directories your access rule lets you name ({})",
+            b.join("disk.img").display(),
+            a.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    // Pools too: not in the other tenant's directory, and nothing is defined.
+    let r = d.client(
+        &qemu,
+        &format!("pool-define-as p dir --target {}", b.join("pool").display()),
+    );
+    assert!(
+        r.failed()
+            .contains("is outside the directories your access rule lets you name"),
+        "{}",
+        r.stderr
+    );
+    let r = d.client(&qemu, "list --all --name; pool-list --all --name");
+    assert_eq!(r.ok(), "mine\n\n\n");
+    drop(d);
+
+    // A rule cannot widen what [files] allows: the daemon does not start with one that tries.
+    let other = tempfile::tempdir().unwrap();
+    let etc = other.path().join("daemon-root/etc/virtwasm");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("virtwasmd.toml"),
+        format!("{files}{}", rule(Path::new("/etc"))),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::daemon_binary())
+        .arg("--root")
+        .arg(other.path().join("daemon-root"))
+        .arg("--timeout")
+        .arg("1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("access rule for 'uid:0': files entry '/etc' is not under a directory of [files] allowed"),
+        "{stderr}"
+    );
+}

@@ -84,6 +84,16 @@ impl Identity {
     }
 }
 
+/// The directories a client may name files under when an access rule narrows them: the
+/// `files` of the first rule matching `who` that has one (`None`: every allowed directory).
+pub fn file_dirs<'a>(access: &'a Access, who: &Identity) -> Option<&'a [std::path::PathBuf]> {
+    access
+        .rule
+        .iter()
+        .filter(|r| who.matches(&r.identity))
+        .find_map(|r| r.files.as_deref())
+}
+
 /// The decision for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
@@ -266,12 +276,14 @@ mod tests {
                     role: Role::Admin,
                     objects: "web-*".into(),
                     deny: vec![Permission::Delete],
+                    files: None,
                 },
                 Rule {
                     identity: "dn:*CN=ops".into(),
                     role: Role::Operator,
                     objects: "*".into(),
                     deny: vec![],
+                    files: None,
                 },
             ],
             ..Access::default()
@@ -293,6 +305,29 @@ mod tests {
     }
 
     #[test]
+    fn the_first_rule_for_an_identity_that_names_files_decides_them() {
+        let rule = |identity: &str, files: Option<&[&str]>| Rule {
+            identity: identity.into(),
+            role: Role::Operator,
+            objects: "web-*".into(),
+            deny: vec![],
+            files: files.map(|f| f.iter().map(std::path::PathBuf::from).collect()),
+        };
+        let access = Access {
+            rule: vec![
+                rule("dn:*CN=web", None),
+                rule("dn:*CN=web", Some(&["/srv/web"])),
+                rule("*", Some(&["/srv/shared"])),
+            ],
+            ..Access::default()
+        };
+        let dirs = |who: &Identity| file_dirs(&access, who).map(<[_]>::to_vec);
+        assert_eq!(dirs(&cert("web")), Some(vec!["/srv/web".into()]));
+        assert_eq!(dirs(&cert("db")), Some(vec!["/srv/shared".into()]));
+        assert_eq!(file_dirs(&Access::default(), &cert("web")), None);
+    }
+
+    #[test]
     fn a_rule_can_be_limited_to_one_kind_of_object() {
         let access = Access {
             rule: vec![
@@ -301,12 +336,14 @@ mod tests {
                     role: Role::Admin,
                     objects: "pool:*".into(),
                     deny: vec![],
+                    files: None,
                 },
                 Rule {
                     identity: "dn:*CN=storage".into(),
                     role: Role::Admin,
                     objects: "volume:scratch-*".into(),
                     deny: vec![],
+                    files: None,
                 },
             ],
             ..Access::default()

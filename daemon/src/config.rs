@@ -219,6 +219,14 @@ pub struct Rule {
     /// Permissions taken away from the role for these objects.
     #[serde(default)]
     pub deny: Vec<Permission>,
+    /// The directories under which a client of this identity may name files (save images,
+    /// pool directories, a definition's disks, kernel and serial files), instead of all of
+    /// `[files] allowed`: tenants sharing a daemon then cannot name each other's images.
+    /// Each must lie under a directory of `[files] allowed` or the daemon's images
+    /// directory. For a client, the first rule matching its identity that has `files`
+    /// decides, whatever its `objects`.
+    #[serde(default)]
+    pub files: Option<Vec<PathBuf>>,
 }
 
 fn any() -> String {
@@ -314,6 +322,14 @@ impl Config {
                     r.identity
                 )));
             }
+            if let Some(f) = r.files.iter().flatten().find(|f| !f.is_absolute()) {
+                return Err(Error::invalid(format!(
+                    "invalid config '{}': access rule for '{}' has files entry '{}', expected an absolute directory",
+                    path.display(),
+                    r.identity,
+                    f.display()
+                )));
+            }
             // A misspelt kind ("domains:web-*") would silently become a name pattern that
             // matches nothing.
             if let Some((word, _)) = r.objects.split_once(':')
@@ -340,6 +356,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_access_rules_files_must_be_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("virtwasmd.toml");
+        std::fs::write(
+            &p,
+            "[[access.rule]]\nidentity = \"uid:1000\"\nrole = \"operator\"\nfiles = [\"images\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(&p, false).unwrap_err();
+        assert!(
+            e.message
+                .contains("access rule for 'uid:1000' has files entry 'images', expected an absolute directory"),
+            "{}",
+            e.message
+        );
+        std::fs::write(
+            &p,
+            "[[access.rule]]\nidentity = \"uid:1000\"\nrole = \"operator\"\nfiles = [\"/srv/a\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&p, false).unwrap();
+        assert_eq!(c.access.rule[0].files, Some(vec!["/srv/a".into()]));
+    }
 
     #[test]
     fn empty_file_gives_defaults_and_typos_are_named() {

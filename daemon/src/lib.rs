@@ -217,6 +217,7 @@ fn run(args: Args) -> Result<()> {
     }
     let mut files_allowed = lay.files_allowed.clone();
     files_allowed.extend(config.files.allowed.iter().cloned());
+    rule_files_within(&config.access.rule, &files_allowed)?;
     // A pool's directory is checked when a client defines the pool, and again by the host
     // whenever a storage driver is handed it: by then a link may have replaced it.
     let pool_dirs = files_allowed.clone();
@@ -570,4 +571,28 @@ async fn accept_tcp(daemon: Arc<Daemon>, listener: TcpListener) {
         };
         tokio::spawn(serve(daemon.clone(), tcp, peer));
     }
+}
+
+/// Refuses an access rule whose `files` reach beyond the directories clients may name at
+/// all: a rule narrows what a client may name, it never widens it.
+fn rule_files_within(rules: &[config::Rule], allowed: &[PathBuf]) -> Result<()> {
+    let resolve = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let allowed: Vec<PathBuf> = allowed.iter().map(|a| resolve(a)).collect();
+    for r in rules {
+        for f in r.files.iter().flatten() {
+            if !allowed.iter().any(|a| resolve(f).starts_with(a)) {
+                return Err(Error::invalid(format!(
+                    "access rule for '{}': files entry '{}' is not under a directory of [files] allowed or the images directory ({})",
+                    r.identity,
+                    f.display(),
+                    allowed
+                        .iter()
+                        .map(|a| a.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
 }

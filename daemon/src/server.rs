@@ -252,23 +252,33 @@ impl Daemon {
         Ok(conn)
     }
 
-    /// Whether a client may make `path` a storage pool's directory: a path it may name, and
-    /// not one of the allowed directories themselves.
-    fn check_pool_dir(&self, path: &str) -> Result<()> {
-        let real = self.allowed_path(path, false)?;
-        pool_dir_allowed(&self.files_allowed, &real)
+    /// The directories `who` may name files under: those of the first access rule for it
+    /// that narrows them, else every directory clients may name.
+    pub(crate) fn file_dirs(&self, who: &Identity) -> Vec<PathBuf> {
+        match crate::access::file_dirs(&self.access(), who) {
+            Some(dirs) => dirs.to_vec(),
+            None => self.files_allowed.clone(),
+        }
     }
 
-    /// Whether a client may name `path` (absolute, under an allowed directory once
-    /// symbolic links are resolved); one it would `create` must not exist yet, so a client
-    /// can never replace a file (another domain's image, the daemon's own state).
-    fn check_file(&self, path: &str, create: bool) -> Result<()> {
-        self.allowed_path(path, create).map(|_| ())
+    /// Whether a client that may name files under `dirs` may make `path` a storage pool's
+    /// directory: a path it may name, and not one of those directories themselves.
+    fn check_pool_dir(&self, dirs: &[PathBuf], path: &str) -> Result<()> {
+        let real = self.allowed_path(dirs, path, false)?;
+        pool_dir_allowed(dirs, &real)
+    }
+
+    /// Whether a client that may name files under `dirs` may name `path` (absolute, under
+    /// one of them once symbolic links are resolved); one it would `create` must not exist
+    /// yet, so a client can never replace a file (another domain's image, the daemon's own
+    /// state).
+    fn check_file(&self, dirs: &[PathBuf], path: &str, create: bool) -> Result<()> {
+        self.allowed_path(dirs, path, create).map(|_| ())
     }
 
     /// `path` resolved (its directory's symbolic links followed, and its own if it is one),
-    /// once it is known to lie under a directory clients may name (see `check_file`).
-    fn allowed_path(&self, path: &str, create: bool) -> Result<PathBuf> {
+    /// once it is known to lie under one of `dirs` (see `check_file`).
+    fn allowed_path(&self, dirs: &[PathBuf], path: &str, create: bool) -> Result<PathBuf> {
         if create && std::fs::symlink_metadata(path).is_ok() {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -295,21 +305,24 @@ impl Daemon {
                 .map_err(|e| Error::io("cannot resolve", p, e))?,
             _ => real_dir.join(file),
         };
-        if self
-            .files_allowed
+        if dirs
             .iter()
             .any(|a| a.canonicalize().is_ok_and(|a| real.starts_with(a)))
         {
             return Ok(real);
         }
-        Err(Error::denied(format!(
-            "'{path}' is outside the directories this daemon lets clients name ({}); add one to [files] allowed in virtwasmd.toml",
-            self.files_allowed
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
+        let listed = dirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(Error::denied(if dirs == self.files_allowed.as_slice() {
+            format!(
+                "'{path}' is outside the directories this daemon lets clients name ({listed}); add one to [files] allowed in virtwasmd.toml"
+            )
+        } else {
+            format!("'{path}' is outside the directories your access rule lets you name ({listed})")
+        }))
     }
 }
 
@@ -698,9 +711,10 @@ fn answer_quick(daemon: &Daemon, peer: &Peer, call: Prepared) -> Result<Prepared
         Prepared::Call {
             conn, req, route, ..
         } if !virtwasm_api::ops::LONG.contains(&route.op) => {
+            let dirs = daemon.file_dirs(&peer.identity);
             let ctx = dispatch::Context {
-                files: &|f, create| daemon.check_file(f, create),
-                pool_dirs: &|p| daemon.check_pool_dir(p),
+                files: &|f, create| daemon.check_file(&dirs, f, create),
+                pool_dirs: &|p| daemon.check_pool_dir(&dirs, p),
                 displays: &|l| daemon.config.displays.check(l),
                 progress: &|_, _| Ok(()),
                 refresh_on_read: false,
@@ -1050,6 +1064,8 @@ struct LongWork {
     req: Request,
     entry: Arc<crate::operations::Entry>,
     slot: InFlight,
+    /// The directories the client may name files under.
+    dirs: Vec<PathBuf>,
 }
 
 /// One of a client's running operations, counted until dropped.
@@ -1079,11 +1095,12 @@ impl LongWork {
             req,
             entry,
             slot,
+            dirs,
         } = self;
         let d = &counted.daemon;
         let ctx = dispatch::Context {
-            files: &|p, create| d.check_file(p, create),
-            pool_dirs: &|p| d.check_pool_dir(p),
+            files: &|p, create| d.check_file(&dirs, p, create),
+            pool_dirs: &|p| d.check_pool_dir(&dirs, p),
             displays: &|l| d.config.displays.check(l),
             progress: &|done, total| entry.progress(done, total, "bytes"),
             refresh_on_read: false,
@@ -1152,6 +1169,7 @@ fn register(daemon: &Arc<Daemon>, peer: &Peer, call: Prepared) -> Registered {
         // The work holds an in-flight slot of its own, so SIGTERM waits for it even when
         // the client was answered at once.
         slot: InFlight::enter_unlimited(daemon),
+        dirs: daemon.file_dirs(&peer.identity),
     }))
 }
 

@@ -241,6 +241,7 @@ impl Trust {
                 role: c.role,
                 objects: "*".into(),
                 deny: Vec::new(),
+                files: None,
             })
             .collect()
     }
