@@ -1922,23 +1922,42 @@ fn scsi_disks_reach_the_guest_through_virtio_scsi_and_lsi_controllers() {
 }
 
 #[test]
-fn usb_disks_reach_the_guest_through_uhci_and_xhci_and_hot_plug() {
+fn usb_disks_reach_the_guest_through_the_ich9_set_and_xhci_and_hot_plug() {
     let Some(s) = setup("usbsetup") else { return };
     let g = guest::test_guest_or_skip().expect("setup found it");
     let (d, uri) = (&s.d, &s.uri);
     let console = d.home.join("usb.console");
-    let uhci = d.home.join("uhci.img");
-    marked_image(&uhci, "MARKER-UHCI", 1 << 20);
+    let ich9_img = d.home.join("ich9.img");
+    marked_image(&ich9_img, "MARKER-ICH9", 1 << 20);
     let xhci = d.home.join("xhci.img");
     marked_image(&xhci, "MARKER-XHCI", 1 << 20);
-    // sda on USB controller 0, which the definition lacks: libvirt's default for pc (the
-    // PIIX3 UHCI) is added; sdb on port 2 of the qemu-xhci controller 1.
+    // USB controller 0 is the ICH9 USB2 set as virt-manager writes it (an EHCI at function 7
+    // and its three UHCI companions, all index 0), and sda plugs into it; sdb into port 2 of
+    // the qemu-xhci controller 1.
+    let ich9 = |model: &str, function: u32, startport: Option<u32>| {
+        format!(
+            "<controller type='usb' index='0' model='{model}'>{}<address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='{function:#x}'{}/></controller>",
+            startport
+                .map(|p| format!("<master startport='{p}'/>"))
+                .unwrap_or_default(),
+            if function == 0 {
+                " multifunction='on'"
+            } else {
+                ""
+            }
+        )
+    };
     let devices = format!(
-        "<controller type='usb' index='1' model='qemu-xhci'/>\
+        "{}{}{}{}\
+         <controller type='usb' index='1' model='qemu-xhci'/>\
          <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>\
          <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sdb' bus='usb'/><address type='usb' bus='1' port='2'/></disk>\
          <serial type='file'><source path='{}'/></serial>",
-        uhci.display(),
+        ich9("ich9-ehci1", 7, None),
+        ich9("ich9-uhci1", 0, Some(0)),
+        ich9("ich9-uhci2", 1, Some(2)),
+        ich9("ich9-uhci3", 2, Some(4)),
+        ich9_img.display(),
         xhci.display(),
         console.display()
     );
@@ -1947,16 +1966,31 @@ fn usb_disks_reach_the_guest_through_uhci_and_xhci_and_hot_plug() {
     d.client(uri, &format!("define {}", xml.display())).ok();
     let dumped = d.client(uri, "dumpxml usb1").ok().to_string();
     assert!(
-        dumped.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
+        dumped.contains(
+            "<controller type='usb' index='0' model='ich9-uhci2'>\n      <master startport='2'/>"
+        ),
         "{dumped}"
     );
     assert!(
         dumped.contains("<address type='usb' bus='1' port='2'/>"),
         "{dumped}"
     );
+    // Without a controller for its USB disk, a definition gets libvirt's default for pc.
+    let bare = format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>",
+        ich9_img.display()
+    );
+    let xml = d.home.join("usb3.xml");
+    std::fs::write(&xml, g.domain_xml("usb3", "", &bare)).unwrap();
+    d.client(uri, &format!("define {}", xml.display())).ok();
+    let dumped = d.client(uri, "dumpxml usb3").ok().to_string();
+    assert!(
+        dumped.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
+        "{dumped}"
+    );
     d.client(uri, "start usb1").ok();
     // The guest names the disks in the order it finds them: look for the bytes.
-    wait_console(&console, "present MARKER-UHCI", 1, 90);
+    wait_console(&console, "present MARKER-ICH9", 1, 90);
     wait_console(&console, "present MARKER-XHCI", 1, 30);
 
     // A USB stick plugged into the running guest, and pulled out again.
@@ -1982,7 +2016,7 @@ fn usb_disks_reach_the_guest_through_uhci_and_xhci_and_hot_plug() {
     let none = format!(
         "<controller type='usb' index='0' model='none'/>\
          <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>",
-        uhci.display()
+        ich9_img.display()
     );
     let xml = d.home.join("usb2.xml");
     std::fs::write(&xml, g.domain_xml("usb2", "", &none)).unwrap();

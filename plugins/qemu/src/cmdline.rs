@@ -520,18 +520,49 @@ fn chardev_word(t: ChardevSourceType) -> &'static str {
 }
 
 /// The QEMU device of a USB controller of libvirt model `model` (none: libvirt's default,
-/// the PIIX3 UHCI); `None` for a model not built (EHCI companions need a master this model
-/// does not carry).
+/// the PIIX3 UHCI); `None` for a model not built.
 fn usb_controller(model: Option<&str>) -> Option<&'static str> {
     Some(match model.unwrap_or("piix3-uhci") {
         "piix3-uhci" => "piix3-usb-uhci",
         "piix4-uhci" => "piix4-usb-uhci",
         "vt82c686b-uhci" => "vt82c686b-usb-uhci",
         "ehci" => "usb-ehci",
+        // The ICH9 USB2 set (virt-manager's USB2 default for years): the EHCI and its three
+        // UHCI companions, which share its index.
+        "ich9-ehci1" => "ich9-usb-ehci1",
+        "ich9-uhci1" => "ich9-usb-uhci1",
+        "ich9-uhci2" => "ich9-usb-uhci2",
+        "ich9-uhci3" => "ich9-usb-uhci3",
         "nec-xhci" => "nec-usb-xhci",
         "qemu-xhci" => "qemu-xhci",
         _ => return None,
     })
+}
+
+/// The first port of the EHCI a UHCI companion of model `model` serves, by libvirt's
+/// convention (the `<master startport>` libvirt writes for ich9-uhci1, 2 and 3), or `None`
+/// for a controller that is not a companion.
+fn usb_companion_first_port(model: Option<&str>) -> Option<u32> {
+    match model? {
+        "ich9-uhci1" => Some(0),
+        "ich9-uhci2" => Some(2),
+        "ich9-uhci3" => Some(4),
+        _ => None,
+    }
+}
+
+/// The QEMU id of USB controller `index` of model `model`: `usb` or `usbN` (its bus is that
+/// and `.0`); a companion, which makes no bus, is named after its master's.
+pub fn usb_controller_id(index: u32, model: Option<&str>) -> String {
+    let master = if index == 0 {
+        "usb".to_string()
+    } else {
+        format!("usb{index}")
+    };
+    match model.and_then(|m| m.strip_prefix("ich9-")) {
+        Some(uhci) if usb_companion_first_port(model).is_some() => format!("{master}-{uhci}"),
+        _ => master,
+    }
 }
 
 /// Devices the definition models beyond disks, NICs and serials: each becomes its QEMU
@@ -543,6 +574,7 @@ fn other_devices(
 ) -> VerbResult<Vec<String>> {
     let mut a = Vec::new();
     let mut usb = false;
+    let mut companions = Vec::new();
     for c in &def.controllers {
         let model = c.model.as_deref();
         let index = c.index.unwrap_or(0);
@@ -556,17 +588,38 @@ fn other_devices(
             // (libvirt writes it into every definition with a floppy).
             ("fdc", _) => {}
             ("usb", Some("none")) => {}
+            ("usb", m) if usb_companion_first_port(m).is_some() => {
+                // After its master, whose bus it joins: QEMU looks the bus up as it makes it.
+                let has_master = def.controllers.iter().any(|x| {
+                    x.controller_type == "usb"
+                        && x.index.unwrap_or(0) == index
+                        && x.model.as_deref() == Some("ich9-ehci1")
+                });
+                if !has_master {
+                    return Err(unsupported(format!(
+                        "USB companion controller '{}' (index {index}) without the ich9-ehci1 controller of the same index it serves",
+                        m.unwrap_or_default()
+                    )));
+                }
+                companions.extend([
+                    "-device".into(),
+                    format!(
+                        "{},masterbus={}.0,firstport={},id={}{}",
+                        usb_controller(m).unwrap_or_default(),
+                        usb_controller_id(index, None),
+                        usb_companion_first_port(m).unwrap_or_default(),
+                        usb_controller_id(index, m),
+                        slots.place(&c.address, "a USB companion controller")?
+                    ),
+                ]);
+            }
             ("usb", m) if usb_controller(m).is_some() => {
                 a.extend([
                     "-device".into(),
                     format!(
-                        "{},id=usb{}{}",
+                        "{},id={}{}",
                         usb_controller(m).unwrap_or_default(),
-                        if index == 0 {
-                            String::new()
-                        } else {
-                            index.to_string()
-                        },
+                        usb_controller_id(index, m),
                         slots.place(&c.address, "the USB controller")?
                     ),
                 ]);
@@ -589,6 +642,7 @@ fn other_devices(
             }
         }
     }
+    a.extend(companions);
     for (i, v) in def.videos.iter().enumerate() {
         // The first display device is the VGA one; further ones are the secondary models
         // QEMU has (as libvirt chooses them).
@@ -1048,6 +1102,101 @@ mod tests {
         def.disks = vec![empty];
         let e = argv(&def).unwrap_err();
         assert!(e.message.contains("empty USB drive"), "{}", e.message);
+    }
+
+    fn pci_address(slot: &str, function: &str, multifunction: bool) -> Vec<Attribute> {
+        let mut a: Vec<Attribute> = [
+            ("type", "pci"),
+            ("domain", "0x0000"),
+            ("bus", "0x00"),
+            ("slot", slot),
+            ("function", function),
+        ]
+        .iter()
+        .map(|(n, v)| Attribute {
+            name: (*n).into(),
+            value: (*v).into(),
+        })
+        .collect();
+        if multifunction {
+            a.push(Attribute {
+                name: "multifunction".into(),
+                value: "on".into(),
+            });
+        }
+        a
+    }
+
+    #[test]
+    fn the_ich9_usb2_set_is_an_ehci_with_its_uhci_companions_after_it() {
+        // As virt-manager writes it: the companions first in the file, sharing index 0.
+        let mut companions: Vec<Controller> = (1..=3)
+            .map(|n| Controller {
+                address: pci_address("0x05", &format!("0x{}", n - 1), n == 1),
+                ..usb_controller_def(0, &format!("ich9-uhci{n}"))
+            })
+            .collect();
+        let ehci = Controller {
+            address: pci_address("0x05", "0x7", false),
+            ..usb_controller_def(0, "ich9-ehci1")
+        };
+        let mut def = DomainDef {
+            controllers: companions.iter().cloned().chain([ehci]).collect(),
+            disks: vec![usb_disk("sda", &[])],
+            ..crate::tests::empty_def()
+        };
+        let a = argv(&def).unwrap();
+        let at = |needle: &str| {
+            a.iter()
+                .position(|x| x.starts_with(needle))
+                .unwrap_or_else(|| panic!("no {needle} in {a:?}"))
+        };
+        assert_eq!(
+            a[at("ich9-usb-ehci1")],
+            "ich9-usb-ehci1,id=usb,bus=pci.0,addr=0x5.0x7"
+        );
+        assert_eq!(
+            a[at("ich9-usb-uhci1")],
+            "ich9-usb-uhci1,masterbus=usb.0,firstport=0,id=usb-uhci1,bus=pci.0,addr=0x5.0x0,multifunction=on"
+        );
+        assert!(a[at("ich9-usb-uhci3")].contains("firstport=4,id=usb-uhci3"));
+        assert!(at("ich9-usb-ehci1") < at("ich9-usb-uhci1"));
+        assert!(at("ich9-usb-uhci3") < at("usb-storage,bus=usb.0"));
+        // Unaddressed, each is placed, and its own placement is what the definition records.
+        for c in &mut companions {
+            c.address.clear();
+        }
+        def.controllers = companions
+            .iter()
+            .cloned()
+            .chain([usb_controller_def(0, "ich9-ehci1")])
+            .collect();
+        let a = argv(&def).unwrap();
+        crate::pci::record_placements(&mut def, &a);
+        let slots: Vec<String> = def
+            .controllers
+            .iter()
+            .map(|c| {
+                c.address
+                    .iter()
+                    .find(|x| x.name == "slot")
+                    .map(|x| x.value.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut distinct = slots.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{slots:?}");
+        // A companion without its master has no bus to join.
+        def.controllers = companions;
+        let e = argv(&def).unwrap_err();
+        assert!(
+            e.message
+                .contains("without the ich9-ehci1 controller of the same index"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

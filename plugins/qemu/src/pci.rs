@@ -408,8 +408,7 @@ pub fn record_placements(def: &mut DomainDef, args: &[String]) {
         let index = c.index.unwrap_or(0);
         let id = match c.controller_type.as_str() {
             "pci" => format!("pci.{index}"),
-            "usb" if index == 0 => "usb".to_string(),
-            "usb" => format!("usb{index}"),
+            "usb" => crate::cmdline::usb_controller_id(index, c.model.as_deref()),
             "virtio-serial" => format!("virtio-serial{index}"),
             "scsi" => format!("scsi{index}"),
             _ => continue,
