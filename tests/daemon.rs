@@ -790,6 +790,31 @@ fn an_access_rule_narrows_the_directories_a_client_may_name() {
     assert_eq!(r.ok(), "mine\n\n\n");
     drop(d);
 
+    // A rule's directory swapped for a link out of [files] allowed leads nowhere.
+    let shared = home.path().join("shared");
+    let web = shared.join("web");
+    let outside = home.path().join("outside");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let d = Daemon::start_with_config(
+        home.path(),
+        &format!("[files]\nallowed = [{shared:?}]\n{}", rule(&web)),
+        &[],
+    );
+    std::fs::remove_dir(&web).unwrap();
+    std::os::unix::fs::symlink(&outside, &web).unwrap();
+    let r = d.client(
+        &qemu,
+        &format!("define {}", domain("linked", &web).display()),
+    );
+    assert!(
+        r.failed()
+            .contains("is outside the directories your access rule lets you name"),
+        "{}",
+        r.stderr
+    );
+    drop(d);
+
     // A rule cannot widen what [files] allows: the daemon does not start with one that tries.
     let other = tempfile::tempdir().unwrap();
     let etc = other.path().join("daemon-root/etc/virtwasm");

@@ -322,9 +322,13 @@ impl Config {
                     r.identity
                 )));
             }
-            if let Some(f) = r.files.iter().flatten().find(|f| !f.is_absolute()) {
+            if let Some(f) = r.files.iter().flatten().find(|f| {
+                !f.is_absolute()
+                    || f.components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+            }) {
                 return Err(Error::invalid(format!(
-                    "invalid config '{}': access rule for '{}' has files entry '{}', expected an absolute directory",
+                    "invalid config '{}': access rule for '{}' has files entry '{}', expected an absolute directory without '..'",
                     path.display(),
                     r.identity,
                     f.display()
@@ -369,7 +373,7 @@ mod tests {
         let e = Config::load(&p, false).unwrap_err();
         assert!(
             e.message
-                .contains("access rule for 'uid:1000' has files entry 'images', expected an absolute directory"),
+                .contains("access rule for 'uid:1000' has files entry 'images', expected an absolute directory without '..'"),
             "{}",
             e.message
         );
@@ -380,6 +384,13 @@ mod tests {
         .unwrap();
         let c = Config::load(&p, false).unwrap();
         assert_eq!(c.access.rule[0].files, Some(vec!["/srv/a".into()]));
+        std::fs::write(
+            &p,
+            "[[access.rule]]\nidentity = \"uid:1000\"\nrole = \"operator\"\nfiles = [\"/srv/a/../../etc\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(&p, false).unwrap_err();
+        assert!(e.message.contains("'/srv/a/../../etc'"), "{}", e.message);
     }
 
     #[test]

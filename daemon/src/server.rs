@@ -305,10 +305,13 @@ impl Daemon {
                 .map_err(|e| Error::io("cannot resolve", p, e))?,
             _ => real_dir.join(file),
         };
-        if dirs
-            .iter()
-            .any(|a| a.canonicalize().is_ok_and(|a| real.starts_with(a)))
-        {
+        let under = |list: &[PathBuf]| {
+            list.iter()
+                .any(|a| a.canonicalize().is_ok_and(|a| real.starts_with(a)))
+        };
+        // A rule's directories narrow the daemon's, never widen them: one that has become
+        // a link out of them since the daemon started leads nowhere.
+        if under(dirs) && under(&self.files_allowed) {
             return Ok(real);
         }
         let listed = dirs
