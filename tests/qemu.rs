@@ -1975,17 +1975,11 @@ fn usb_disks_reach_the_guest_through_the_ich9_set_and_xhci_and_hot_plug() {
         dumped.contains("<address type='usb' bus='1' port='2'/>"),
         "{dumped}"
     );
-    // Without a controller for its USB disk, a definition gets libvirt's default for pc.
-    let bare = format!(
-        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>",
-        ich9_img.display()
-    );
-    let xml = d.home.join("usb3.xml");
-    std::fs::write(&xml, g.domain_xml("usb3", "", &bare)).unwrap();
-    d.client(uri, &format!("define {}", xml.display())).ok();
-    let dumped = d.client(uri, "dumpxml usb3").ok().to_string();
+    // Each USB disk's port is recorded, as libvirt records it.
     assert!(
-        dumped.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
+        dumped.contains(
+            "<target dev='sda' bus='usb'/>\n      <address type='usb' bus='0' port='1'/>"
+        ),
         "{dumped}"
     );
     d.client(uri, "start usb1").ok();
@@ -2005,11 +1999,45 @@ fn usb_disks_reach_the_guest_through_the_ich9_set_and_xhci_and_hot_plug() {
     );
     assert_eq!(r.ok(), "Disk attached successfully\n\n");
     wait_console(&console, "present MARKER-USBHOT", 1, 30);
+    // It took the next free port, and the running definition says which.
+    let live = d.client(uri, "dumpxml usb1").ok().to_string();
+    assert!(
+        live.contains(
+            "<target dev='sdc' bus='usb'/>\n      <address type='usb' bus='0' port='2'/>"
+        ),
+        "{live}"
+    );
     let r = d.client(uri, "detach-disk usb1 sdc --live");
     assert_eq!(r.ok(), "Disk detached successfully\n\n");
     let live = d.client(uri, "domblklist usb1").ok().to_string();
     assert!(!live.contains("sdc"), "{live}");
     d.client(uri, "destroy usb1").ok();
+
+    // Without a controller for its USB devices, a definition gets libvirt's default for pc,
+    // the PIIX3 UHCI; a USB CD-ROM is a SCSI CD-ROM in a stick of its own.
+    let console3 = d.home.join("usb3.console");
+    let cd = d.home.join("usbcd.iso");
+    marked_image(&cd, "MARKER-USBCD", 1 << 20);
+    let devices = format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>\
+         <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sdb' bus='usb'/><readonly/></disk>\
+         <serial type='file'><source path='{}'/></serial>",
+        ich9_img.display(),
+        cd.display(),
+        console3.display()
+    );
+    let xml = d.home.join("usb3.xml");
+    std::fs::write(&xml, g.domain_xml("usb3", "", &devices)).unwrap();
+    d.client(uri, &format!("define {}", xml.display())).ok();
+    let dumped = d.client(uri, "dumpxml usb3").ok().to_string();
+    assert!(
+        dumped.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
+        "{dumped}"
+    );
+    d.client(uri, "start usb3").ok();
+    wait_console(&console3, "present MARKER-ICH9", 1, 90);
+    wait_console(&console3, "disk sr0 present MARKER-USBCD", 1, 30);
+    d.client(uri, "destroy usb3").ok();
 
     // model='none' is the word that there is no controller 0: nothing is added, and the
     // USB disk that needs one is refused at define, naming what to add.

@@ -89,12 +89,13 @@ const MODULES: &[&str] = &[
     "sym53c8xx",
     // The floppy controller's drives.
     "floppy",
-    // USB disks: the UHCI, EHCI and xHCI host controllers and USB mass storage.
+    // USB disks: the EHCI, UHCI and xHCI host controllers (EHCI first, as the kernel asks,
+    // so a device on an EHCI with UHCI companions is found once) and USB mass storage.
     "usb-common",
     "usbcore",
-    "uhci-hcd",
     "ehci-hcd",
     "ehci-pci",
+    "uhci-hcd",
     "xhci-hcd",
     "xhci-pci",
     "usb-storage",
@@ -104,7 +105,7 @@ const MODULES: &[&str] = &[
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 
 /// Bump when the way the guest is assembled changes, so cached guests are rebuilt.
-const FORMAT: &str = "3";
+const FORMAT: &str = "4";
 
 /// `/init`, run by busybox sh as PID 1; `@MODULES@` is replaced with [`MODULES`]. Started as
 /// `/bin/busybox sh` since `/bin/sh` exists only after `busybox --install`.

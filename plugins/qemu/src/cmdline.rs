@@ -259,10 +259,19 @@ fn disk_device(
             let (driver, place) = dev.split_once(',').unwrap_or((&dev, ""));
             format!("{driver},{drive}id={id},{place}")
         }
-        ("usb", _) => {
+        // A USB stick; a USB CD-ROM is a SCSI CD-ROM on the stick's own bus (see
+        // `usb_cdrom_stick`), since QEMU's usb-storage shows a -blockdev drive as a disk.
+        ("usb", false) => {
             let (bus, port) = usb_placement(def, d)?;
             let port = port.map(|p| format!("port={p},")).unwrap_or_default();
             format!("usb-storage,bus={bus},{port}{drive}id={id},removable=off")
+        }
+        ("usb", true) => {
+            usb_placement(def, d)?;
+            format!(
+                "scsi-cd,bus={}.0,channel=0,scsi-id=0,lun=0,{drive}id={id}",
+                usb_stick_id(d)
+            )
         }
         (other, _) => {
             return Err(unsupported(format!(
@@ -274,51 +283,12 @@ fn disk_device(
 }
 
 /// Where a USB disk plugs in: the bus of the USB controller its `<address type='usb'>`
-/// names (controller 0 without one) and the port the address gives, if any (without one
-/// QEMU takes the first free port, in command-line order). The controller must be one this
-/// driver builds, and the drive must hold a medium: QEMU's `usb-storage` has no empty
-/// drives.
-pub fn usb_placement(def: &DomainDef, d: &Disk) -> VerbResult<(String, Option<String>)> {
-    let attr = |name: &str| {
-        d.address
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.value.as_str())
-    };
-    if empty_drive(d) {
-        return Err(unsupported(format!(
-            "an empty USB drive '{}' (QEMU's usb-storage needs a medium: give it a source, or put the drive on the sata, ide or scsi bus)",
-            d.target_dev
-        )));
-    }
-    if let Some(t) = attr("type").filter(|t| *t != "usb") {
-        return Err(error(
-            ErrorKind::InvalidArgument,
-            format!(
-                "disk '{}' on bus 'usb' has an address of type '{t}' (expected type 'usb' with bus and port)",
-                d.target_dev
-            ),
-        ));
-    }
-    let index = usb_controller_index(d)?;
-    let port = match attr("port") {
-        None | Some("") => None,
-        Some(p)
-            if p.split('.')
-                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
-        {
-            Some(p.to_string())
-        }
-        Some(p) => {
-            return Err(error(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "disk '{}': USB port '{p}' (expected a port number such as 1, or 1.2 behind a hub)",
-                    d.target_dev
-                ),
-            ));
-        }
-    };
+/// names (controller 0 without one) and the port the address gives, if any: `fill_defaults`
+/// gives every USB disk one ([`assign_usb_ports`]), as libvirt records USB addresses, so a
+/// restore or a migration plugs each disk where the guest had it. The controller must be
+/// one this driver builds.
+pub fn usb_placement(def: &DomainDef, d: &Disk) -> VerbResult<(String, Option<u32>)> {
+    let (index, port) = usb_address(d)?;
     let built = def.controllers.iter().any(|c| {
         c.controller_type == "usb"
             && c.index.unwrap_or(0) == index
@@ -333,26 +303,163 @@ pub fn usb_placement(def: &DomainDef, d: &Disk) -> VerbResult<(String, Option<St
     Ok((usb_bus(index), port))
 }
 
-/// The USB controller a USB disk's address names (its `bus`), 0 without one.
-fn usb_controller_index(d: &Disk) -> VerbResult<u32> {
-    match d.address.iter().find(|a| a.name == "bus") {
-        None => Ok(0),
-        Some(b) => b.value.parse::<u32>().map_err(|_| {
-            error(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "disk '{}': USB bus '{}' is not a controller index (expected 0, 1, ...)",
-                    d.target_dev, b.value
-                ),
-            )
-        }),
+/// The USB stick a USB CD-ROM sits in (`usb-bot`, whose SCSI bus the `scsi-cd` joins): its
+/// `-device` arguments, or `None` for a disk that is not a USB CD-ROM.
+pub fn usb_cdrom_stick(def: &DomainDef, d: &Disk) -> VerbResult<Option<String>> {
+    if d.target_bus.as_deref() != Some("usb") || d.device != DiskDevice::Cdrom {
+        return Ok(None);
     }
+    let (bus, port) = usb_placement(def, d)?;
+    let port = port.map(|p| format!(",port={p}")).unwrap_or_default();
+    Ok(Some(format!(
+        "usb-bot,bus={bus}{port},id={}",
+        usb_stick_id(d)
+    )))
+}
+
+/// The QEMU id of the stick a USB CD-ROM sits in: unplugging it takes the CD-ROM along.
+pub fn usb_stick_id(d: &Disk) -> String {
+    format!("usbbot-{}", d.target_dev)
+}
+
+/// A USB disk's `<address type='usb' bus='N' port='P'/>`: controller `N` (0 without an
+/// address) and port `P` if given. Ports behind a hub (`1.2`) are refused: no hub is built.
+fn usb_address(d: &Disk) -> VerbResult<(u32, Option<u32>)> {
+    let attr = |name: &str| {
+        d.address
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.as_str())
+    };
+    let invalid = |what: String| error(ErrorKind::InvalidArgument, what);
+    if let Some(t) = attr("type").filter(|t| *t != "usb") {
+        return Err(invalid(format!(
+            "disk '{}' on bus 'usb' has an address of type '{t}' (expected type 'usb' with bus and port)",
+            d.target_dev
+        )));
+    }
+    let index = match attr("bus") {
+        None => 0,
+        Some(b) => b.parse::<u32>().map_err(|_| {
+            invalid(format!(
+                "disk '{}': USB bus '{b}' is not a controller index (expected 0, 1, ...)",
+                d.target_dev
+            ))
+        })?,
+    };
+    let port = match attr("port") {
+        None | Some("") => None,
+        Some(p) => match p.parse::<u32>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(invalid(format!(
+                    "disk '{}': USB port '{p}' (expected a port number from 1; ports behind a USB hub are not built)",
+                    d.target_dev
+                )));
+            }
+        },
+    };
+    Ok((index, port))
+}
+
+/// The ports a USB controller of libvirt model `model` offers a USB 2 device (QEMU's
+/// defaults: a UHCI has 2, an EHCI 6, an xHCI 4 USB 2 ports besides its USB 3 ones).
+fn usb_ports(model: Option<&str>) -> u32 {
+    match model.unwrap_or("piix3-uhci") {
+        "ehci" | "ich9-ehci1" => 6,
+        "nec-xhci" | "qemu-xhci" => 4,
+        _ => 2,
+    }
+}
+
+/// Gives every USB disk without a port the lowest free one on its controller, as libvirt
+/// records USB addresses when a definition is parsed; refuses two disks on one port, and a
+/// controller without a port left. USB input devices come first on the command line and
+/// take the first ports of the first USB controller there, so those are not free.
+pub fn assign_usb_ports(def: &mut DomainDef) -> VerbResult<()> {
+    let first = def
+        .controllers
+        .iter()
+        .find(|c| {
+            c.controller_type == "usb"
+                && usb_controller(c.model.as_deref()).is_some()
+                && usb_companion_first_port(c.model.as_deref()).is_none()
+        })
+        .map(|c| c.index.unwrap_or(0));
+    let inputs = def
+        .inputs
+        .iter()
+        .filter(|i| i.bus.as_deref() == Some("usb"))
+        .count() as u32;
+    let mut taken: Vec<(u32, u32, String)> = Vec::new();
+    if let Some(index) = first {
+        taken.extend((1..=inputs).map(|p| (index, p, "a USB input device".to_string())));
+    }
+    let usb_disks = |def: &DomainDef| -> Vec<usize> {
+        (0..def.disks.len())
+            .filter(|i| def.disks[*i].target_bus.as_deref() == Some("usb"))
+            .collect()
+    };
+    for i in usb_disks(def) {
+        let d = &def.disks[i];
+        if let (index, Some(port)) = usb_address(d)? {
+            if let Some((_, _, who)) = taken.iter().find(|(c, p, _)| *c == index && *p == port) {
+                return Err(error(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "disk '{}': port {port} of USB controller {index} is taken by {who}",
+                        d.target_dev
+                    ),
+                ));
+            }
+            taken.push((index, port, format!("disk '{}'", d.target_dev)));
+        }
+    }
+    for i in usb_disks(def) {
+        let (index, port) = usb_address(&def.disks[i])?;
+        if port.is_some() {
+            continue;
+        }
+        let model = def
+            .controllers
+            .iter()
+            .find(|c| {
+                c.controller_type == "usb"
+                    && c.index.unwrap_or(0) == index
+                    && usb_companion_first_port(c.model.as_deref()).is_none()
+            })
+            .and_then(|c| c.model.clone());
+        let ports = usb_ports(model.as_deref());
+        let d = &mut def.disks[i];
+        let port = (1..=ports)
+            .find(|p| !taken.iter().any(|(c, t, _)| *c == index && t == p))
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "disk '{}': USB controller {index} has no free port left (its {ports} are taken; USB hubs are not built: add another USB controller, e.g. <controller type='usb' index='{}' model='qemu-xhci'/>)",
+                    d.target_dev,
+                    index + 1
+                ))
+            })?;
+        taken.push((index, port, format!("disk '{}'", d.target_dev)));
+        d.address = [
+            ("type", "usb".to_string()),
+            ("bus", index.to_string()),
+            ("port", port.to_string()),
+        ]
+        .into_iter()
+        .map(|(name, value)| Attribute {
+            name: name.into(),
+            value,
+        })
+        .collect();
+    }
+    Ok(())
 }
 
 /// The USB controllers `def` lacks for its USB disks and input devices, as libvirt adds
 /// them when a definition is parsed: one per controller index they use, of libvirt's
-/// default model for the machine (the PIIX3 UHCI on pc; on q35 the USB 3 qemu-xhci, since
-/// the ICH9 EHCI with its UHCI companions is not built here). A controller of model
+/// default model for the machine (the PIIX3 UHCI on pc; on q35 the USB 3 qemu-xhci, which
+/// libvirt picks there when QEMU has it). A controller of model
 /// `none` is the user's word that there is none: nothing is added for its index.
 pub fn missing_usb_controllers(def: &DomainDef) -> VerbResult<Vec<Controller>> {
     let mut wanted: Vec<u32> = Vec::new();
@@ -361,7 +468,7 @@ pub fn missing_usb_controllers(def: &DomainDef) -> VerbResult<Vec<Controller>> {
         .iter()
         .filter(|d| d.target_bus.as_deref() == Some("usb"))
     {
-        wanted.push(usb_controller_index(d)?);
+        wanted.push(usb_address(d)?.0);
     }
     if def.inputs.iter().any(|i| i.bus.as_deref() == Some("usb")) {
         wanted.push(0);
@@ -854,6 +961,9 @@ pub fn build(def: &DomainDef, launch: &Launch) -> VerbResult<Vec<String>> {
         }
         if bus == "usb" {
             // Its controller is made with the other devices, below.
+            if let Some(stick) = usb_cdrom_stick(def, d)? {
+                usb_disks.extend(["-device".to_string(), stick]);
+            }
             usb_disks.extend(["-device".to_string(), dev]);
         } else {
             a.push("-device".into());
@@ -1064,7 +1174,7 @@ mod tests {
     }
 
     #[test]
-    fn usb_disks_without_a_controller_medium_or_valid_address_are_refused() {
+    fn usb_disks_without_a_controller_or_a_valid_address_are_refused_and_cdroms_sit_in_sticks() {
         let mut def = DomainDef {
             disks: vec![usb_disk("sda", &[])],
             ..crate::tests::empty_def()
@@ -1096,12 +1206,20 @@ mod tests {
             "{}",
             e.message
         );
-        let mut empty = usb_disk("sda", &[]);
+        // A USB CD-ROM, even an empty one, is a SCSI CD-ROM in a stick of its own.
+        let mut empty = usb_disk("sdc", &[("type", "usb"), ("port", "2")]);
         empty.device = DiskDevice::Cdrom;
         empty.source = None;
         def.disks = vec![empty];
-        let e = argv(&def).unwrap_err();
-        assert!(e.message.contains("empty USB drive"), "{}", e.message);
+        let a = argv(&def).unwrap();
+        let stick = a
+            .iter()
+            .position(|x| x == "usb-bot,bus=usb.0,port=2,id=usbbot-sdc")
+            .unwrap_or_else(|| panic!("{a:?}"));
+        assert_eq!(
+            a[stick + 2],
+            "scsi-cd,bus=usbbot-sdc.0,channel=0,scsi-id=0,lun=0,id=disk-sdc"
+        );
     }
 
     fn pci_address(slot: &str, function: &str, multifunction: bool) -> Vec<Attribute> {
@@ -1197,6 +1315,93 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn usb_disks_get_the_lowest_free_port_after_the_usb_input_devices() {
+        let tablet = Input {
+            input_type: "tablet".into(),
+            bus: Some("usb".into()),
+        };
+        let mut def = DomainDef {
+            controllers: vec![
+                usb_controller_def(0, "ich9-uhci1"),
+                usb_controller_def(0, "ich9-ehci1"),
+                usb_controller_def(1, "piix3-uhci"),
+            ],
+            inputs: vec![tablet],
+            disks: vec![
+                usb_disk("sda", &[]),
+                usb_disk("sdb", &[("type", "usb"), ("bus", "0"), ("port", "2")]),
+                usb_disk("sdc", &[]),
+                usb_disk("sdd", &[("type", "usb"), ("bus", "1")]),
+            ],
+            ..crate::tests::empty_def()
+        };
+        assign_usb_ports(&mut def).unwrap();
+        let ports: Vec<(String, String)> = def
+            .disks
+            .iter()
+            .map(|d| {
+                let get = |n: &str| {
+                    d.address
+                        .iter()
+                        .find(|a| a.name == n)
+                        .map(|a| a.value.clone())
+                        .unwrap_or_default()
+                };
+                (get("bus"), get("port"))
+            })
+            .collect();
+        // The tablet has port 1 of the first controller (the EHCI, not its companion).
+        let want = [("0", "3"), ("0", "2"), ("0", "4"), ("1", "1")];
+        assert_eq!(ports, want.map(|(b, p)| (b.to_string(), p.to_string())));
+        // Recorded, they stay: assigning again changes nothing.
+        let addresses = |def: &DomainDef| -> Vec<Vec<(String, String)>> {
+            def.disks
+                .iter()
+                .map(|d| {
+                    d.address
+                        .iter()
+                        .map(|a| (a.name.clone(), a.value.clone()))
+                        .collect()
+                })
+                .collect()
+        };
+        let before = addresses(&def);
+        assign_usb_ports(&mut def).unwrap();
+        assert_eq!(addresses(&def), before);
+        // A UHCI has two ports: a third disk there is refused, naming what to do.
+        def.disks
+            .push(usb_disk("sde", &[("type", "usb"), ("bus", "1")]));
+        def.disks
+            .push(usb_disk("sdf", &[("type", "usb"), ("bus", "1")]));
+        let e = assign_usb_ports(&mut def).unwrap_err();
+        assert!(
+            e.message
+                .contains("disk 'sdf': USB controller 1 has no free port left"),
+            "{}",
+            e.message
+        );
+        // Two disks on one port, or one on the tablet's, are refused.
+        def.disks = vec![usb_disk("sda", &[("type", "usb"), ("port", "1")])];
+        let e = assign_usb_ports(&mut def).unwrap_err();
+        assert!(
+            e.message
+                .contains("port 1 of USB controller 0 is taken by a USB input device"),
+            "{}",
+            e.message
+        );
+        def.disks = vec![
+            usb_disk("sda", &[("type", "usb"), ("port", "3")]),
+            usb_disk("sdb", &[("type", "usb"), ("port", "3")]),
+        ];
+        let e = assign_usb_ports(&mut def).unwrap_err();
+        assert!(e.message.contains("taken by disk 'sda'"), "{}", e.message);
+        // No hubs are built: a port behind one is refused.
+        def.disks = vec![usb_disk("sda", &[("type", "usb"), ("port", "1.2")])];
+        let e = assign_usb_ports(&mut def).unwrap_err();
+        assert!(e.message.contains("USB port '1.2'"), "{}", e.message);
     }
 
     #[test]

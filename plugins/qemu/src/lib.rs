@@ -432,6 +432,8 @@ impl Hypervisor for Qemu {
         // The USB controllers its USB disks and input devices plug into, likewise.
         let missing = cmdline::missing_usb_controllers(&def)?;
         def.controllers.extend(missing);
+        // Each USB disk's port, recorded as libvirt records USB addresses.
+        cmdline::assign_usb_ports(&mut def)?;
         // Refuse at define what start would refuse, as libvirt validates a definition;
         // where each PCI device lands is then written into the definition, as libvirt does.
         let args = cmdline::build(
@@ -630,20 +632,40 @@ impl Hypervisor for Qemu {
                     "drive": format!("fmt-{}", d.target_dev),
                     "id": format!("disk-{}", d.target_dev),
                 });
+                // A USB CD-ROM's stick, plugged before it.
+                let mut stick = None;
                 match (bus, d.device) {
                     ("virtio", DiskDevice::Disk) => {
                         device["driver"] = json!("virtio-blk-pci");
                         place_hotplug(&mut device, &d.address, &dom.def)?;
                     }
-                    // A USB stick: plugged into a port of its controller's bus.
-                    ("usb", DiskDevice::Disk | DiskDevice::Cdrom) => {
+                    // A USB stick: plugged into a port of its controller's bus (the port
+                    // fill-defaults gave it, which the live XML records).
+                    ("usb", DiskDevice::Disk) => {
                         let (bus, port) = cmdline::usb_placement(&dom.def, d)?;
                         device["driver"] = json!("usb-storage");
                         device["bus"] = json!(bus);
                         device["removable"] = json!(false);
                         if let Some(p) = port {
-                            device["port"] = json!(p);
+                            device["port"] = json!(p.to_string());
                         }
+                    }
+                    // A USB CD-ROM: the stick, then the CD-ROM on its SCSI bus.
+                    ("usb", DiskDevice::Cdrom) => {
+                        let (bus, port) = cmdline::usb_placement(&dom.def, d)?;
+                        let mut s = json!({
+                            "driver": "usb-bot",
+                            "bus": bus,
+                            "id": cmdline::usb_stick_id(d),
+                        });
+                        if let Some(p) = port {
+                            s["port"] = json!(p.to_string());
+                        }
+                        stick = Some(s);
+                        device["driver"] = json!("scsi-cd");
+                        device["bus"] = json!(format!("{}.0", cmdline::usb_stick_id(d)));
+                        device["scsi-id"] = json!(0);
+                        device["lun"] = json!(0);
                     }
                     // A disk joins a virtio-scsi bus as a new LUN, without a PCI slot.
                     ("scsi", DiskDevice::Disk | DiskDevice::Cdrom) => {
@@ -684,7 +706,17 @@ impl Hypervisor for Qemu {
                 for node in &nodes {
                     q.execute("blockdev-add", Some(node.clone()))?;
                 }
-                let added = q.execute("device_add", Some(device));
+                let added = match &stick {
+                    Some(s) => q.execute("device_add", Some(s.clone())).and_then(|_| {
+                        q.execute("device_add", Some(device)).inspect_err(|_| {
+                            let _ = q.execute(
+                                "device_del",
+                                Some(json!({ "id": cmdline::usb_stick_id(d) })),
+                            );
+                        })
+                    }),
+                    None => q.execute("device_add", Some(device)),
+                };
                 if let Err(e) = added {
                     for node in nodes.iter().rev() {
                         let _ = q.execute(
@@ -805,7 +837,12 @@ impl Hypervisor for Qemu {
                 ),
             ));
         };
-        let id = format!("disk-{}", d.target_dev);
+        // A USB CD-ROM leaves with its stick.
+        let id = if d.target_bus.as_deref() == Some("usb") && d.device == DiskDevice::Cdrom {
+            cmdline::usb_stick_id(d)
+        } else {
+            format!("disk-{}", d.target_dev)
+        };
         q.execute("device_del", Some(json!({ "id": id })))?;
         // The guest must let go first; QEMU says so with a DEVICE_DELETED naming the device
         // (another one names the backend path only).
