@@ -788,6 +788,18 @@ fn an_access_rule_narrows_the_directories_a_client_may_name() {
     );
     let r = d.client(&qemu, "list --all --name; pool-list --all --name");
     assert_eq!(r.ok(), "mine\n\n\n");
+    // Long work (a save, run as an operation) is held to the same directories.
+    let test = d.uri("test", "/default");
+    let r = d.client(&test, &format!("save test {}", b.join("t.save").display()));
+    assert!(
+        r.failed()
+            .contains("is outside the directories your access rule lets you name"),
+        "{}",
+        r.stderr
+    );
+    assert!(!b.join("t.save").exists());
+    let r = d.client(&test, &format!("save test {}", a.join("t.save").display()));
+    assert!(r.ok().contains("saved to"), "{}", r.stderr);
     drop(d);
 
     // A rule's directory swapped for a link out of [files] allowed leads nowhere.
