@@ -788,6 +788,36 @@ fn an_access_rule_narrows_the_directories_a_client_may_name() {
     );
     let r = d.client(&qemu, "list --all --name; pool-list --all --name");
     assert_eq!(r.ok(), "mine\n\n\n");
+    assert!(!b.join("pool").exists());
+    // A pool defined in tenant-a and then swapped for a link into tenant-b, which [files]
+    // allows too, is not handed to the storage driver.
+    let pool = a.join("pool");
+    let r = d.client(
+        &qemu,
+        &format!(
+            "pool-define-as pa dir --target {}; pool-build pa; pool-start pa",
+            pool.display()
+        ),
+    );
+    assert!(r.ok().contains("Pool pa started"), "{}", r.stderr);
+    let theirs = b.join("their-pool");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("secret.img"), b"theirs").unwrap();
+    std::fs::rename(&pool, a.join("pool.moved")).unwrap();
+    std::os::unix::fs::symlink(&theirs, &pool).unwrap();
+    let r = d.client(&qemu, "pool-refresh pa; vol-list pa");
+    assert!(
+        r.failed().contains(&format!(
+            "storage pool 'pa': its directory '{}' resolves to '{}', outside '{}' where it was defined",
+            pool.display(),
+            theirs.canonicalize().unwrap().display(),
+            a.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("secret.img"), "{}", r.stdout);
+
     // Long work (a save, run as an operation) is held to the same directories.
     let test = d.uri("test", "/default");
     let r = d.client(&test, &format!("save test {}", b.join("t.save").display()));

@@ -220,9 +220,17 @@ fn run(args: Args) -> Result<()> {
     rule_files_within(&config.access.rule, &files_allowed)?;
     // A pool's directory is checked when a client defines the pool, and again by the host
     // whenever a storage driver is handed it: by then a link may have replaced it.
+    // A pool defined in a directory an access rule narrows a client to must stay in it.
     let pool_dirs = files_allowed.clone();
-    host_config.pool_dir_rule = Some(PoolDirRule::new(move |real| {
-        server::pool_dir_allowed(&pool_dirs, real)
+    let narrowed: Vec<PathBuf> = config
+        .access
+        .rule
+        .iter()
+        .flat_map(|r| r.files.iter().flatten().cloned())
+        .collect();
+    host_config.pool_dir_rule = Some(PoolDirRule::new(move |defined, real| {
+        server::pool_dir_allowed(&pool_dirs, real)?;
+        server::pool_dir_stays(&pool_dirs, &narrowed, defined, real)
     }));
     let host = Arc::new(Host::new(host_config)?);
 

@@ -329,6 +329,33 @@ impl Daemon {
     }
 }
 
+/// Whether a pool's directory, `defined` where its definition puts it and `real` with every
+/// link resolved, is still inside each of the directories (`allowed` for every client, and
+/// those access rules narrow clients to) that holds it as defined: a tenant's pool swapped
+/// for a link into another tenant's directory, though that one is allowed too, is refused.
+pub(crate) fn pool_dir_stays(
+    allowed: &[PathBuf],
+    narrowed: &[PathBuf],
+    defined: &Path,
+    real: &Path,
+) -> Result<()> {
+    for dir in allowed.iter().chain(narrowed) {
+        if !defined.starts_with(dir) {
+            continue;
+        }
+        let resolved = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        if !real.starts_with(&resolved) {
+            return Err(Error::denied(format!(
+                "its directory '{}' resolves to '{}', outside '{}' where it was defined",
+                defined.display(),
+                real.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `real` (a path with every link resolved) may be a storage pool's directory:
 /// strictly below one of the `allowed` directories clients may name, never one of them.
 pub(crate) fn pool_dir_allowed(allowed: &[PathBuf], real: &Path) -> Result<()> {

@@ -33,24 +33,26 @@ pub struct PoolDriver {
 }
 
 /// A front end's rule on where storage pools' directories may be, asked with a directory's
-/// real path (every symbolic link resolved) before each call that hands it to a storage
-/// driver and before the host creates one. A daemon checks a pool's path when a client
-/// defines it; this catches what changed on disk since (a directory swapped for a link
-/// to /etc), at the moment it would matter.
+/// path as the pool defines it and its real path (every symbolic link resolved) before each
+/// call that hands it to a storage driver and before the host creates one. A daemon checks
+/// a pool's path when a client defines it; this catches what changed on disk since (a
+/// directory swapped for a link to /etc), at the moment it would matter.
 #[derive(Clone)]
 pub struct PoolDirRule(Arc<PoolDirCheck>);
 
-/// The check behind a [`PoolDirRule`].
-type PoolDirCheck = dyn Fn(&Path) -> Result<()> + Send + Sync;
+/// The check behind a [`PoolDirRule`]: (the directory as defined, its real path).
+type PoolDirCheck = dyn Fn(&Path, &Path) -> Result<()> + Send + Sync;
 
 impl PoolDirRule {
-    /// The rule `check`; an `Err` refuses the call, its message saying why.
-    pub fn new(check: impl Fn(&Path) -> Result<()> + Send + Sync + 'static) -> PoolDirRule {
+    /// The rule `check`, called with the directory as defined and its real path; an `Err`
+    /// refuses the call, its message saying why.
+    pub fn new(check: impl Fn(&Path, &Path) -> Result<()> + Send + Sync + 'static) -> PoolDirRule {
         PoolDirRule(Arc::new(check))
     }
 
     fn check(&self, pool: &PoolDef, real: &Path) -> Result<()> {
-        (self.0)(real).map_err(|e| {
+        let defined = Path::new(pool.target_path.as_deref().unwrap_or_default());
+        (self.0)(defined, real).map_err(|e| {
             Error::new(
                 e.kind,
                 format!("storage pool '{}': {}", pool.name, e.message),
