@@ -682,6 +682,35 @@ fn other_devices(
     let mut a = Vec::new();
     let mut usb = false;
     let mut companions = Vec::new();
+    // An ICH9 USB2 set none of whose members has an address shares one root slot, as libvirt
+    // places it: the EHCI at function 7, its companions at functions 0 to 2.
+    let ich9_set = |index: u32| {
+        def.controllers.iter().filter(move |x| {
+            x.controller_type == "usb"
+                && x.index.unwrap_or(0) == index
+                && (x.model.as_deref() == Some("ich9-ehci1")
+                    || usb_companion_first_port(x.model.as_deref()).is_some())
+        })
+    };
+    let mut ich9_slots: Vec<(u32, u32)> = Vec::new();
+    for c in def
+        .controllers
+        .iter()
+        .filter(|c| c.controller_type == "usb" && c.model.as_deref() == Some("ich9-ehci1"))
+    {
+        let index = c.index.unwrap_or(0);
+        if ich9_set(index).all(|x| x.address.is_empty())
+            && !ich9_slots.iter().any(|(i, _)| *i == index)
+        {
+            ich9_slots.push((index, slots.take_root_slot("the ICH9 USB controllers")?));
+        }
+    }
+    let ich9_slot = |index: u32| {
+        ich9_slots
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, slot)| *slot)
+    };
     for c in &def.controllers {
         let model = c.model.as_deref();
         let index = c.index.unwrap_or(0);
@@ -708,26 +737,32 @@ fn other_devices(
                         m.unwrap_or_default()
                     )));
                 }
+                let first_port = usb_companion_first_port(m).unwrap_or_default();
+                let place = match ich9_slot(index) {
+                    Some(slot) => slots.root_function(slot, first_port / 2, first_port == 0),
+                    None => slots.place(&c.address, "a USB companion controller")?,
+                };
                 companions.extend([
                     "-device".into(),
                     format!(
-                        "{},masterbus={}.0,firstport={},id={}{}",
+                        "{},masterbus={}.0,firstport={first_port},id={}{place}",
                         usb_controller(m).unwrap_or_default(),
                         usb_controller_id(index, None),
-                        usb_companion_first_port(m).unwrap_or_default(),
                         usb_controller_id(index, m),
-                        slots.place(&c.address, "a USB companion controller")?
                     ),
                 ]);
             }
             ("usb", m) if usb_controller(m).is_some() => {
+                let place = match ich9_slot(index).filter(|_| m == Some("ich9-ehci1")) {
+                    Some(slot) => slots.root_function(slot, 7, false),
+                    None => slots.place(&c.address, "the USB controller")?,
+                };
                 a.extend([
                     "-device".into(),
                     format!(
-                        "{},id={}{}",
+                        "{},id={}{place}",
                         usb_controller(m).unwrap_or_default(),
                         usb_controller_id(index, m),
-                        slots.place(&c.address, "the USB controller")?
                     ),
                 ]);
                 usb = true;
@@ -1280,7 +1315,8 @@ mod tests {
         assert!(a[at("ich9-usb-uhci3")].contains("firstport=4,id=usb-uhci3"));
         assert!(at("ich9-usb-ehci1") < at("ich9-usb-uhci1"));
         assert!(at("ich9-usb-uhci3") < at("usb-storage,bus=usb.0"));
-        // Unaddressed, each is placed, and its own placement is what the definition records.
+        // Unaddressed, the set is placed, and each one's placement is what the definition
+        // records.
         for c in &mut companions {
             c.address.clear();
         }
@@ -1302,10 +1338,35 @@ mod tests {
                     .unwrap_or_default()
             })
             .collect();
-        let mut distinct = slots.clone();
-        distinct.sort();
-        distinct.dedup();
-        assert_eq!(distinct.len(), 4, "{slots:?}");
+        // One slot, as libvirt places the set: the EHCI at function 7, the companions at 0
+        // (which says the slot has more) to 2.
+        assert!(slots.iter().all(|s| *s == slots[0]), "{slots:?}");
+        let functions: Vec<(String, bool)> = def
+            .controllers
+            .iter()
+            .map(|c| {
+                let get = |n: &str| {
+                    c.address
+                        .iter()
+                        .find(|x| x.name == n)
+                        .map(|x| x.value.clone())
+                };
+                (
+                    get("function").unwrap_or_default(),
+                    get("multifunction").as_deref() == Some("on"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            functions,
+            [
+                ("0x0", true),
+                ("0x1", false),
+                ("0x2", false),
+                ("0x7", false)
+            ]
+            .map(|(f, m)| (f.to_string(), m))
+        );
         // A companion without its master has no bus to join.
         def.controllers = companions;
         let e = argv(&def).unwrap_err();

@@ -252,8 +252,9 @@ impl Slots {
         }
     }
 
-    /// `,bus=…,addr=…` on the root bus's next free slot.
-    fn next_root(&mut self, what: &str) -> VerbResult<String> {
+    /// The root bus's next free slot, taken whole for a set of functions placed with
+    /// [`Slots::root_function`] (the ICH9 USB2 set, which libvirt puts in one slot).
+    pub fn take_root_slot(&mut self, what: &str) -> VerbResult<u32> {
         let slot = self
             .root_slots()
             .find(|s| !self.taken.contains(&(0, *s)))
@@ -266,15 +267,27 @@ impl Slots {
                 )
             })?;
         self.taken.insert((0, slot));
-        Ok(placement_of(
+        Ok(slot)
+    }
+
+    /// `,bus=…,addr=…` for function `function` of root-bus slot `slot` (one
+    /// [`Slots::take_root_slot`] gave); function 0 of a set says the slot has others.
+    pub fn root_function(&self, slot: u32, function: u32, multifunction: bool) -> String {
+        placement_of(
             PciAddress {
                 bus: 0,
                 slot,
-                function: 0,
-                multifunction: false,
+                function,
+                multifunction,
             },
             &self.machine,
-        ))
+        )
+    }
+
+    /// `,bus=…,addr=…` on the root bus's next free slot.
+    fn next_root(&mut self, what: &str) -> VerbResult<String> {
+        let slot = self.take_root_slot(what)?;
+        Ok(self.root_function(slot, 0, false))
     }
 }
 
