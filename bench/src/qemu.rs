@@ -1595,6 +1595,6 @@ fn print_migrations(migration: &Result<Migrations, String>) {
         "  (virtwasm: `migrate` through the API between two virtwasmd (--live --p2p semantics; the destination prepares a QEMU on -incoming defer, the source's host polls the"
     );
     println!(
-        "   progress every 100 ms); raw: spawn the destination with -incoming tcp:127.0.0.1:PORT, migrate, query-migrate polled every 2 ms, cont there, quit here)"
+        "   progress every 10 ms for a second, then every 100 ms); raw: spawn the destination with -incoming tcp:127.0.0.1:PORT, migrate, query-migrate polled every 2 ms, cont there, quit here)"
     );
 }

@@ -90,9 +90,10 @@ impl Connection {
         self.plugin.hypervisor("migrate-perform", |g, s| {
             g.call_migrate_perform(s, &dom, target_uri, bandwidth_mib)
         })?;
-        // Checked at once and then every 20 ms rising to 100 ms: a small guest's stream ends
-        // in tens of milliseconds, a large one's progress needs no finer steps.
-        let mut pause = std::time::Duration::from_millis(20);
+        // Checked at once, every 10 ms for the first second (a small guest's stream ends in
+        // tens of milliseconds, and each step of waiting is added to the migration), then
+        // every 100 ms (a large one's progress needs no finer steps).
+        let started = std::time::Instant::now();
         loop {
             let p = self
                 .plugin
@@ -114,8 +115,12 @@ impl Connection {
                 }
                 _ => {}
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            let pause = if started.elapsed() < std::time::Duration::from_secs(1) {
+                10
+            } else {
+                100
+            };
+            std::thread::sleep(std::time::Duration::from_millis(pause));
         }
     }
 
