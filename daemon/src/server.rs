@@ -706,10 +706,13 @@ async fn handle(
         _ => {
             let d = daemon.clone();
             let p = peer.clone();
-            // One hop to the blocking pool: check the request and run it there, long work
+            // No hop at all: this I/O thread becomes a blocking one (its other connections
+            // move to another thread) and checks and runs the request itself, long work
             // included when the client waits for it (registered as an operation all the
-            // same); only long work answered at once goes on in a thread of its own.
-            let handled = tokio::task::spawn_blocking(move || {
+            // same); only long work answered at once goes on in a thread of its own. Each
+            // hop to the blocking pool and back cost about 45 us (measured: a GET /v1/node
+            // took 207 us back to back with the hops, 114 us without).
+            let handled = tokio::task::block_in_place(move || {
                 let call = prepare(&d, &p, &uri, readonly, &method, &path, &query, &body)
                     .and_then(|call| answer_quick(&d, &p, call))?;
                 if asynchronous || !matches!(call, Prepared::Call { .. }) {
@@ -719,9 +722,7 @@ async fn handle(
                     Registered::Answered(response) => response,
                     Registered::Long(long) => answer(long.run()),
                 }))
-            })
-            .await
-            .unwrap_or_else(|e| Err(Error::internal(format!("request handler failed: {e}"))));
+            });
             match handled {
                 Err(e) => error_response(&e),
                 Ok(Handled::Done(response)) => response,
