@@ -252,6 +252,27 @@ impl Daemon {
         Ok(conn)
     }
 
+    /// Runs `req` as a client that may name files under `dirs` asked it, with the daemon's
+    /// rules on paths, pool directories and display addresses; long work reports to
+    /// `progress`. Reads skip the driver's state refresh: the daemon polls every running
+    /// domain once a second anyway.
+    fn dispatch(
+        &self,
+        conn: &Connection,
+        req: Request,
+        dirs: &[PathBuf],
+        progress: &dyn Fn(u64, u64) -> Result<()>,
+    ) -> Result<serde_json::Value> {
+        let ctx = dispatch::Context {
+            files: &|f, create| self.check_file(dirs, f, create),
+            pool_dirs: &|p| self.check_pool_dir(dirs, p),
+            displays: &|l| self.config.displays.check(l),
+            progress,
+            refresh_on_read: false,
+        };
+        dispatch::dispatch(conn, req, &ctx)
+    }
+
     /// The directories `who` may name files under: those of the first access rule for it
     /// that narrows them, else every directory clients may name.
     pub(crate) fn file_dirs(&self, who: &Identity) -> Vec<PathBuf> {
@@ -743,14 +764,7 @@ fn answer_quick(daemon: &Daemon, peer: &Peer, call: Prepared) -> Result<Prepared
             conn, req, route, ..
         } if !virtwasm_api::ops::LONG.contains(&route.op) => {
             let dirs = daemon.file_dirs(&peer.identity);
-            let ctx = dispatch::Context {
-                files: &|f, create| daemon.check_file(&dirs, f, create),
-                pool_dirs: &|p| daemon.check_pool_dir(&dirs, p),
-                displays: &|l| daemon.config.displays.check(l),
-                progress: &|_, _| Ok(()),
-                refresh_on_read: false,
-            };
-            let value = dispatch::dispatch(&conn, req, &ctx)?;
+            let value = daemon.dispatch(&conn, req, &dirs, &|_, _| Ok(()))?;
             Ok(Prepared::Answer(visible_only(
                 daemon, peer, route.op, value,
             )))
@@ -1128,15 +1142,9 @@ impl LongWork {
             slot,
             dirs,
         } = self;
-        let d = &counted.daemon;
-        let ctx = dispatch::Context {
-            files: &|p, create| d.check_file(&dirs, p, create),
-            pool_dirs: &|p| d.check_pool_dir(&dirs, p),
-            displays: &|l| d.config.displays.check(l),
-            progress: &|done, total| entry.progress(done, total, "bytes"),
-            refresh_on_read: false,
-        };
-        let outcome = dispatch::dispatch(&conn, req, &ctx);
+        let outcome = counted.daemon.dispatch(&conn, req, &dirs, &|done, total| {
+            entry.progress(done, total, "bytes")
+        });
         entry.finish(&outcome);
         drop((counted, slot));
         outcome
