@@ -871,6 +871,14 @@ fn bad_request(message: impl Into<String>) -> Error {
     Error::invalid(message)
 }
 
+/// The route of operation `op`, a name the `Request` encoding gives.
+fn route_named(op: &str) -> &'static Route {
+    ROUTES
+        .iter()
+        .find(|r| r.op == op)
+        .expect("every operation has a route (checked by a unit test)")
+}
+
 impl Request {
     /// The operation's tag (`start`, `pool-build`).
     pub fn op(&self) -> String {
@@ -886,11 +894,7 @@ impl Request {
 
     /// The operation's route.
     pub fn route(&self) -> &'static Route {
-        let op = self.op();
-        ROUTES
-            .iter()
-            .find(|r| r.op == op)
-            .expect("every operation has a route (checked by a unit test)")
+        route_named(&self.op())
     }
 
     /// Whether the operation changes anything.
@@ -900,7 +904,6 @@ impl Request {
 
     /// The method, path, query and body that carry this request.
     pub fn to_http(&self) -> Result<WireRequest> {
-        let route = self.route();
         let mut fields = match serde_json::to_value(self) {
             Ok(Value::Object(m)) => m,
             Ok(other) => {
@@ -910,7 +913,11 @@ impl Request {
             }
             Err(e) => return Err(Error::internal(format!("cannot encode request: {e}"))),
         };
-        fields.remove("op");
+        // The operation's name is in the encoding already: no second one to find the route.
+        let route = match fields.remove("op") {
+            Some(Value::String(op)) => route_named(&op),
+            _ => self.route(),
+        };
         let mut path = String::new();
         for seg in route.path.split('/').skip(1) {
             path.push('/');
