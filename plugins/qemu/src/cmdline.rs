@@ -175,13 +175,10 @@ fn write_cache_off(d: &Disk) -> bool {
 /// A floppy's unit on the floppy controller: its drive address's, or its name's (`fda` 0,
 /// `fdb` 1), as libvirt assigns it.
 fn floppy_unit(d: &Disk) -> VerbResult<u32> {
-    let from_address = d
-        .address
-        .iter()
-        .any(|a| a.name == "type" && a.value == "drive")
-        .then(|| d.address.iter().find(|a| a.name == "unit"))
+    let from_address = (crate::attribute(&d.address, "type") == Some("drive"))
+        .then(|| crate::attribute(&d.address, "unit"))
         .flatten()
-        .map(|a| a.value.parse::<u32>().ok());
+        .map(|v| v.parse::<u32>().ok());
     let unit = match from_address {
         Some(parsed) => parsed,
         None => match d.target_dev.as_str() {
@@ -266,8 +263,8 @@ fn disk_device(
             let port = port.map(|p| format!("port={p},")).unwrap_or_default();
             format!("usb-storage,bus={bus},{port}{drive}id={id},removable=off")
         }
+        // Its stick, where the placement is checked, comes from `usb_cdrom_stick`.
         ("usb", true) => {
-            usb_placement(def, d)?;
             format!(
                 "scsi-cd,bus={}.0,channel=0,scsi-id=0,lun=0,{drive}id={id}",
                 usb_stick_id(d)
@@ -325,12 +322,7 @@ pub fn usb_stick_id(d: &Disk) -> String {
 /// A USB disk's `<address type='usb' bus='N' port='P'/>`: controller `N` (0 without an
 /// address) and port `P` if given. Ports behind a hub (`1.2`) are refused: no hub is built.
 fn usb_address(d: &Disk) -> VerbResult<(u32, Option<u32>)> {
-    let attr = |name: &str| {
-        d.address
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.value.as_str())
-    };
+    let attr = |name: &str| crate::attribute(&d.address, name);
     let invalid = |what: String| error(ErrorKind::InvalidArgument, what);
     if let Some(t) = attr("type").filter(|t| *t != "usb") {
         return Err(invalid(format!(
@@ -1129,29 +1121,7 @@ mod tests {
     use super::*;
 
     fn usb_disk(dev: &str, address: &[(&str, &str)]) -> Disk {
-        Disk {
-            source_type: DiskSourceType::File,
-            device: DiskDevice::Disk,
-            driver_name: None,
-            format: Some("raw".into()),
-            cache: None,
-            io: None,
-            source: Some("/x.img".into()),
-            source_pool: None,
-            source_volume: None,
-            target_dev: dev.into(),
-            target_bus: Some("usb".into()),
-            readonly: false,
-            shareable: false,
-            boot_order: None,
-            address: address
-                .iter()
-                .map(|(n, v)| Attribute {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-        }
+        crate::tests::disk(dev, "usb", address)
     }
 
     fn usb_controller_def(index: u32, model: &str) -> Controller {
@@ -1258,26 +1228,17 @@ mod tests {
     }
 
     fn pci_address(slot: &str, function: &str, multifunction: bool) -> Vec<Attribute> {
-        let mut a: Vec<Attribute> = [
+        let mut a = vec![
             ("type", "pci"),
             ("domain", "0x0000"),
             ("bus", "0x00"),
             ("slot", slot),
             ("function", function),
-        ]
-        .iter()
-        .map(|(n, v)| Attribute {
-            name: (*n).into(),
-            value: (*v).into(),
-        })
-        .collect();
+        ];
         if multifunction {
-            a.push(Attribute {
-                name: "multifunction".into(),
-                value: "on".into(),
-            });
+            a.push(("multifunction", "on"));
         }
-        a
+        crate::tests::attrs(&a)
     }
 
     #[test]
@@ -1331,11 +1292,9 @@ mod tests {
             .controllers
             .iter()
             .map(|c| {
-                c.address
-                    .iter()
-                    .find(|x| x.name == "slot")
-                    .map(|x| x.value.clone())
+                crate::attribute(&c.address, "slot")
                     .unwrap_or_default()
+                    .to_string()
             })
             .collect();
         // One slot, as libvirt places the set: the EHCI at function 7, the companions at 0
@@ -1345,15 +1304,10 @@ mod tests {
             .controllers
             .iter()
             .map(|c| {
-                let get = |n: &str| {
-                    c.address
-                        .iter()
-                        .find(|x| x.name == n)
-                        .map(|x| x.value.clone())
-                };
+                let get = |n: &str| crate::attribute(&c.address, n);
                 (
-                    get("function").unwrap_or_default(),
-                    get("multifunction").as_deref() == Some("on"),
+                    get("function").unwrap_or_default().to_string(),
+                    get("multifunction") == Some("on"),
                 )
             })
             .collect();
@@ -1405,11 +1359,9 @@ mod tests {
             .iter()
             .map(|d| {
                 let get = |n: &str| {
-                    d.address
-                        .iter()
-                        .find(|a| a.name == n)
-                        .map(|a| a.value.clone())
+                    crate::attribute(&d.address, n)
                         .unwrap_or_default()
+                        .to_string()
                 };
                 (get("bus"), get("port"))
             })

@@ -45,6 +45,14 @@ struct Tap {
     name: String,
 }
 
+/// The value of attribute `name` among a device's `<address>` attributes.
+fn attribute<'a>(attrs: &'a [Attribute], name: &str) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.value.as_str())
+}
+
 fn record(rt: &Option<DomainRuntime>) -> VerbResult<Running> {
     let data = rt
         .as_ref()
@@ -1591,6 +1599,38 @@ export_driver!(Qemu);
 #[cfg(test)]
 mod tests {
     use virtwasm_sdk::types::*;
+
+    /// `<address>` attributes from (name, value) pairs.
+    pub fn attrs(pairs: &[(&str, &str)]) -> Vec<Attribute> {
+        pairs
+            .iter()
+            .map(|(n, v)| Attribute {
+                name: (*n).into(),
+                value: (*v).into(),
+            })
+            .collect()
+    }
+
+    /// A file disk `/x.img` with target `dev` on `bus` at `address`.
+    pub fn disk(dev: &str, bus: &str, address: &[(&str, &str)]) -> Disk {
+        Disk {
+            source_type: DiskSourceType::File,
+            device: DiskDevice::Disk,
+            driver_name: None,
+            format: None,
+            cache: None,
+            io: None,
+            source: Some("/x.img".into()),
+            source_pool: None,
+            source_volume: None,
+            target_dev: dev.into(),
+            target_bus: Some(bus.into()),
+            readonly: false,
+            shareable: false,
+            boot_order: None,
+            address: attrs(address),
+        }
+    }
 
     /// A definition with nothing in it but a name, for the unit tests of the command line's
     /// parts.

@@ -57,7 +57,7 @@ fn number(what: &str, text: &str) -> VerbResult<u32> {
 
 /// The PCI address in `address` (a device's `<address>` attributes), if it is one.
 pub fn address(attrs: &[Attribute]) -> VerbResult<Option<PciAddress>> {
-    let get = |n: &str| attrs.iter().find(|a| a.name == n).map(|a| a.value.as_str());
+    let get = |n: &str| crate::attribute(attrs, n);
     if get("type") != Some("pci") {
         return Ok(None);
     }
@@ -459,15 +459,7 @@ pub fn hotplug_placement(
 mod tests {
     use super::*;
 
-    fn attrs(pairs: &[(&str, &str)]) -> Vec<Attribute> {
-        pairs
-            .iter()
-            .map(|(n, v)| Attribute {
-                name: (*n).into(),
-                value: (*v).into(),
-            })
-            .collect()
-    }
+    use crate::tests::attrs;
 
     fn pci(bus: &str, slot: &str, function: &str) -> Vec<Attribute> {
         attrs(&[

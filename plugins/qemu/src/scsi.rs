@@ -40,12 +40,7 @@ fn name_index(dev: &str) -> Option<u32> {
 
 /// Where disk `d` sits: its drive address, or libvirt's default for its target name.
 pub fn spot(d: &Disk) -> VerbResult<Spot> {
-    let get = |n: &str| {
-        d.address
-            .iter()
-            .find(|a| a.name == n)
-            .map(|a| a.value.as_str())
-    };
+    let get = |n: &str| crate::attribute(&d.address, n);
     if get("type") == Some("drive") {
         let field = |n: &str| -> VerbResult<u32> {
             get(n).map_or(Ok(0), |v| {
@@ -196,29 +191,7 @@ mod tests {
     use super::*;
 
     fn disk(dev: &str, address: &[(&str, &str)]) -> Disk {
-        Disk {
-            source_type: DiskSourceType::File,
-            device: DiskDevice::Disk,
-            driver_name: None,
-            format: None,
-            cache: None,
-            io: None,
-            source: Some("/x.img".into()),
-            source_pool: None,
-            source_volume: None,
-            target_dev: dev.into(),
-            target_bus: Some("scsi".into()),
-            readonly: false,
-            shareable: false,
-            boot_order: None,
-            address: address
-                .iter()
-                .map(|(n, v)| Attribute {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-        }
+        crate::tests::disk(dev, "scsi", address)
     }
 
     #[test]
