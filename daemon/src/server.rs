@@ -332,7 +332,8 @@ impl Daemon {
         };
         // A rule's directories narrow the daemon's, never widen them: one that has become
         // a link out of them since the daemon started leads nowhere.
-        if under(dirs) && under(&self.files_allowed) {
+        let narrowed = dirs != self.files_allowed.as_slice();
+        if under(dirs) && (!narrowed || under(&self.files_allowed)) {
             return Ok(real);
         }
         let listed = dirs
@@ -340,7 +341,7 @@ impl Daemon {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        Err(Error::denied(if dirs == self.files_allowed.as_slice() {
+        Err(Error::denied(if !narrowed {
             format!(
                 "'{path}' is outside the directories this daemon lets clients name ({listed}); add one to [files] allowed in virtwasmd.toml"
             )
