@@ -1376,6 +1376,13 @@ fn marked_image(path: &Path, marker: &str, size: usize) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Writes the test guest with `devices` as `HOME/NAME.xml` and defines it.
+fn define_guest(d: &Daemon, uri: &str, g: &guest::Guest, name: &str, devices: &str) -> common::Run {
+    let xml = d.home.join(format!("{name}.xml"));
+    std::fs::write(&xml, g.domain_xml(name, "", devices)).unwrap();
+    d.client(uri, &format!("define {}", xml.display()))
+}
+
 /// A loop device over `file`, detached when dropped.
 struct Loop(String);
 
@@ -1583,11 +1590,7 @@ fn displays_get_free_ports_and_answer_in_their_protocols() {
         .find_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
         .expect("a free port from 5900");
     let held = squatter.local_addr().unwrap().port();
-    let define = |name: &str, devices: &str| {
-        let xml = d.home.join(format!("{name}.xml"));
-        std::fs::write(&xml, g.domain_xml(name, "", devices)).unwrap();
-        d.client(uri, &format!("define {}", xml.display()))
-    };
+    let define = |name: &str, devices: &str| define_guest(d, uri, &g, name, devices);
     define("vnc1", "<graphics type='vnc'/>").ok();
     define(
         "vnc2",
@@ -1877,9 +1880,7 @@ fn scsi_disks_reach_the_guest_through_virtio_scsi_and_lsi_controllers() {
         lsi.display(),
         console.display()
     );
-    let xml = d.home.join("scsi1.xml");
-    std::fs::write(&xml, g.domain_xml("scsi1", "", &devices)).unwrap();
-    d.client(uri, &format!("define {}", xml.display())).ok();
+    define_guest(d, uri, &g, "scsi1", &devices).ok();
     let dumped = d.client(uri, "dumpxml scsi1").ok().to_string();
     assert!(
         dumped.contains("<controller type='scsi' index='1' model='lsilogic'>\n      <address type='pci' domain='0x0000'"),
@@ -1961,9 +1962,7 @@ fn usb_disks_reach_the_guest_through_the_ich9_set_and_xhci_and_hot_plug() {
         xhci.display(),
         console.display()
     );
-    let xml = d.home.join("usb1.xml");
-    std::fs::write(&xml, g.domain_xml("usb1", "", &devices)).unwrap();
-    d.client(uri, &format!("define {}", xml.display())).ok();
+    define_guest(d, uri, &g, "usb1", &devices).ok();
     let dumped = d.client(uri, "dumpxml usb1").ok().to_string();
     assert!(
         dumped.contains(
@@ -2026,9 +2025,7 @@ fn usb_disks_reach_the_guest_through_the_ich9_set_and_xhci_and_hot_plug() {
         cd.display(),
         console3.display()
     );
-    let xml = d.home.join("usb3.xml");
-    std::fs::write(&xml, g.domain_xml("usb3", "", &devices)).unwrap();
-    d.client(uri, &format!("define {}", xml.display())).ok();
+    define_guest(d, uri, &g, "usb3", &devices).ok();
     let dumped = d.client(uri, "dumpxml usb3").ok().to_string();
     assert!(
         dumped.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
@@ -2046,9 +2043,7 @@ fn usb_disks_reach_the_guest_through_the_ich9_set_and_xhci_and_hot_plug() {
          <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='sda' bus='usb'/></disk>",
         ich9_img.display()
     );
-    let xml = d.home.join("usb2.xml");
-    std::fs::write(&xml, g.domain_xml("usb2", "", &none)).unwrap();
-    let r = d.client(uri, &format!("define {}", xml.display()));
+    let r = define_guest(d, uri, &g, "usb2", &none);
     assert!(
         r.failed()
             .contains("disk 'sda' on bus 'usb' needs USB controller 0"),
