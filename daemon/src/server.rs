@@ -1,7 +1,8 @@
 //! The HTTP front end: listeners (unix read-write and read-only, TLS, TCP), one hyper
 //! connection task per client, and the translation of HTTP requests into API requests for
-//! the dispatch layer. Host calls run on the blocking pool, so a slow call or a slow client
-//! never holds up another client.
+//! the dispatch layer. Host calls run in blocking threads (the connection's own, handed its
+//! other work's thread first with `block_in_place`, or the blocking pool), so a slow call or
+//! a slow client never holds up another client.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -1052,9 +1053,9 @@ fn visible_only(
     }
 }
 
-/// Runs a prepared request: a quick one in the blocking pool while the client waits; a
-/// long one as an operation, answered `202` with the operation at once when the client
-/// sent `Prefer: respond-async`.
+/// Runs a prepared request: a quick one's answer at once; a long one as an operation in the
+/// blocking pool, answered `202` with the operation at once when the client sent
+/// `Prefer: respond-async`.
 async fn run(
     daemon: &Arc<Daemon>,
     peer: &Peer,
@@ -1081,7 +1082,8 @@ async fn run(
     }
 }
 
-/// What the blocking pool did with a request: prepared it for [`run`], or ran it through.
+/// What the connection's blocking thread did with a request: prepared it for [`run`], or
+/// ran it through.
 enum Handled {
     Prepared(Box<Prepared>),
     Done(Response<Reply>),
